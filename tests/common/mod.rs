@@ -1,0 +1,140 @@
+//! Test fixtures: a SoftHSM2 token of this test process's own, created in a
+//! temporary directory, and helpers to build a CA on it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use lockstep::keys::pkcs11::{Pkcs11Backend, Pkcs11Config};
+use lockstep::keys::{KeyBackend, KeyRef};
+use lockstep::secret::SecretRef;
+
+/// The SoftHSM2 module shipped by Debian's `softhsm2` package.
+pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The user PIN of test tokens (tests only).
+pub const USER_PIN: &str = "4711-test-user-pin";
+const SO_PIN: &str = "0815-test-so-pin";
+
+/// A SoftHSM2 configuration and token directory private to this process,
+/// with one token initialised before the module is first loaded.
+///
+/// SoftHSM2 sees only the tokens present at `C_Initialize`, so tests in one
+/// process share this token and keep apart by key label.
+pub struct SoftHsm {
+    dir: PathBuf,
+    /// The label of the process's token.
+    pub token: String,
+    pub conf: PathBuf,
+    pub pin_file: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+static HSM: OnceLock<SoftHsm> = OnceLock::new();
+static TOKENS: AtomicU32 = AtomicU32::new(0);
+
+/// The process's SoftHSM2 set-up. The first call points `SOFTHSM2_CONF` at
+/// a fresh directory; it must happen before the module is loaded, so every
+/// test reaches the module through this function.
+pub fn softhsm() -> &'static SoftHsm {
+    HSM.get_or_init(|| {
+        let tmp = tempfile::Builder::new()
+            .prefix("lockstep-softhsm-")
+            .tempdir()
+            .expect("temp dir");
+        let dir = tmp.path().to_owned();
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        let pin_file = dir.join("user.pin");
+        std::fs::write(&pin_file, format!("{USER_PIN}\n")).unwrap();
+        // SAFETY: runs once, before any PKCS#11 module is loaded in this
+        // process (all loads go through this fixture); SoftHSM2 reads the
+        // variable at C_Initialize.
+        unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
+        let mut hsm = SoftHsm {
+            dir,
+            token: String::new(),
+            conf,
+            pin_file,
+            _tmp: tmp,
+        };
+        hsm.token = hsm.new_token("main");
+        hsm
+    })
+}
+
+impl SoftHsm {
+    /// Initialises a fresh token with a unique label and returns that label.
+    /// A process that has already loaded the module sees it only after the
+    /// module restarts; use it from child processes (the CLI).
+    pub fn new_token(&self, hint: &str) -> String {
+        let label = format!(
+            "t{}-{}-{}",
+            std::process::id(),
+            TOKENS.fetch_add(1, Ordering::Relaxed),
+            hint
+        );
+        let label: String = label.chars().take(32).collect();
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &self.conf)
+            .args(["--init-token", "--free", "--label", &label])
+            .args(["--pin", USER_PIN, "--so-pin", SO_PIN])
+            .output()
+            .expect("softhsm2-util runs (install softhsm2: scripts/setup)");
+        assert!(out.status.success(), "softhsm2-util: {}", String::from_utf8_lossy(&out.stderr));
+        label
+    }
+
+    /// A backend configuration for the token `label`.
+    pub fn config(&self, label: &str) -> Pkcs11Config {
+        Pkcs11Config {
+            module: MODULE.into(),
+            token_label: Some(label.to_owned()),
+            token_serial: None,
+            user_pin: SecretRef::File(self.pin_file.clone()),
+            sessions: None,
+        }
+    }
+
+    /// A backend over the process's token.
+    pub fn backend(&self) -> Arc<Pkcs11Backend> {
+        Arc::new(Pkcs11Backend::new(&self.config(&self.token)).unwrap())
+    }
+
+    /// The directory holding configuration and tokens.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A key reference for tests.
+pub fn key_ref(label: &str, id: u8) -> KeyRef {
+    KeyRef {
+        label: label.to_owned(),
+        id: vec![id],
+        handle: None,
+    }
+}
+
+/// Runs `openssl` with arguments, returning (success, stdout+stderr).
+pub fn openssl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl").args(args).output().expect("openssl runs");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Backend as the trait object the product uses.
+pub fn as_backend(b: &Arc<Pkcs11Backend>) -> Arc<dyn KeyBackend> {
+    b.clone()
+}
