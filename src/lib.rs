@@ -3,8 +3,26 @@
 //! Signing keys live in a PKCS#11 HSM or a TPM 2.0 and never leave it.
 //! lockstep mints X.509 certificates whose `notAfter` is exactly the close
 //! time of the approved session that asked for them.
+//!
+//! Modules, by domain:
+//! - [`keys`]: the hardware-key boundary and its backends;
+//! - [`x509`]: CSR checks, certificate minting, CA certificates;
+//! - [`ca`]: setting up the CA and loading the issuer;
+//! - [`config`], [`secret`], [`clock`]: configuration, secrets by
+//!   reference, time;
+//! - [`cli`]: the `lockstep` command.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod ca;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod fsio;
 pub mod keys;
 pub mod secret;
+pub mod x509;
+
+pub use error::Error;

@@ -57,6 +57,10 @@ pub trait KeyBackend: Send + Sync + fmt::Debug {
     /// there, unless `replace` is set, in which case the old key is destroyed.
     fn generate_key(&self, key: &KeyRef, replace: bool) -> Result<Arc<dyn DeviceKey>, KeyError>;
 
+    /// Destroys the key pair with exactly this reference (used to roll back
+    /// a key created by an `init` that then failed).
+    fn destroy_key(&self, key: &KeyRef) -> Result<(), KeyError>;
+
     /// Whether a key with this reference exists.
     fn key_exists(&self, key: &KeyRef) -> Result<bool, KeyError>;
 

@@ -138,3 +138,124 @@ pub fn openssl(args: &[&str]) -> (bool, String) {
 pub fn as_backend(b: &Arc<Pkcs11Backend>) -> Arc<dyn KeyBackend> {
     b.clone()
 }
+
+/// A CA initialised on the process's token, with its own key labels and
+/// certificate directory.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    pub config: lockstep::config::Config,
+    pub backend: Arc<dyn KeyBackend>,
+    pub issuer: lockstep::x509::Issuer,
+}
+
+static CA_IDS: AtomicU32 = AtomicU32::new(1);
+
+/// The configuration text for a CA named `name` on token `token`.
+pub fn ca_config_text(hsm: &SoftHsm, token: &str, name: &str, root_days: u32, issuing_days: u32) -> String {
+    let n = CA_IDS.fetch_add(1, Ordering::Relaxed);
+    format!(
+        r#"
+[backend]
+type = "pkcs11"
+module = "{MODULE}"
+token_label = "{token}"
+user_pin = "file:{pin}"
+
+[keys.root]
+label = "{name}-root"
+id = "{root_id:04x}"
+
+[keys.issuing]
+label = "{name}-issuing"
+id = "{issuing_id:04x}"
+
+[ca]
+dir = "ca"
+root_subject = {{ common_name = "{name} Root CA", organization = "lockstep tests" }}
+issuing_subject = {{ common_name = "{name} Issuing CA", organization = "lockstep tests" }}
+root_validity_days = {root_days}
+issuing_validity_days = {issuing_days}
+"#,
+        pin = hsm.pin_file.display(),
+        root_id = 0x1000 + 2 * n,
+        issuing_id = 0x1001 + 2 * n,
+    )
+}
+
+/// Initialises a CA called `name` (unique per process) and loads its issuer.
+pub fn test_ca_with(name: &str, root_days: u32, issuing_days: u32) -> TestCa {
+    let hsm = softhsm();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lockstep.toml");
+    std::fs::write(&path, ca_config_text(hsm, &hsm.token, name, root_days, issuing_days)).unwrap();
+    let config = lockstep::config::Config::load(&path).unwrap();
+    let backend = config.backend.open().unwrap();
+    let now = lockstep::clock::Clock::now(&lockstep::clock::SystemClock);
+    lockstep::ca::init(&config, backend.as_ref(), Default::default(), now).unwrap();
+    let issuer = lockstep::ca::load_issuer(&config, backend.as_ref(), now).unwrap();
+    TestCa {
+        dir,
+        config,
+        backend,
+        issuer,
+    }
+}
+
+/// A CA with the default lifetimes.
+pub fn test_ca(name: &str) -> TestCa {
+    test_ca_with(name, 3650, 1095)
+}
+
+impl TestCa {
+    /// Path of the root certificate.
+    pub fn root_pem(&self) -> PathBuf {
+        self.config.ca.dir.join("root.pem")
+    }
+
+    /// Path of the issuing CA certificate.
+    pub fn issuing_pem(&self) -> PathBuf {
+        self.config.ca.dir.join("issuing.pem")
+    }
+}
+
+/// Generates a key with openssl (`ec:P-256`, `ec:P-384`, `rsa:2048`,
+/// `ed25519`, ...) and a CSR for it; returns (key path, CSR PEM).
+pub fn openssl_csr(dir: &Path, name: &str, kind: &str) -> (PathBuf, Vec<u8>) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let key_s = key.to_str().unwrap();
+    let mut args: Vec<String> = vec!["genpkey".into()];
+    match kind.split_once(':') {
+        Some(("ec", curve)) => args.extend([
+            "-algorithm".into(),
+            "EC".into(),
+            "-pkeyopt".into(),
+            format!("ec_paramgen_curve:{curve}"),
+        ]),
+        Some(("rsa", bits)) => args.extend([
+            "-algorithm".into(),
+            "RSA".into(),
+            "-pkeyopt".into(),
+            format!("rsa_keygen_bits:{bits}"),
+        ]),
+        _ => args.extend(["-algorithm".into(), kind.to_uppercase()]),
+    }
+    args.extend(["-out".into(), key_s.into()]);
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, text) = openssl(&args_ref);
+    assert!(ok, "openssl genpkey {kind}: {text}");
+    let (ok, text) = openssl(&[
+        "req", "-new", "-key", key_s, "-subj", "/CN=ignored-by-lockstep/O=Evil Corp",
+        "-addext", "subjectAltName=DNS:evil.example", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-out", csr.to_str().unwrap(),
+    ]);
+    assert!(ok, "openssl req: {text}");
+    (key, std::fs::read(&csr).unwrap())
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}

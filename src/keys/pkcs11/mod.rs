@@ -391,6 +391,25 @@ impl KeyBackend for Pkcs11Backend {
         self.open_key(key)
     }
 
+    fn destroy_key(&self, key: &KeyRef) -> Result<(), KeyError> {
+        self.shared.with_session("C_DestroyObject", Access::ReadWrite, |conn, s| {
+            for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+                let mut template = vec![
+                    Attribute::Class(class),
+                    Attribute::Label(key.label.as_bytes().to_vec()),
+                ];
+                if !key.id.is_empty() {
+                    template.push(Attribute::Id(key.id.clone()));
+                }
+                for handle in s.find_objects(&template)? {
+                    s.destroy_object(handle)?;
+                }
+            }
+            conn.forget_handles();
+            Ok(())
+        })
+    }
+
     fn key_exists(&self, key: &KeyRef) -> Result<bool, KeyError> {
         self.shared.with_session("C_FindObjects", Access::Pooled, |_, s| {
             Ok(!conflicting_objects(s, key)?.is_empty())

@@ -1,0 +1,81 @@
+//! `lockstep init`.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::Output;
+use crate::ca::{self, InitOptions, InitReport};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::error::Error;
+
+/// Create the CA's keys inside the configured device and its certificates.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Destroy and replace keys that already exist on the device.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not create a root: create the issuing key and write a CSR for an
+    /// external root CA to sign (then run `init --install-chain`).
+    #[arg(long, conflicts_with = "install_chain")]
+    pub external_root: bool,
+    /// Install the chain an external root returned for the CSR (a PEM file
+    /// with the issuing CA certificate, intermediates and the root).
+    #[arg(long, value_name = "PEM")]
+    pub install_chain: Option<PathBuf>,
+}
+
+/// Runs `init`.
+pub fn run(config: &Config, args: InitArgs, out: Output) -> Result<(), Error> {
+    let backend = config.backend.open()?;
+    let now = SystemClock.now();
+    let report = match &args.install_chain {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let chain = ca::read_pem_chain(&pem, path)?;
+            ca::install_chain(config, backend.as_ref(), chain, now)?
+        }
+        None => ca::init(
+            config,
+            backend.as_ref(),
+            InitOptions {
+                force: args.force,
+                external_root: args.external_root,
+            },
+            now,
+        )?,
+    };
+    out.print(&report, || text(&report));
+    Ok(())
+}
+
+fn text(r: &InitReport) -> String {
+    let mut s = String::new();
+    let _ = match r.mode {
+        "external-root-csr" => writeln!(
+            s,
+            "Issuing key created on {}.\nHave your root CA sign the request below as a CA certificate (path length 0),\nthen run: lockstep init --install-chain <chain.pem>",
+            r.backend
+        ),
+        "installed-chain" => writeln!(s, "Installed the external chain for the key on {}.", r.backend),
+        _ => writeln!(s, "CA initialised; keys generated on {}.", r.backend),
+    };
+    for (role, c) in [("root", &r.root), ("issuing", &r.issuing)] {
+        if let Some(c) = c {
+            let _ = writeln!(
+                s,
+                "  {role:<8} {}\n           serial {}  valid {} .. {}\n           key sha256 {}",
+                c.subject, c.serial, c.not_before, c.not_after, c.key_sha256
+            );
+        }
+    }
+    if let Some(csr) = &r.csr {
+        let _ = writeln!(s, "  csr      {}", csr.display());
+    }
+    for f in &r.files {
+        let _ = writeln!(s, "  wrote    {}", f.display());
+    }
+    s
+}

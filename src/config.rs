@@ -1,0 +1,262 @@
+//! The configuration file: one TOML document (examples in `hsm-config/`).
+//!
+//! Relative paths in it (the CA directory, `file:` secrets, a relative
+//! module path) are relative to the file's own directory, so a
+//! configuration works from wherever lockstep is started. Secrets are only
+//! ever references (`env:NAME`, `file:PATH`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::keys::pkcs11::{Pkcs11Backend, Pkcs11Config};
+use crate::keys::{KeyBackend, KeyError, KeyRef};
+use crate::x509::SubjectName;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the keys live.
+    pub backend: BackendConfig,
+    /// Which keys lockstep uses, by role.
+    pub keys: KeysConfig,
+    /// The CA's names, validity and files.
+    pub ca: CaConfig,
+    /// Where this configuration was read from (set by [`Config::load`]).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// The key backend, chosen by `type`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum BackendConfig {
+    /// A PKCS#11 token.
+    Pkcs11(Pkcs11Config),
+}
+
+impl BackendConfig {
+    /// Prepares the backend (connects lazily, on first use).
+    pub fn open(&self) -> Result<Arc<dyn KeyBackend>, KeyError> {
+        match self {
+            Self::Pkcs11(c) => Ok(Arc::new(Pkcs11Backend::new(c)?)),
+        }
+    }
+}
+
+/// The keys lockstep uses.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The root CA key (absent when the root is external).
+    pub root: KeyRef,
+    /// The issuing CA key: signs every certificate.
+    pub issuing: KeyRef,
+}
+
+fn default_root_subject() -> SubjectName {
+    SubjectName::cn("lockstep Root CA").with_organization("lockstep")
+}
+
+fn default_issuing_subject() -> SubjectName {
+    SubjectName::cn("lockstep Issuing CA").with_organization("lockstep")
+}
+
+fn default_root_days() -> u32 {
+    3650
+}
+
+fn default_issuing_days() -> u32 {
+    1095
+}
+
+/// The CA's names, lifetimes and where its certificates are stored.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// Directory for `root.pem`, `issuing.pem`, `chain.pem` and
+    /// `issuing.csr.pem`.
+    pub dir: PathBuf,
+    /// Subject of the self-signed root.
+    #[serde(default = "default_root_subject")]
+    pub root_subject: SubjectName,
+    /// Subject of the issuing CA.
+    #[serde(default = "default_issuing_subject")]
+    pub issuing_subject: SubjectName,
+    /// Lifetime of the root certificate, in days.
+    #[serde(default = "default_root_days")]
+    pub root_validity_days: u32,
+    /// Lifetime of the issuing CA certificate, in days (capped by the root).
+    #[serde(default = "default_issuing_days")]
+    pub issuing_validity_days: u32,
+}
+
+/// Why a configuration could not be used. The message names the file and
+/// the place in it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("configuration {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where (line and column, key path).
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut config: Config = toml::from_str(text).map_err(|e| invalid(locate(text, &e)))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        config.source = path.to_owned();
+        config.ca.dir = base.join(&config.ca.dir);
+        match &mut config.backend {
+            BackendConfig::Pkcs11(p) => {
+                if p.module.is_relative() && p.module.components().count() > 1 {
+                    p.module = base.join(&p.module);
+                }
+                p.user_pin = p.user_pin.clone().relative_to(&base);
+                p.token().map_err(|e| invalid(format!("[backend]: {e}")))?;
+            }
+        }
+        for (role, key) in [("root", &config.keys.root), ("issuing", &config.keys.issuing)] {
+            if key.label.is_empty() {
+                return Err(invalid(format!("[keys.{role}]: label must not be empty")));
+            }
+        }
+        if config.keys.root.label == config.keys.issuing.label
+            || (!config.keys.root.id.is_empty() && config.keys.root.id == config.keys.issuing.id)
+        {
+            return Err(invalid(
+                "[keys]: the root and issuing keys need different labels and ids".into(),
+            ));
+        }
+        for (name, subject) in [
+            ("root_subject", &config.ca.root_subject),
+            ("issuing_subject", &config.ca.issuing_subject),
+        ] {
+            subject
+                .to_name()
+                .map_err(|e| invalid(format!("[ca].{name}: {e}")))?;
+        }
+        if config.ca.root_validity_days == 0 || config.ca.issuing_validity_days == 0 {
+            return Err(invalid("[ca]: validity days must be at least 1".into()));
+        }
+        Ok(config)
+    }
+}
+
+/// Describes a TOML error by section, key, line and column, without
+/// quoting the offending line: the value there may be a pasted secret.
+fn locate(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_owned();
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty());
+    let section = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .unwrap_or("");
+    let mut place = format!("line {line_no}, column {column}");
+    match (section, key) {
+        ("", Some(k)) => place.push_str(&format!(" ({k})")),
+        (s, Some(k)) => place.push_str(&format!(" ({s} {k})")),
+        ("", None) => {}
+        (s, None) => place.push_str(&format!(" ({s})")),
+    }
+    format!("{place}: {}", e.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[backend]
+type = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "lockstep"
+user_pin = "file:pin.txt"
+
+[keys.root]
+label = "lockstep-root"
+id = "01"
+
+[keys.issuing]
+label = "lockstep-issuing"
+id = "02"
+
+[ca]
+dir = "ca"
+"#;
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let c = Config::parse(GOOD, Path::new("/etc/lockstep/lockstep.toml")).unwrap();
+        assert_eq!(c.ca.dir, Path::new("/etc/lockstep/ca"));
+        let BackendConfig::Pkcs11(p) = &c.backend;
+        assert_eq!(p.user_pin.to_string(), "file:/etc/lockstep/pin.txt");
+        assert_eq!(c.ca.root_validity_days, 3650);
+    }
+
+    #[test]
+    fn errors_name_the_place() {
+        let inline_pin = GOOD.replace("file:pin.txt", "123456");
+        let err = Config::parse(&inline_pin, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("x.toml") && err.contains("user_pin"), "{err}");
+        assert!(!err.contains("123456"), "secret echoed: {err}");
+
+        let unknown = GOOD.replace("[ca]", "[ca]\nfoo = 1");
+        let err = Config::parse(&unknown, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("foo"), "{err}");
+
+        let no_token = GOOD.replace("token_label = \"lockstep\"", "");
+        let err = Config::parse(&no_token, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("[backend]") && err.contains("token_label"), "{err}");
+
+        let same = GOOD.replace("label = \"lockstep-issuing\"", "label = \"lockstep-root\"");
+        let err = Config::parse(&same, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("[keys]"), "{err}");
+
+        let bad_cn = format!("{GOOD}root_subject = {{ common_name = \"\" }}\n");
+        let err = Config::parse(&bad_cn, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("root_subject"), "{err}");
+    }
+}

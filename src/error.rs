@@ -1,0 +1,58 @@
+//! The crate's top-level error: every failure a command or request can end
+//! in, each with a machine-readable code.
+
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+use crate::keys::KeyError;
+use crate::x509::X509Error;
+
+/// Any lockstep failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file is missing or wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The key backend failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A CSR or certificate was refused, or minting failed.
+    #[error(transparent)]
+    X509(#[from] X509Error),
+    /// The CA has not been set up (no chain on disk).
+    #[error("{0}")]
+    CaNotInitialized(String),
+    /// An argument is not acceptable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "config_invalid",
+            Self::Key(e) => e.code(),
+            Self::X509(e) => e.code(),
+            Self::CaNotInitialized(_) => "ca_not_initialized",
+            Self::InvalidArgument(_) => "invalid_argument",
+            Self::Io { .. } => "io_error",
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

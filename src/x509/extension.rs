@@ -1,0 +1,188 @@
+//! The lockstep session extension: every certificate lockstep mints names
+//! the session that approved it, so a verifier or an auditor can tie the
+//! certificate to its approval offline.
+//!
+//! OID `1.3.6.1.4.1.32473.7683.1.1` ([`oids::LOCKSTEP_SESSION_EXT`]),
+//! non-critical, value:
+//!
+//! ```text
+//! LockstepSession ::= SEQUENCE {
+//!     version     INTEGER (1),
+//!     sessionId   UTF8String (SIZE (1..128)),
+//!     approval    [0] IMPLICIT ApprovalEvidence OPTIONAL
+//! }
+//!
+//! ApprovalEvidence ::= SEQUENCE {
+//!     requestHash OCTET STRING (SIZE (32)),  -- SHA-256 of the canonical request
+//!     approvers   SEQUENCE OF UTF8String,    -- identities whose approvals opened it
+//!     openedAt    GeneralizedTime            -- when the session opened
+//! }
+//! ```
+//!
+//! The certificate's `notAfter` is the session's `closes_at`.
+
+use der::asn1::{GeneralizedTime, OctetString};
+use der::{Decode, Encode, Sequence};
+use x509_cert::Certificate;
+use x509_cert::ext::Extension;
+
+use super::{X509Error, oids};
+use crate::clock::Timestamp;
+
+/// Version written in the extension.
+const VERSION: u8 = 1;
+/// Longest session id accepted.
+const MAX_SESSION_ID: usize = 128;
+
+/// Which session a credential belongs to, and the approval that opened it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEvidence {
+    /// The session id.
+    pub session_id: String,
+    /// The approval, once the session has one.
+    pub approval: Option<ApprovalEvidence>,
+}
+
+/// The approval that opened a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalEvidence {
+    /// SHA-256 of the session's canonical request: what the approvers approved.
+    pub request_hash: [u8; 32],
+    /// The approvers whose approvals reached the quorum.
+    pub approvers: Vec<String>,
+    /// When the session opened.
+    pub opened_at: Timestamp,
+}
+
+#[derive(Sequence)]
+struct Wire {
+    version: u8,
+    session_id: String,
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
+    approval: Option<WireApproval>,
+}
+
+#[derive(Sequence)]
+struct WireApproval {
+    request_hash: OctetString,
+    approvers: Vec<String>,
+    opened_at: GeneralizedTime,
+}
+
+impl SessionEvidence {
+    /// Evidence carrying only the session id.
+    pub fn session(id: impl Into<String>) -> Self {
+        Self {
+            session_id: id.into(),
+            approval: None,
+        }
+    }
+
+    /// Encodes the extension.
+    pub fn to_extension(&self) -> Result<Extension, X509Error> {
+        let id = &self.session_id;
+        if id.is_empty()
+            || id.len() > MAX_SESSION_ID
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            return Err(X509Error::InvalidName(format!(
+                "session id `{}` must be 1 to {MAX_SESSION_ID} characters of [A-Za-z0-9-_.:]",
+                id.escape_debug()
+            )));
+        }
+        let approval = match &self.approval {
+            None => None,
+            Some(a) => Some(WireApproval {
+                request_hash: OctetString::new(a.request_hash.to_vec())?,
+                approvers: a.approvers.clone(),
+                opened_at: generalized(a.opened_at)?,
+            }),
+        };
+        let wire = Wire {
+            version: VERSION,
+            session_id: id.clone(),
+            approval,
+        };
+        Ok(Extension {
+            extn_id: oids::LOCKSTEP_SESSION_EXT,
+            critical: false,
+            extn_value: OctetString::new(wire.to_der()?)?,
+        })
+    }
+
+    /// Reads the extension from a certificate; `None` if it has none.
+    pub fn from_certificate(cert: &Certificate) -> Result<Option<Self>, X509Error> {
+        let Some(ext) = cert
+            .tbs_certificate()
+            .extensions()
+            .and_then(|exts| exts.iter().find(|e| e.extn_id == oids::LOCKSTEP_SESSION_EXT))
+        else {
+            return Ok(None);
+        };
+        let wire = Wire::from_der(ext.extn_value.as_bytes())
+            .map_err(|e| X509Error::Chain(format!("malformed lockstep session extension: {e}")))?;
+        if wire.version != VERSION {
+            return Err(X509Error::Chain(format!(
+                "lockstep session extension version {} is not understood",
+                wire.version
+            )));
+        }
+        let approval = match wire.approval {
+            None => None,
+            Some(a) => Some(ApprovalEvidence {
+                request_hash: a.request_hash.as_bytes().try_into().map_err(|_| {
+                    X509Error::Chain("request hash in the session extension is not 32 bytes".into())
+                })?,
+                approvers: a.approvers,
+                opened_at: Timestamp::from_unix(a.opened_at.to_unix_duration().as_secs() as i64),
+            }),
+        };
+        Ok(Some(Self {
+            session_id: wire.session_id,
+            approval,
+        }))
+    }
+}
+
+fn generalized(t: Timestamp) -> Result<GeneralizedTime, X509Error> {
+    let secs = u64::try_from(t.unix())
+        .map_err(|_| X509Error::InvalidValidity(format!("{t} is before 1970")))?;
+    Ok(GeneralizedTime::from_unix_duration(std::time::Duration::from_secs(secs))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_restricted() {
+        assert!(SessionEvidence::session("ses_01J9Z").to_extension().is_ok());
+        for bad in ["", "a b", "x\0", &"a".repeat(129), "é"] {
+            assert_eq!(
+                SessionEvidence::session(bad).to_extension().unwrap_err().code(),
+                "invalid_name"
+            );
+        }
+    }
+
+    #[test]
+    fn extension_is_non_critical_under_the_lockstep_arc() {
+        let ext = SessionEvidence {
+            session_id: "s1".into(),
+            approval: Some(ApprovalEvidence {
+                request_hash: [7; 32],
+                approvers: vec!["token:alice".into(), "oidc:https://idp:bob".into()],
+                opened_at: Timestamp::from_unix(1_900_000_000),
+            }),
+        }
+        .to_extension()
+        .unwrap();
+        assert!(!ext.critical);
+        assert_eq!(ext.extn_id, oids::LOCKSTEP_SESSION_EXT);
+        let wire = Wire::from_der(ext.extn_value.as_bytes()).unwrap();
+        assert_eq!(wire.session_id, "s1");
+        assert_eq!(wire.approval.unwrap().approvers.len(), 2);
+    }
+}
