@@ -188,11 +188,12 @@ fn locate(text: &str, e: &toml::de::Error) -> String {
     let column = before[line_start..].chars().count() + 1;
     let line = text[line_start..].lines().next().unwrap_or("");
     let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty());
-    let section = before
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
+    // A table-level error (serde buffers internally tagged tables and
+    // loses the key's position) points at the table header itself.
+    let section = std::iter::once(line.trim())
+        .filter(|l| l.starts_with('['))
+        .chain(before.lines().rev().map(str::trim).filter(|l| l.starts_with('[')))
+        .next()
         .unwrap_or("");
     let mut place = format!("line {line_no}, column {column}");
     match (section, key) {
@@ -240,7 +241,8 @@ dir = "ca"
     fn errors_name_the_place() {
         let inline_pin = GOOD.replace("file:pin.txt", "123456");
         let err = Config::parse(&inline_pin, Path::new("x.toml")).unwrap_err().to_string();
-        assert!(err.contains("x.toml") && err.contains("user_pin"), "{err}");
+        assert!(err.contains("x.toml") && err.contains("[backend]"), "{err}");
+        assert!(err.contains("must be given by reference"), "{err}");
         assert!(!err.contains("123456"), "secret echoed: {err}");
 
         let unknown = GOOD.replace("[ca]", "[ca]\nfoo = 1");

@@ -26,7 +26,7 @@ pub enum SecretRef {
 pub enum SecretError {
     /// The text is not `env:NAME` or `file:PATH`.
     #[error(
-        "a secret must be given by reference, `env:NAME` or `file:PATH` (inline values are refused)"
+        "a secret (PIN or auth value) must be given by reference, `env:NAME` or `file:PATH` (inline values are refused)"
     )]
     NotAReference,
     /// The environment variable is not set or is not valid UTF-8.
