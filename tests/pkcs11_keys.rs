@@ -108,3 +108,39 @@ fn parallel_signing_from_eight_threads_gives_valid_signatures() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn reading_the_private_key_value_fails() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::object::{Attribute, AttributeInfo, AttributeType, ObjectClass};
+    use cryptoki::session::UserType;
+    use secrecy::SecretString;
+
+    let hsm = softhsm();
+    hsm.backend().generate_key(&key_ref("value", 5), false).unwrap();
+    // An independent PKCS#11 client on the same token.
+    let ctx = Pkcs11::new(common::MODULE).unwrap();
+    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == hsm.token)
+        .unwrap();
+    let session = ctx.open_ro_session(slot).unwrap();
+    let _ = session.login(UserType::User, Some(&SecretString::from(common::USER_PIN)));
+    let handles = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(b"value".to_vec()),
+        ])
+        .unwrap();
+    assert_eq!(handles.len(), 1);
+    let info = session.get_attribute_info(handles[0], &[AttributeType::Value]).unwrap();
+    assert!(matches!(info[0], AttributeInfo::Sensitive), "{info:?}");
+    let values = session.get_attributes(handles[0], &[AttributeType::Value]).unwrap();
+    assert!(
+        !values.iter().any(|a| matches!(a, Attribute::Value(_))),
+        "private key value was returned"
+    );
+}
