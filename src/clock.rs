@@ -43,7 +43,9 @@ impl Timestamp {
         let t = OffsetDateTime::parse(text, &Rfc3339)
             .map_err(|e| format!("`{text}` is not an RFC 3339 time: {e}"))?;
         if t.nanosecond() != 0 {
-            return Err(format!("`{text}` has a fraction of a second; give whole seconds"));
+            return Err(format!(
+                "`{text}` has a fraction of a second; give whole seconds"
+            ));
         }
         Ok(Self(t.unix_timestamp()))
     }
@@ -127,7 +129,10 @@ mod tests {
     #[test]
     fn system_clock_is_whole_seconds_near_now() {
         let now = SystemClock.now();
-        let sys = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let sys = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         assert!((sys - now.unix()).abs() <= 1);
     }
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::keys::pkcs11::{Pkcs11Backend, Pkcs11Config};
 use crate::keys::{KeyBackend, KeyError, KeyRef};
+use crate::secret::SecretRef;
 use crate::x509::SubjectName;
 
 /// The whole configuration.
@@ -138,17 +139,23 @@ impl Config {
             .unwrap_or(Path::new("."))
             .to_owned();
         config.source = path.to_owned();
-        config.ca.dir = base.join(&config.ca.dir);
+        config.ca.dir = clean(&base.join(&config.ca.dir));
         match &mut config.backend {
             BackendConfig::Pkcs11(p) => {
                 if p.module.is_relative() && p.module.components().count() > 1 {
-                    p.module = base.join(&p.module);
+                    p.module = clean(&base.join(&p.module));
                 }
-                p.user_pin = p.user_pin.clone().relative_to(&base);
+                p.user_pin = match p.user_pin.clone().relative_to(&base) {
+                    SecretRef::File(f) => SecretRef::File(clean(&f)),
+                    other => other,
+                };
                 p.token().map_err(|e| invalid(format!("[backend]: {e}")))?;
             }
         }
-        for (role, key) in [("root", &config.keys.root), ("issuing", &config.keys.issuing)] {
+        for (role, key) in [
+            ("root", &config.keys.root),
+            ("issuing", &config.keys.issuing),
+        ] {
             if key.label.is_empty() {
                 return Err(invalid(format!("[keys.{role}]: label must not be empty")));
             }
@@ -175,6 +182,28 @@ impl Config {
     }
 }
 
+/// Removes `.` and resolves `..` lexically (`hsm-config/../var` → `var`),
+/// so paths read back the way people write them.
+fn clean(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
 /// Describes a TOML error by section, key, line and column, without
 /// quoting the offending line: the value there may be a pasted secret.
 fn locate(text: &str, e: &toml::de::Error) -> String {
@@ -187,12 +216,21 @@ fn locate(text: &str, e: &toml::de::Error) -> String {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
     let line = text[line_start..].lines().next().unwrap_or("");
-    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty());
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty());
     // A table-level error (serde buffers internally tagged tables and
     // loses the key's position) points at the table header itself.
     let section = std::iter::once(line.trim())
         .filter(|l| l.starts_with('['))
-        .chain(before.lines().rev().map(str::trim).filter(|l| l.starts_with('[')))
+        .chain(
+            before
+                .lines()
+                .rev()
+                .map(str::trim)
+                .filter(|l| l.starts_with('[')),
+        )
         .next()
         .unwrap_or("");
     let mut place = format!("line {line_no}, column {column}");
@@ -235,30 +273,49 @@ dir = "ca"
         let BackendConfig::Pkcs11(p) = &c.backend;
         assert_eq!(p.user_pin.to_string(), "file:/etc/lockstep/pin.txt");
         assert_eq!(c.ca.root_validity_days, 3650);
+        let c = Config::parse(
+            &GOOD.replace("dir = \"ca\"", "dir = \"../var/ca\""),
+            Path::new("hsm-config/x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.ca.dir, Path::new("var/ca"));
     }
 
     #[test]
     fn errors_name_the_place() {
         let inline_pin = GOOD.replace("file:pin.txt", "123456");
-        let err = Config::parse(&inline_pin, Path::new("x.toml")).unwrap_err().to_string();
+        let err = Config::parse(&inline_pin, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("x.toml") && err.contains("[backend]"), "{err}");
         assert!(err.contains("must be given by reference"), "{err}");
         assert!(!err.contains("123456"), "secret echoed: {err}");
 
         let unknown = GOOD.replace("[ca]", "[ca]\nfoo = 1");
-        let err = Config::parse(&unknown, Path::new("x.toml")).unwrap_err().to_string();
+        let err = Config::parse(&unknown, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("foo"), "{err}");
 
         let no_token = GOOD.replace("token_label = \"lockstep\"", "");
-        let err = Config::parse(&no_token, Path::new("x.toml")).unwrap_err().to_string();
-        assert!(err.contains("[backend]") && err.contains("token_label"), "{err}");
+        let err = Config::parse(&no_token, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[backend]") && err.contains("token_label"),
+            "{err}"
+        );
 
         let same = GOOD.replace("label = \"lockstep-issuing\"", "label = \"lockstep-root\"");
-        let err = Config::parse(&same, Path::new("x.toml")).unwrap_err().to_string();
+        let err = Config::parse(&same, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("[keys]"), "{err}");
 
         let bad_cn = format!("{GOOD}root_subject = {{ common_name = \"\" }}\n");
-        let err = Config::parse(&bad_cn, Path::new("x.toml")).unwrap_err().to_string();
+        let err = Config::parse(&bad_cn, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("root_subject"), "{err}");
     }
 }

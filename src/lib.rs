@@ -14,6 +14,8 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Outside tests, every failure is an error path: no `unwrap`/`expect`.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod ca;
 pub mod cli;

@@ -81,13 +81,12 @@ impl SecretRef {
                 std::env::var(name).map_err(|_| SecretError::EnvMissing(name.clone()))?,
             ),
             Self::File(path) => {
-                let mut text =
-                    Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-                        SecretError::File {
-                            path: path.clone(),
-                            source,
-                        }
-                    })?);
+                let mut text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                    SecretError::File {
+                        path: path.clone(),
+                        source,
+                    }
+                })?);
                 if text.ends_with('\n') {
                     text.pop();
                     if text.ends_with('\r') {

@@ -21,7 +21,11 @@ fn env(name: &str) -> Env {
     let hsm = softhsm();
     let token = hsm.new_token(name);
     let dir = tempfile::tempdir().unwrap();
-    let config = write(dir.path(), "lockstep.toml", ca_config_text(hsm, &token, name, 3650, 1095));
+    let config = write(
+        dir.path(),
+        "lockstep.toml",
+        ca_config_text(hsm, &token, name, 3650, 1095),
+    );
     Env { dir, config, token }
 }
 
@@ -52,15 +56,29 @@ fn init_creates_a_chain_openssl_verifies_and_refuses_to_overwrite() {
     assert_eq!(report["mode"], "self-signed-root");
     let ca = e.dir.path().join("ca");
     let (ok, text) = openssl(&[
-        "verify", "-CAfile", ca.join("root.pem").to_str().unwrap(),
+        "verify",
+        "-CAfile",
+        ca.join("root.pem").to_str().unwrap(),
         ca.join("issuing.pem").to_str().unwrap(),
     ]);
     assert!(ok, "{text}");
-    let (_, text) = openssl(&["x509", "-in", ca.join("issuing.pem").to_str().unwrap(), "-noout", "-text"]);
+    let (_, text) = openssl(&[
+        "x509",
+        "-in",
+        ca.join("issuing.pem").to_str().unwrap(),
+        "-noout",
+        "-text",
+    ]);
     assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
     assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
     assert!(text.contains("X509v3 Key Usage: critical"), "{text}");
-    let (_, text) = openssl(&["x509", "-in", ca.join("root.pem").to_str().unwrap(), "-noout", "-text"]);
+    let (_, text) = openssl(&[
+        "x509",
+        "-in",
+        ca.join("root.pem").to_str().unwrap(),
+        "-noout",
+        "-text",
+    ]);
     assert!(text.contains("CA:TRUE, pathlen:1"), "{text}");
 
     // Again: refused, nothing changed.
@@ -90,7 +108,10 @@ fn keys_list_and_pkcs11_tool_show_sensitive_never_extractable_keys() {
     assert!(out.status.success(), "{}", all(&out));
     let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let objects = listing["objects"].as_array().unwrap();
-    let private: Vec<_> = objects.iter().filter(|o| o["class"] == "private-key").collect();
+    let private: Vec<_> = objects
+        .iter()
+        .filter(|o| o["class"] == "private-key")
+        .collect();
     assert_eq!(private.len(), 2);
     for o in private {
         assert_eq!(o["key_type"], "EC P-256");
@@ -101,34 +122,58 @@ fn keys_list_and_pkcs11_tool_show_sensitive_never_extractable_keys() {
         assert_eq!(p["never_extractable"], true);
     }
     let text = stdout(&lockstep(&e.config, &["keys", "list"]));
-    assert!(text.contains("cli-list-issuing") && text.contains("NEVER_EXTRACTABLE"), "{text}");
+    assert!(
+        text.contains("cli-list-issuing") && text.contains("NEVER_EXTRACTABLE"),
+        "{text}"
+    );
 
     let tool = Command::new("pkcs11-tool")
         .env("SOFTHSM2_CONF", &softhsm().conf)
-        .args(["--module", common::MODULE, "--token-label", &e.token, "--login"])
-        .args(["--pin", common::USER_PIN, "--list-objects", "--type", "privkey"])
+        .args([
+            "--module",
+            common::MODULE,
+            "--token-label",
+            &e.token,
+            "--login",
+        ])
+        .args([
+            "--pin",
+            common::USER_PIN,
+            "--list-objects",
+            "--type",
+            "privkey",
+        ])
         .output()
         .expect("pkcs11-tool runs (install opensc: scripts/setup)");
     let text = all(&tool);
     assert!(tool.status.success(), "{text}");
     assert_eq!(
-        text.matches("Access:     sensitive, always sensitive, never extractable, local").count(),
+        text.matches("Access:     sensitive, always sensitive, never extractable, local")
+            .count(),
         2,
         "{text}"
     );
-    assert!(text.contains("Usage:      sign\n"), "private keys may only sign: {text}");
+    assert!(
+        text.contains("Usage:      sign\n"),
+        "private keys may only sign: {text}"
+    );
 }
 
 #[test]
 fn wrong_pin_is_refused_without_echoing_it() {
     let e = env("cli-pin");
     let bad = write(e.dir.path(), "bad.pin", "pin-that-is-wrong-9731\n");
-    let text = std::fs::read_to_string(&e.config)
-        .unwrap()
-        .replace(&softhsm().pin_file.display().to_string(), &bad.display().to_string());
+    let text = std::fs::read_to_string(&e.config).unwrap().replace(
+        &softhsm().pin_file.display().to_string(),
+        &bad.display().to_string(),
+    );
     let config = write(e.dir.path(), "bad.toml", text);
     for json in [false, true] {
-        let args: &[&str] = if json { &["keys", "list", "--json"] } else { &["keys", "list"] };
+        let args: &[&str] = if json {
+            &["keys", "list", "--json"]
+        } else {
+            &["keys", "list"]
+        };
         let out = lockstep(&config, args);
         assert_eq!(out.status.code(), Some(1));
         let text = all(&out);
@@ -145,23 +190,60 @@ fn external_root_csr_then_installed_chain_issues() {
     let out = lockstep(&e.config, &["init", "--external-root"]);
     assert!(out.status.success(), "{}", all(&out));
     let csr = dir.join("ca/issuing.csr.pem");
-    let (ok, text) = openssl(&["req", "-in", csr.to_str().unwrap(), "-noout", "-verify", "-text"]);
+    let (ok, text) = openssl(&[
+        "req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-noout",
+        "-verify",
+        "-text",
+    ]);
     assert!(ok, "{text}");
     assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
 
     // An external root (openssl) signs it.
     let p = |n: &str| dir.join(n).to_str().unwrap().to_owned();
     let (ok, text) = openssl(&[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384", "-nodes",
-        "-keyout", &p("ext-root.key"), "-out", &p("ext-root.pem"), "-days", "30",
-        "-subj", "/O=Example/CN=External Root",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-384",
+        "-nodes",
+        "-keyout",
+        &p("ext-root.key"),
+        "-out",
+        &p("ext-root.pem"),
+        "-days",
+        "30",
+        "-subj",
+        "/O=Example/CN=External Root",
     ]);
     assert!(ok, "{text}");
-    write(dir, "ca.ext", "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n");
+    write(
+        dir,
+        "ca.ext",
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+    );
     let (ok, text) = openssl(&[
-        "x509", "-req", "-in", csr.to_str().unwrap(), "-CA", &p("ext-root.pem"), "-CAkey",
-        &p("ext-root.key"), "-set_serial", "4242", "-days", "20", "-sha384",
-        "-extfile", &p("ca.ext"), "-out", &p("issued.pem"),
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-CA",
+        &p("ext-root.pem"),
+        "-CAkey",
+        &p("ext-root.key"),
+        "-set_serial",
+        "4242",
+        "-days",
+        "20",
+        "-sha384",
+        "-extfile",
+        &p("ca.ext"),
+        "-out",
+        &p("issued.pem"),
     ]);
     assert!(ok, "{text}");
     // Root first, issuing second: install puts them in order.
@@ -177,20 +259,29 @@ fn external_root_csr_then_installed_chain_issues() {
     assert_eq!(out.status.code(), Some(1));
     assert!(all(&out).contains("invalid_chain"), "{}", all(&out));
 
-    let out = lockstep(&e.config, &["init", "--install-chain", &p("bundle.pem"), "--json"]);
+    let out = lockstep(
+        &e.config,
+        &["init", "--install-chain", &p("bundle.pem"), "--json"],
+    );
     assert!(out.status.success(), "{}", all(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["mode"], "installed-chain");
-    let (ok, text) = openssl(&[
-        "verify", "-CAfile", &p("ca/root.pem"), &p("ca/issuing.pem"),
-    ]);
+    let (ok, text) = openssl(&["verify", "-CAfile", &p("ca/root.pem"), &p("ca/issuing.pem")]);
     assert!(ok, "{text}");
 }
 
 #[test]
 fn every_subcommand_has_help() {
-    for args in [&["--help"][..], &["init", "--help"], &["keys", "--help"], &["keys", "list", "--help"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_lockstep")).args(args).output().unwrap();
+    for args in [
+        &["--help"][..],
+        &["init", "--help"],
+        &["keys", "--help"],
+        &["keys", "list", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{args:?}");
         assert!(stdout(&out).contains("Usage"), "{args:?}");
     }

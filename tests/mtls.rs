@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lockstep::clock::{Clock, SystemClock, Timestamp};
 use lockstep::x509::csr::parse_and_verify;
-use lockstep::x509::{CertProfile, LeafSpec, SessionEvidence, San, SubjectName};
+use lockstep::x509::{CertProfile, LeafSpec, San, SessionEvidence, SubjectName};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
@@ -35,23 +35,94 @@ fn roots(pem: &Path) -> RootCertStore {
 
 /// A server certificate for `localhost` and the CA that issued it, both
 /// made with openssl. Returns (chain, key, CA certificate path).
-fn server_identity(dir: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, std::path::PathBuf) {
+fn server_identity(
+    dir: &Path,
+) -> (
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    std::path::PathBuf,
+) {
     let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
     let run = |args: &[&str]| {
         let (ok, text) = openssl(args);
         assert!(ok, "openssl {args:?}: {text}");
     };
-    run(&[&["req", "-x509"][..], &ec, &["-keyout", &p("sca.key"), "-out", &p("sca.pem"), "-days", "1", "-subj", "/CN=test server CA"]].concat());
-    run(&[&["req", "-new"][..], &ec, &["-keyout", &p("server.key"), "-out", &p("server.csr"), "-subj", "/CN=localhost"]].concat());
-    write(dir, "server.ext", "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n");
-    run(&["x509", "-req", "-in", &p("server.csr"), "-CA", &p("sca.pem"), "-CAkey", &p("sca.key"), "-set_serial", "7", "-days", "1", "-extfile", &p("server.ext"), "-out", &p("server.pem")]);
-    let chain = CertificateDer::pem_file_iter(p("server.pem")).unwrap().map(Result::unwrap).collect();
-    (chain, PrivateKeyDer::from_pem_file(p("server.key")).unwrap(), dir.join("sca.pem"))
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            &p("sca.key"),
+            "-out",
+            &p("sca.pem"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test server CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req", "-new"][..],
+        &ec,
+        &[
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
+    write(
+        dir,
+        "server.ext",
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    );
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("sca.pem"),
+        "-CAkey",
+        &p("sca.key"),
+        "-set_serial",
+        "7",
+        "-days",
+        "1",
+        "-extfile",
+        &p("server.ext"),
+        "-out",
+        &p("server.pem"),
+    ]);
+    let chain = CertificateDer::pem_file_iter(p("server.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    (
+        chain,
+        PrivateKeyDer::from_pem_file(p("server.key")).unwrap(),
+        dir.join("sca.pem"),
+    )
 }
 
 /// Mints a certificate for a fresh openssl key; returns (chain PEM, key path).
-fn client_identity(ca: &TestCa, name: &str, profile: CertProfile, not_after: Timestamp) -> (std::path::PathBuf, std::path::PathBuf) {
+fn client_identity(
+    ca: &TestCa,
+    name: &str,
+    profile: CertProfile,
+    not_after: Timestamp,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = ca.dir.path();
     let (key, csr) = openssl_csr(dir, name, "ec:P-256");
     let csr = parse_and_verify(&csr).unwrap();
@@ -74,10 +145,14 @@ fn client_identity(ca: &TestCa, name: &str, profile: CertProfile, not_after: Tim
 async fn server(
     client_root: &Path,
     identity: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
-) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>) {
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(client_root)), provider())
-        .build()
-        .unwrap();
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
+) {
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(client_root)), provider())
+            .build()
+            .unwrap();
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -118,7 +193,10 @@ async fn handshake(
     key: &Path,
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<String, String>>,
 ) -> Result<String, String> {
-    let chain: Vec<_> = CertificateDer::pem_file_iter(chain).unwrap().map(Result::unwrap).collect();
+    let chain: Vec<_> = CertificateDer::pem_file_iter(chain)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -133,13 +211,20 @@ async fn handshake(
         let mut buf = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
     }
-    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap()
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn rustls_accepts_session_certificates_and_rejects_others() {
-    let ca = tokio::task::spawn_blocking(|| test_ca("mtls")).await.unwrap();
-    let other = tokio::task::spawn_blocking(|| test_ca("mtls-other")).await.unwrap();
+    let ca = tokio::task::spawn_blocking(|| test_ca("mtls"))
+        .await
+        .unwrap();
+    let other = tokio::task::spawn_blocking(|| test_ca("mtls-other"))
+        .await
+        .unwrap();
     let dir = ca.dir.path().to_owned();
     let (server_chain, server_key, server_ca) = server_identity(&dir);
     let (addr, mut rx) = server(&ca.root_pem(), (server_chain, server_key)).await;
@@ -149,13 +234,31 @@ async fn rustls_accepts_session_certificates_and_rejects_others() {
     let verdict = handshake(addr, &server_ca, &chain, &key, &mut rx).await;
     assert_eq!(verdict, Ok("accepted, 2 peer certificates".into()));
 
-    let (chain, key) = client_identity(&other, "foreign", CertProfile::MtlsClient, now.plus_secs(300));
+    let (chain, key) = client_identity(
+        &other,
+        "foreign",
+        CertProfile::MtlsClient,
+        now.plus_secs(300),
+    );
     let verdict = handshake(addr, &server_ca, &chain, &key, &mut rx).await;
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("UnknownIssuer")), "{verdict:?}");
+    assert!(
+        verdict.as_ref().is_err_and(|e| e.contains("UnknownIssuer")),
+        "{verdict:?}"
+    );
 
-    let (chain, key) = client_identity(&ca, "codesign", CertProfile::CodeSigning, now.plus_secs(300));
+    let (chain, key) = client_identity(
+        &ca,
+        "codesign",
+        CertProfile::CodeSigning,
+        now.plus_secs(300),
+    );
     let verdict = handshake(addr, &server_ca, &chain, &key, &mut rx).await;
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("extended key usage for client authentication")), "{verdict:?}");
+    assert!(
+        verdict
+            .as_ref()
+            .is_err_and(|e| e.contains("extended key usage for client authentication")),
+        "{verdict:?}"
+    );
 
     // A certificate that ends two seconds from now works now...
     let not_after = SystemClock.now().plus_secs(2);
@@ -167,5 +270,10 @@ async fn rustls_accepts_session_certificates_and_rejects_others() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let verdict = handshake(addr, &server_ca, &chain, &key, &mut rx).await;
-    assert!(verdict.as_ref().is_err_and(|e| e.contains("certificate expired")), "{verdict:?}");
+    assert!(
+        verdict
+            .as_ref()
+            .is_err_and(|e| e.contains("certificate expired")),
+        "{verdict:?}"
+    );
 }

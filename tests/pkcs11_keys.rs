@@ -33,11 +33,15 @@ fn generated_key_signs_and_verifies() {
 fn existing_keys_are_not_overwritten_unless_forced() {
     let backend = softhsm().backend();
     let first = backend.generate_key(&key_ref("force", 2), false).unwrap();
-    let err = backend.generate_key(&key_ref("force", 2), false).unwrap_err();
+    let err = backend
+        .generate_key(&key_ref("force", 2), false)
+        .unwrap_err();
     assert_eq!(err.code(), "key_exists");
     assert!(err.to_string().contains("--force"), "{err}");
     // The same id under another label is a conflict too.
-    let err = backend.generate_key(&key_ref("force-other", 2), false).unwrap_err();
+    let err = backend
+        .generate_key(&key_ref("force-other", 2), false)
+        .unwrap_err();
     assert_eq!(err.code(), "key_exists");
     let second = backend.generate_key(&key_ref("force", 2), true).unwrap();
     assert_ne!(first.public_key(), second.public_key());
@@ -91,7 +95,9 @@ fn missing_keys_and_tokens_are_clear_errors() {
 #[test]
 fn parallel_signing_from_eight_threads_gives_valid_signatures() {
     let backend = softhsm().backend();
-    let key: Arc<dyn DeviceKey> = backend.generate_key(&key_ref("parallel", 4), false).unwrap();
+    let key: Arc<dyn DeviceKey> = backend
+        .generate_key(&key_ref("parallel", 4), false)
+        .unwrap();
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let key = key.clone();
@@ -99,7 +105,10 @@ fn parallel_signing_from_eight_threads_gives_valid_signatures() {
                 for i in 0..200 {
                     let msg = format!("thread {t} message {i}");
                     let sig = key.sign(msg.as_bytes()).unwrap();
-                    assert!(key.public_key().verify(msg.as_bytes(), &sig), "bad signature {t}/{i}");
+                    assert!(
+                        key.public_key().verify(msg.as_bytes(), &sig),
+                        "bad signature {t}/{i}"
+                    );
                 }
             })
         })
@@ -117,7 +126,9 @@ fn reading_the_private_key_value_fails() {
     use secrecy::SecretString;
 
     let hsm = softhsm();
-    hsm.backend().generate_key(&key_ref("value", 5), false).unwrap();
+    hsm.backend()
+        .generate_key(&key_ref("value", 5), false)
+        .unwrap();
     // An independent PKCS#11 client on the same token.
     let ctx = Pkcs11::new(common::MODULE).unwrap();
     let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
@@ -136,9 +147,13 @@ fn reading_the_private_key_value_fails() {
         ])
         .unwrap();
     assert_eq!(handles.len(), 1);
-    let info = session.get_attribute_info(handles[0], &[AttributeType::Value]).unwrap();
+    let info = session
+        .get_attribute_info(handles[0], &[AttributeType::Value])
+        .unwrap();
     assert!(matches!(info[0], AttributeInfo::Sensitive), "{info:?}");
-    let values = session.get_attributes(handles[0], &[AttributeType::Value]).unwrap();
+    let values = session
+        .get_attributes(handles[0], &[AttributeType::Value])
+        .unwrap();
     assert!(
         !values.iter().any(|a| matches!(a, Attribute::Value(_))),
         "private key value was returned"

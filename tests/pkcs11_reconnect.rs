@@ -35,7 +35,8 @@ fn signing_recovers_after_the_module_is_reset_and_a_token_appears_later() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let label = hsm.new_token("late");
     let late = lockstep::keys::pkcs11::Pkcs11Backend::new(&hsm.config(&label)).unwrap();
-    late.check().expect("late token found after a module restart");
+    late.check()
+        .expect("late token found after a module restart");
     // And the first backend carries on.
     let sig = key.sign(b"still").unwrap();
     assert!(key.public_key().verify(b"still", &sig));

@@ -63,7 +63,7 @@ impl CertSummary {
                 tbs.validity().not_before.to_unix_duration().as_secs() as i64,
             ),
             not_after: Timestamp::from_unix(
-                tbs.validity().not_after.to_unix_duration().as_secs() as i64,
+                tbs.validity().not_after.to_unix_duration().as_secs() as i64
             ),
             key_sha256: hex::encode(Sha256::digest(spki)),
         })

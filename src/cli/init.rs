@@ -59,7 +59,11 @@ fn text(r: &InitReport) -> String {
             "Issuing key created on {}.\nHave your root CA sign the request below as a CA certificate (path length 0),\nthen run: lockstep init --install-chain <chain.pem>",
             r.backend
         ),
-        "installed-chain" => writeln!(s, "Installed the external chain for the key on {}.", r.backend),
+        "installed-chain" => writeln!(
+            s,
+            "Installed the external chain for the key on {}.",
+            r.backend
+        ),
         _ => writeln!(s, "CA initialised; keys generated on {}.", r.backend),
     };
     for (role, c) in [("root", &r.root), ("issuing", &r.issuing)] {

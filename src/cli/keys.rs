@@ -46,10 +46,8 @@ fn yes(b: bool) -> &'static str {
 
 fn text(l: &Listing) -> String {
     let mut s = format!("{}\n", l.backend);
-    let _ = writeln!(
-        s,
-        "{:<12} {:<24} {:<8} {:<10} {:<9} {:<11} {:<16} {:<17} {}",
-        "CLASS", "LABEL", "ID", "TYPE", "SENSITIVE", "EXTRACTABLE", "ALWAYS_SENSITIVE", "NEVER_EXTRACTABLE", "LOCAL"
+    s.push_str(
+        "CLASS        LABEL                    ID       TYPE       SENSITIVE EXTRACTABLE ALWAYS_SENSITIVE NEVER_EXTRACTABLE LOCAL\n",
     );
     for o in &l.objects {
         let (sens, extr, always, never, local) = match o.protection {

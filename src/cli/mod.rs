@@ -19,7 +19,13 @@ pub use output::Output;
 #[command(name = "lockstep", version, about, long_about = None)]
 pub struct Cli {
     /// The configuration file.
-    #[arg(long, short, global = true, env = "LOCKSTEP_CONFIG", default_value = "lockstep.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "LOCKSTEP_CONFIG",
+        default_value = "lockstep.toml"
+    )]
     pub config: PathBuf,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]

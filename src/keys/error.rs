@@ -76,7 +76,9 @@ pub enum KeyError {
         key: String,
     },
     /// More than one object matches a key reference.
-    #[error("key reference {key} matches {count} objects on {device}: give each key a unique label and id")]
+    #[error(
+        "key reference {key} matches {count} objects on {device}: give each key a unique label and id"
+    )]
     Ambiguous {
         /// Which device.
         device: String,
@@ -142,6 +144,9 @@ mod tests {
             DeviceCode::Pkcs11(RvError::SessionHandleInvalid).to_string(),
             "CKR_SESSION_HANDLE_INVALID"
         );
-        assert_eq!(DeviceCode::Pkcs11(RvError::PinIncorrect).to_string(), "CKR_PIN_INCORRECT");
+        assert_eq!(
+            DeviceCode::Pkcs11(RvError::PinIncorrect).to_string(),
+            "CKR_PIN_INCORRECT"
+        );
     }
 }

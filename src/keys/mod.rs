@@ -185,8 +185,9 @@ pub struct PublicKey {
 impl PublicKey {
     /// Builds the key from an uncompressed or compressed SEC1 P-256 point.
     pub fn from_p256_sec1(point: &[u8]) -> Result<Self, KeyError> {
-        let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
-            .map_err(|_| KeyError::Unsupported("the device returned an invalid P-256 point".into()))?;
+        let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| {
+            KeyError::Unsupported("the device returned an invalid P-256 point".into())
+        })?;
         let spki_der = key
             .to_public_key_der()
             .map_err(|e| KeyError::Unsupported(format!("cannot encode public key: {e}")))?
@@ -243,18 +244,22 @@ pub struct Signature(p256::ecdsa::Signature);
 impl Signature {
     /// Parses the fixed-size `r || s` form that PKCS#11 `CKM_ECDSA` returns.
     pub fn from_raw(raw: &[u8]) -> Result<Self, KeyError> {
-        p256::ecdsa::Signature::from_slice(raw).map(Self).map_err(|_| {
-            KeyError::Unsupported(format!(
-                "the device returned a malformed ECDSA signature ({} bytes)",
-                raw.len()
-            ))
-        })
+        p256::ecdsa::Signature::from_slice(raw)
+            .map(Self)
+            .map_err(|_| {
+                KeyError::Unsupported(format!(
+                    "the device returned a malformed ECDSA signature ({} bytes)",
+                    raw.len()
+                ))
+            })
     }
 
     /// Builds a signature from its two scalars, each left-padded to 32 bytes.
     pub fn from_scalars(r: &[u8], s: &[u8]) -> Result<Self, KeyError> {
         if r.len() > 32 || s.len() > 32 {
-            return Err(KeyError::Unsupported("ECDSA scalar longer than 32 bytes".into()));
+            return Err(KeyError::Unsupported(
+                "ECDSA scalar longer than 32 bytes".into(),
+            ));
         }
         let mut raw = [0u8; 64];
         raw[32 - r.len()..32].copy_from_slice(r);
@@ -311,7 +316,10 @@ mod tests {
         let s = &raw[32..];
         let r_trim = &r[r.iter().take_while(|b| **b == 0).count()..];
         let s_trim = &s[s.iter().take_while(|b| **b == 0).count()..];
-        assert_eq!(Signature::from_scalars(r_trim, s_trim).unwrap().to_raw(), raw);
+        assert_eq!(
+            Signature::from_scalars(r_trim, s_trim).unwrap().to_raw(),
+            raw
+        );
         assert!(Signature::from_scalars(&[1u8; 33], s).is_err());
     }
 

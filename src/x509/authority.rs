@@ -69,7 +69,9 @@ fn ca_extensions(
 }
 
 fn spki_of(public: &PublicKey) -> Result<spki::SubjectPublicKeyInfoOwned, X509Error> {
-    Ok(spki::SubjectPublicKeyInfoOwned::from_der(public.spki_der())?)
+    Ok(spki::SubjectPublicKeyInfoOwned::from_der(
+        public.spki_der(),
+    )?)
 }
 
 /// A self-signed root CA certificate for `key`. Its path length is 1: it
@@ -132,8 +134,12 @@ pub fn issuing_ca_certificate(
         certificate_time(validity.not_before)?,
         certificate_time(validity.not_after)?,
     );
-    let builder =
-        CertificateBuilder::new(profile, random_serial()?, validity, spki_of(issuing_public)?)?;
+    let builder = CertificateBuilder::new(
+        profile,
+        random_serial()?,
+        validity,
+        spki_of(issuing_public)?,
+    )?;
     sign_with(builder, root_key)
 }
 
@@ -161,13 +167,13 @@ pub(crate) fn check_is_ca(cert: &Certificate) -> Result<(), X509Error> {
             )));
         }
     }
-    if let Some((_, ku)) = tbs.get_extension::<KeyUsage>()? {
-        if !ku.key_cert_sign() {
-            return Err(X509Error::Chain(format!(
-                "{} may not sign certificates (keyUsage lacks keyCertSign)",
-                tbs.subject()
-            )));
-        }
+    if let Some((_, ku)) = tbs.get_extension::<KeyUsage>()?
+        && !ku.key_cert_sign()
+    {
+        return Err(X509Error::Chain(format!(
+            "{} may not sign certificates (keyUsage lacks keyCertSign)",
+            tbs.subject()
+        )));
     }
     Ok(())
 }

@@ -47,7 +47,9 @@ pub fn certificate_time(t: Timestamp) -> Result<Time, X509Error> {
     } else if t.year() <= 9999 {
         Ok(Time::GeneralTime(GeneralizedTime::from_unix_duration(d)?))
     } else {
-        Err(X509Error::InvalidValidity(format!("{t} is after the year 9999")))
+        Err(X509Error::InvalidValidity(format!(
+            "{t} is after the year 9999"
+        )))
     }
 }
 
@@ -86,7 +88,10 @@ impl EncodePublicKey for PublicKey {
 
 /// Finalises `builder`, has `key` sign the to-be-signed bytes, and
 /// assembles the signed object.
-pub(crate) fn sign_with<B: Builder>(mut builder: B, key: &dyn DeviceKey) -> Result<B::Output, X509Error> {
+pub(crate) fn sign_with<B: Builder>(
+    mut builder: B,
+    key: &dyn DeviceKey,
+) -> Result<B::Output, X509Error> {
     let signer = DeviceSigner(key);
     let tbs = builder.finalize(&signer)?;
     let signature = key.sign(&tbs)?;
@@ -142,11 +147,22 @@ mod tests {
     #[test]
     fn time_encoding_switches_to_generalized_in_2050() {
         let last_utc = Timestamp::parse_rfc3339("2049-12-31T23:59:59Z").unwrap();
-        assert!(matches!(certificate_time(last_utc).unwrap(), Time::UtcTime(_)));
+        assert!(matches!(
+            certificate_time(last_utc).unwrap(),
+            Time::UtcTime(_)
+        ));
         let first_gen = last_utc.plus_secs(1);
-        assert!(matches!(certificate_time(first_gen).unwrap(), Time::GeneralTime(_)));
-        assert_eq!(timestamp_of(&certificate_time(first_gen).unwrap()), first_gen);
+        assert!(matches!(
+            certificate_time(first_gen).unwrap(),
+            Time::GeneralTime(_)
+        ));
+        assert_eq!(
+            timestamp_of(&certificate_time(first_gen).unwrap()),
+            first_gen
+        );
         assert!(certificate_time(Timestamp::from_unix(-1)).is_err());
-        assert!(certificate_time(Timestamp::parse_rfc3339("9999-12-31T23:59:59Z").unwrap()).is_ok());
+        assert!(
+            certificate_time(Timestamp::parse_rfc3339("9999-12-31T23:59:59Z").unwrap()).is_ok()
+        );
     }
 }

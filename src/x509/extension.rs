@@ -114,11 +114,10 @@ impl SessionEvidence {
 
     /// Reads the extension from a certificate; `None` if it has none.
     pub fn from_certificate(cert: &Certificate) -> Result<Option<Self>, X509Error> {
-        let Some(ext) = cert
-            .tbs_certificate()
-            .extensions()
-            .and_then(|exts| exts.iter().find(|e| e.extn_id == oids::LOCKSTEP_SESSION_EXT))
-        else {
+        let Some(ext) = cert.tbs_certificate().extensions().and_then(|exts| {
+            exts.iter()
+                .find(|e| e.extn_id == oids::LOCKSTEP_SESSION_EXT)
+        }) else {
             return Ok(None);
         };
         let wire = Wire::from_der(ext.extn_value.as_bytes())
@@ -149,7 +148,9 @@ impl SessionEvidence {
 fn generalized(t: Timestamp) -> Result<GeneralizedTime, X509Error> {
     let secs = u64::try_from(t.unix())
         .map_err(|_| X509Error::InvalidValidity(format!("{t} is before 1970")))?;
-    Ok(GeneralizedTime::from_unix_duration(std::time::Duration::from_secs(secs))?)
+    Ok(GeneralizedTime::from_unix_duration(
+        std::time::Duration::from_secs(secs),
+    )?)
 }
 
 #[cfg(test)]
@@ -161,7 +162,10 @@ mod tests {
         assert!(SessionEvidence::session("ses_01J9Z").to_extension().is_ok());
         for bad in ["", "a b", "x\0", &"a".repeat(129), "é"] {
             assert_eq!(
-                SessionEvidence::session(bad).to_extension().unwrap_err().code(),
+                SessionEvidence::session(bad)
+                    .to_extension()
+                    .unwrap_err()
+                    .code(),
                 "invalid_name"
             );
         }

@@ -12,7 +12,9 @@ pub mod names;
 pub mod oids;
 pub mod verify;
 
-pub use authority::{CaValidity, check_chain, issuing_ca_certificate, issuing_csr, self_signed_root};
+pub use authority::{
+    CaValidity, check_chain, issuing_ca_certificate, issuing_csr, self_signed_root,
+};
 pub use build::{certificate_time, random_serial};
 pub use extension::SessionEvidence;
 pub use leaf::{CertProfile, IssuedCertificate, Issuer, LeafSpec};
@@ -35,7 +37,9 @@ pub enum X509Error {
     #[error("CSR is malformed: {0}; send a PEM or DER PKCS#10 request")]
     CsrMalformed(String),
     /// The CSR's signature does not verify with its own public key.
-    #[error("CSR signature does not verify with its public key (proof of possession failed); sign the request with the key it carries")]
+    #[error(
+        "CSR signature does not verify with its public key (proof of possession failed); sign the request with the key it carries"
+    )]
     CsrSignatureInvalid,
     /// The public key is of a kind lockstep does not accept.
     #[error("{0}")]

@@ -67,13 +67,21 @@ impl SubjectName {
             rdns.push(rdn(oids::COUNTRY, value)?);
         }
         for (oid, label, value) in [
-            (oids::ORGANIZATION, "organization", self.organization.as_deref()),
+            (
+                oids::ORGANIZATION,
+                "organization",
+                self.organization.as_deref(),
+            ),
             (
                 oids::ORGANIZATIONAL_UNIT,
                 "organizational unit",
                 self.organizational_unit.as_deref(),
             ),
-            (oids::COMMON_NAME, "common name", Some(self.common_name.as_str())),
+            (
+                oids::COMMON_NAME,
+                "common name",
+                Some(self.common_name.as_str()),
+            ),
         ] {
             if let Some(v) = value {
                 check_text(label, v)?;
@@ -84,11 +92,13 @@ impl SubjectName {
     }
 }
 
-fn rdn(oid: der::asn1::ObjectIdentifier, value: Any) -> Result<RelativeDistinguishedName, X509Error> {
-    Ok(RelativeDistinguishedName::try_from(vec![AttributeTypeAndValue {
-        oid,
-        value,
-    }])?)
+fn rdn(
+    oid: der::asn1::ObjectIdentifier,
+    value: Any,
+) -> Result<RelativeDistinguishedName, X509Error> {
+    Ok(RelativeDistinguishedName::try_from(vec![
+        AttributeTypeAndValue { oid, value },
+    ])?)
 }
 
 /// Checks a directory-string attribute: 1 to 64 characters, no control or
@@ -110,7 +120,8 @@ fn check_text(label: &str, v: &str) -> Result<(), X509Error> {
 }
 
 fn is_disallowed(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A subject alternative name.
@@ -174,7 +185,9 @@ fn check_dns(d: &str) -> Result<(), X509Error> {
             || label.len() > 63
             || label.starts_with('-')
             || label.ends_with('-')
-            || !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
             return Err(bad());
         }
@@ -189,7 +202,9 @@ fn check_uri(u: &str) -> Result<(), X509Error> {
         return Err(bad("is too long"));
     }
     if !u.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad("must be printable ASCII without spaces (percent-encode the rest)"));
+        return Err(bad(
+            "must be printable ASCII without spaces (percent-encode the rest)",
+        ));
     }
     let (scheme, rest) = u.split_once(':').ok_or_else(|| bad("has no scheme"))?;
     let mut s = scheme.bytes();
@@ -215,7 +230,10 @@ mod tests {
         }
         .to_name()
         .unwrap();
-        assert_eq!(name.to_string(), "CN=db:payroll,OU=sessions,O=lockstep,C=DE");
+        assert_eq!(
+            name.to_string(),
+            "CN=db:payroll,OU=sessions,O=lockstep,C=DE"
+        );
     }
 
     #[test]
@@ -266,7 +284,11 @@ mod tests {
             San::Email("nobody".into()),
             San::Email("a@b@c".into()),
         ] {
-            assert_eq!(bad.to_general_name().unwrap_err().code(), "invalid_name", "{bad:?}");
+            assert_eq!(
+                bad.to_general_name().unwrap_err().code(),
+                "invalid_name",
+                "{bad:?}"
+            );
         }
     }
 }

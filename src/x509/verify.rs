@@ -50,10 +50,9 @@ struct RsaPublicKey<'a> {
 /// accept with an error that says what is accepted.
 pub fn key_kind(spki: &SubjectPublicKeyInfoRef<'_>) -> Result<KeyKind, X509Error> {
     let alg = spki.algorithm.oid;
-    let bits = spki
-        .subject_public_key
-        .as_bytes()
-        .ok_or_else(|| X509Error::UnsupportedKey("the public key bit string is not whole bytes".into()))?;
+    let bits = spki.subject_public_key.as_bytes().ok_or_else(|| {
+        X509Error::UnsupportedKey("the public key bit string is not whole bytes".into())
+    })?;
     if alg == oids::EC_PUBLIC_KEY {
         let curve: ObjectIdentifier = spki
             .algorithm
@@ -80,7 +79,9 @@ pub fn key_kind(spki: &SubjectPublicKeyInfoRef<'_>) -> Result<KeyKind, X509Error
             )));
         }
         if kind == KeyKind::EcP256 && p256::PublicKey::from_sec1_bytes(bits).is_err() {
-            return Err(X509Error::UnsupportedKey("EC P-256 point is not on the curve".into()));
+            return Err(X509Error::UnsupportedKey(
+                "EC P-256 point is not on the curve".into(),
+            ));
         }
         return Ok(kind);
     }
@@ -101,7 +102,9 @@ pub fn key_kind(spki: &SubjectPublicKeyInfoRef<'_>) -> Result<KeyKind, X509Error
         }
         let e = key.public_exponent.as_bytes();
         if e.is_empty() || e.last().is_some_and(|b| b & 1 == 0) || e == [1] {
-            return Err(X509Error::UnsupportedKey("RSA public exponent is invalid".into()));
+            return Err(X509Error::UnsupportedKey(
+                "RSA public exponent is invalid".into(),
+            ));
         }
         return Ok(KeyKind::Rsa { bits });
     }

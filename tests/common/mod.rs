@@ -1,6 +1,9 @@
 //! Test fixtures: a SoftHSM2 token of this test process's own, created in a
 //! temporary directory, and helpers to build a CA on it.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
+// Setting SOFTHSM2_CONF before the module loads needs `std::env::set_var`,
+// which is `unsafe` since Rust 2024; see `softhsm()` for why it is sound here.
+#![allow(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,7 +94,11 @@ impl SoftHsm {
             .args(["--pin", USER_PIN, "--so-pin", SO_PIN])
             .output()
             .expect("softhsm2-util runs (install softhsm2: scripts/setup)");
-        assert!(out.status.success(), "softhsm2-util: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "softhsm2-util: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         label
     }
 
@@ -128,7 +135,10 @@ pub fn key_ref(label: &str, id: u8) -> KeyRef {
 
 /// Runs `openssl` with arguments, returning (success, stdout+stderr).
 pub fn openssl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl").args(args).output().expect("openssl runs");
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
@@ -151,7 +161,13 @@ pub struct TestCa {
 static CA_IDS: AtomicU32 = AtomicU32::new(1);
 
 /// The configuration text for a CA named `name` on token `token`.
-pub fn ca_config_text(hsm: &SoftHsm, token: &str, name: &str, root_days: u32, issuing_days: u32) -> String {
+pub fn ca_config_text(
+    hsm: &SoftHsm,
+    token: &str,
+    name: &str,
+    root_days: u32,
+    issuing_days: u32,
+) -> String {
     let n = CA_IDS.fetch_add(1, Ordering::Relaxed);
     format!(
         r#"
@@ -187,7 +203,11 @@ pub fn test_ca_with(name: &str, root_days: u32, issuing_days: u32) -> TestCa {
     let hsm = softhsm();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lockstep.toml");
-    std::fs::write(&path, ca_config_text(hsm, &hsm.token, name, root_days, issuing_days)).unwrap();
+    std::fs::write(
+        &path,
+        ca_config_text(hsm, &hsm.token, name, root_days, issuing_days),
+    )
+    .unwrap();
     let config = lockstep::config::Config::load(&path).unwrap();
     let backend = config.backend.open().unwrap();
     let now = lockstep::clock::Clock::now(&lockstep::clock::SystemClock);
@@ -245,9 +265,18 @@ pub fn openssl_csr(dir: &Path, name: &str, kind: &str) -> (PathBuf, Vec<u8>) {
     let (ok, text) = openssl(&args_ref);
     assert!(ok, "openssl genpkey {kind}: {text}");
     let (ok, text) = openssl(&[
-        "req", "-new", "-key", key_s, "-subj", "/CN=ignored-by-lockstep/O=Evil Corp",
-        "-addext", "subjectAltName=DNS:evil.example", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-out", csr.to_str().unwrap(),
+        "req",
+        "-new",
+        "-key",
+        key_s,
+        "-subj",
+        "/CN=ignored-by-lockstep/O=Evil Corp",
+        "-addext",
+        "subjectAltName=DNS:evil.example",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-out",
+        csr.to_str().unwrap(),
     ]);
     assert!(ok, "openssl req: {text}");
     (key, std::fs::read(&csr).unwrap())

@@ -21,8 +21,8 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::Session;
 use serde::Deserialize;
 
-use self::connection::{Connection, Gate, KeyClass, Lookup, Module, ObjectKey};
 pub use self::connection::TokenSelector;
+use self::connection::{Connection, Gate, KeyClass, Lookup, Module, ObjectKey};
 use self::rv::{Recovery, to_key_error};
 use super::{DeviceKey, KeyBackend, KeyError, KeyRef, ObjectInfo, PublicKey, Signature};
 use crate::secret::SecretRef;
@@ -124,7 +124,10 @@ impl Pkcs11Backend {
 enum Connect {
     /// The module must be restarted (token missing) or initialised again
     /// (finalised under us) before trying again.
-    Restart { initialize_only: bool, cause: KeyError },
+    Restart {
+        initialize_only: bool,
+        cause: KeyError,
+    },
     /// A final error.
     Failed(KeyError),
 }
@@ -145,10 +148,8 @@ impl Shared {
     /// was restarted since it was made.
     fn connection(&self, module: &Module, epoch: u64) -> Result<Arc<Connection>, Connect> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = current.as_ref() {
-            if c.epoch == epoch {
-                return Ok(c.clone());
-            }
+        if let Some(c) = current.as_ref().filter(|c| c.epoch == epoch) {
+            return Ok(c.clone());
         }
         *current = None;
         let conn = Arc::new(self.connect(module, epoch)?);
@@ -176,8 +177,15 @@ impl Shared {
         };
         let pin = self.pin.resolve().map_err(|e| Connect::Failed(e.into()))?;
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let conn = Connection::open(generation, epoch, module.ctx.clone(), slot, &pin, self.max_idle)
-            .map_err(|e| self.connect_error("C_Login", e))?;
+        let conn = Connection::open(
+            generation,
+            epoch,
+            module.ctx.clone(),
+            slot,
+            &pin,
+            self.max_idle,
+        )
+        .map_err(|e| self.connect_error("C_Login", e))?;
         tracing::debug!(device = %self.name, generation, "pkcs11 connected");
         Ok(conn)
     }
@@ -307,7 +315,8 @@ impl Shared {
             // The private key must exist too: a public key alone is useless.
             self.find(conn, s, key, KeyClass::Private)?;
             let public = self.find(conn, s, key, KeyClass::Public)?;
-            let attrs = s.get_attributes(public, &[AttributeType::EcParams, AttributeType::EcPoint])?;
+            let attrs =
+                s.get_attributes(public, &[AttributeType::EcParams, AttributeType::EcPoint])?;
             let mut params = None;
             let mut point = None;
             for a in attrs {
@@ -322,11 +331,14 @@ impl Shared {
                     "{key} on {name} is not an EC P-256 key"
                 ))));
             }
-            let point = point.as_deref().and_then(objects::ec_point).ok_or_else(|| {
-                OpError::Key(KeyError::Unsupported(format!(
-                    "{key} on {name} has no readable EC point"
-                )))
-            })?;
+            let point = point
+                .as_deref()
+                .and_then(objects::ec_point)
+                .ok_or_else(|| {
+                    OpError::Key(KeyError::Unsupported(format!(
+                        "{key} on {name} has no readable EC point"
+                    )))
+                })?;
             PublicKey::from_p256_sec1(&point).map_err(OpError::Key)
         })
     }
@@ -347,7 +359,11 @@ impl From<CkError> for OpError {
 
 impl KeyBackend for Pkcs11Backend {
     fn describe(&self) -> String {
-        format!("{} via {}", self.shared.name, self.shared.module_path.display())
+        format!(
+            "{} via {}",
+            self.shared.name,
+            self.shared.module_path.display()
+        )
     }
 
     fn open_key(&self, key: &KeyRef) -> Result<Arc<dyn DeviceKey>, KeyError> {
@@ -392,46 +408,50 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     fn destroy_key(&self, key: &KeyRef) -> Result<(), KeyError> {
-        self.shared.with_session("C_DestroyObject", Access::ReadWrite, |conn, s| {
-            for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
-                let mut template = vec![
-                    Attribute::Class(class),
-                    Attribute::Label(key.label.as_bytes().to_vec()),
-                ];
-                if !key.id.is_empty() {
-                    template.push(Attribute::Id(key.id.clone()));
+        self.shared
+            .with_session("C_DestroyObject", Access::ReadWrite, |conn, s| {
+                for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+                    let mut template = vec![
+                        Attribute::Class(class),
+                        Attribute::Label(key.label.as_bytes().to_vec()),
+                    ];
+                    if !key.id.is_empty() {
+                        template.push(Attribute::Id(key.id.clone()));
+                    }
+                    for handle in s.find_objects(&template)? {
+                        s.destroy_object(handle)?;
+                    }
                 }
-                for handle in s.find_objects(&template)? {
-                    s.destroy_object(handle)?;
-                }
-            }
-            conn.forget_handles();
-            Ok(())
-        })
+                conn.forget_handles();
+                Ok(())
+            })
     }
 
     fn key_exists(&self, key: &KeyRef) -> Result<bool, KeyError> {
-        self.shared.with_session("C_FindObjects", Access::Pooled, |_, s| {
-            Ok(!conflicting_objects(s, key)?.is_empty())
-        })
+        self.shared
+            .with_session("C_FindObjects", Access::Pooled, |_, s| {
+                Ok(!conflicting_objects(s, key)?.is_empty())
+            })
     }
 
     fn list(&self) -> Result<Vec<ObjectInfo>, KeyError> {
-        self.shared.with_session("C_FindObjects", Access::Pooled, |_, s| {
-            let mut out = Vec::new();
-            for handle in s.find_objects(&[])? {
-                out.push(objects::describe(s, handle)?);
-            }
-            out.sort_by(|a, b| (&a.label, &a.id, &a.class).cmp(&(&b.label, &b.id, &b.class)));
-            Ok(out)
-        })
+        self.shared
+            .with_session("C_FindObjects", Access::Pooled, |_, s| {
+                let mut out = Vec::new();
+                for handle in s.find_objects(&[])? {
+                    out.push(objects::describe(s, handle)?);
+                }
+                out.sort_by(|a, b| (&a.label, &a.id, &a.class).cmp(&(&b.label, &b.id, &b.class)));
+                Ok(out)
+            })
     }
 
     fn check(&self) -> Result<(), KeyError> {
-        self.shared.with_session("C_GetSessionInfo", Access::Pooled, |_, s| {
-            s.get_session_info()?;
-            Ok(())
-        })
+        self.shared
+            .with_session("C_GetSessionInfo", Access::Pooled, |_, s| {
+                s.get_session_info()?;
+                Ok(())
+            })
     }
 }
 
@@ -486,11 +506,13 @@ impl DeviceKey for Pkcs11Key {
     }
 
     fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, KeyError> {
-        let raw = self.shared.with_session("C_Sign", Access::Pooled, |conn, s| {
-            let handle = self.shared.find(conn, s, &self.key, KeyClass::Private)?;
-            // CKM_ECDSA signs the digest as given and returns raw r || s.
-            Ok(s.sign(&Mechanism::Ecdsa, handle, digest)?)
-        })?;
+        let raw = self
+            .shared
+            .with_session("C_Sign", Access::Pooled, |conn, s| {
+                let handle = self.shared.find(conn, s, &self.key, KeyClass::Private)?;
+                // CKM_ECDSA signs the digest as given and returns raw r || s.
+                Ok(s.sign(&Mechanism::Ecdsa, handle, digest)?)
+            })?;
         Signature::from_raw(&raw)
     }
 }

@@ -115,8 +115,14 @@ mod tests {
 
     #[test]
     fn stale_handles_are_looked_up_again() {
-        assert_eq!(recovery(&ck(RvError::KeyHandleInvalid)), Recovery::StaleHandle);
-        assert_eq!(recovery(&ck(RvError::ObjectHandleInvalid)), Recovery::StaleHandle);
+        assert_eq!(
+            recovery(&ck(RvError::KeyHandleInvalid)),
+            Recovery::StaleHandle
+        );
+        assert_eq!(
+            recovery(&ck(RvError::ObjectHandleInvalid)),
+            Recovery::StaleHandle
+        );
     }
 
     #[test]
