@@ -30,6 +30,19 @@ fn signing_recovers_after_the_module_is_reset_and_a_token_appears_later() {
     assert!(key.public_key().verify(b"after", &sig));
     backend.check().unwrap();
 
+    // Finalise and initialise again while the backend is idle: its pooled
+    // session handles and cached object handles now name nothing
+    // (CKR_SESSION_HANDLE_INVALID on the next call), and the login is gone.
+    other.clone().finalize().unwrap();
+    other
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    for i in 0..3 {
+        let msg = format!("after re-init {i}");
+        let sig = key.sign(msg.as_bytes()).expect("reconnects after the handles went bad");
+        assert!(key.public_key().verify(msg.as_bytes(), &sig));
+    }
+
     // A token created after the module was loaded is found by restarting
     // the module (SoftHSM2 scans tokens only at C_Initialize).
     std::thread::sleep(std::time::Duration::from_millis(1100));
