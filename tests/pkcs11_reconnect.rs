@@ -39,7 +39,9 @@ fn signing_recovers_after_the_module_is_reset_and_a_token_appears_later() {
         .unwrap();
     for i in 0..3 {
         let msg = format!("after re-init {i}");
-        let sig = key.sign(msg.as_bytes()).expect("reconnects after the handles went bad");
+        let sig = key
+            .sign(msg.as_bytes())
+            .expect("reconnects after the handles went bad");
         assert!(key.public_key().verify(msg.as_bytes(), &sig));
     }
 

@@ -284,36 +284,25 @@ fn csr_signed_with_sha1_or_pss_is_refused_by_name() {
     let ca = test_ca("algs");
     let dir = ca.dir.path();
     let (key, _) = openssl_csr(dir, "rsa", "rsa:2048");
-    let csr = dir.join("pss.csr");
-    let (ok, text) = openssl(&[
-        "req",
-        "-new",
-        "-key",
-        key.to_str().unwrap(),
-        "-subj",
-        "/CN=x",
-        "-sigopt",
-        "rsa_padding_mode:pss",
-        "-sha256",
-        "-out",
-        csr.to_str().unwrap(),
-    ]);
-    assert!(ok, "{text}");
-    let err = parse_and_verify(&std::fs::read(&csr).unwrap()).unwrap_err();
-    assert_eq!(err.code(), "unsupported_signature_algorithm", "{err}");
-    assert!(err.to_string().contains("RSASSA-PSS"), "{err}");
-    let (ok, text) = openssl(&[
-        "req",
-        "-new",
-        "-key",
-        key.to_str().unwrap(),
-        "-subj",
-        "/CN=x",
-        "-sha1",
-        "-out",
-        csr.to_str().unwrap(),
-    ]);
-    assert!(ok, "{text}");
-    let err = parse_and_verify(&std::fs::read(&csr).unwrap()).unwrap_err();
-    assert_eq!(err.code(), "unsupported_signature_algorithm", "{err}");
+    let csr = dir.join("alg.csr");
+    for (options, name) in [
+        (
+            &["-sigopt", "rsa_padding_mode:pss", "-sha256"][..],
+            "RSASSA-PSS",
+        ),
+        (&["-sha1"][..], "SHA-1"),
+    ] {
+        let key = key.to_str().unwrap();
+        let out = csr.to_str().unwrap();
+        let args = [
+            &["req", "-new", "-key", key, "-subj", "/CN=x", "-out", out][..],
+            options,
+        ]
+        .concat();
+        let (ok, text) = openssl(&args);
+        assert!(ok, "{text}");
+        let err = parse_and_verify(&std::fs::read(&csr).unwrap()).unwrap_err();
+        assert_eq!(err.code(), "unsupported_signature_algorithm", "{err}");
+        assert!(err.to_string().contains(name), "{err}");
+    }
 }

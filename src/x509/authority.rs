@@ -74,6 +74,21 @@ fn spki_of(public: &PublicKey) -> Result<spki::SubjectPublicKeyInfoOwned, X509Er
     )?)
 }
 
+/// Builds a CA certificate for `public`, signed by `signer`.
+fn build_ca_certificate(
+    profile: FixedProfile,
+    validity: CaValidity,
+    public: &PublicKey,
+    signer: &dyn DeviceKey,
+) -> Result<Certificate, X509Error> {
+    let validity = Validity::new(
+        certificate_time(validity.not_before)?,
+        certificate_time(validity.not_after)?,
+    );
+    let builder = CertificateBuilder::new(profile, random_serial()?, validity, spki_of(public)?)?;
+    sign_with(builder, signer)
+}
+
 /// A self-signed root CA certificate for `key`. Its path length is 1: it
 /// certifies exactly one level of issuing CA, which certifies leaves.
 pub fn self_signed_root(
@@ -87,17 +102,7 @@ pub fn self_signed_root(
         subject: name.clone(),
         issuer: name,
     };
-    let validity = Validity::new(
-        certificate_time(validity.not_before)?,
-        certificate_time(validity.not_after)?,
-    );
-    let builder = CertificateBuilder::new(
-        profile,
-        random_serial()?,
-        validity,
-        spki_of(key.public_key())?,
-    )?;
-    sign_with(builder, key)
+    build_ca_certificate(profile, validity, key.public_key(), key)
 }
 
 /// The issuing CA certificate for `issuing_public`, signed by the root.
@@ -130,17 +135,7 @@ pub fn issuing_ca_certificate(
         subject: name,
         issuer: root_tbs.subject().clone(),
     };
-    let validity = Validity::new(
-        certificate_time(validity.not_before)?,
-        certificate_time(validity.not_after)?,
-    );
-    let builder = CertificateBuilder::new(
-        profile,
-        random_serial()?,
-        validity,
-        spki_of(issuing_public)?,
-    )?;
-    sign_with(builder, root_key)
+    build_ca_certificate(profile, validity, issuing_public, root_key)
 }
 
 /// A PKCS#10 request asking an external root to certify the issuing key as

@@ -21,6 +21,10 @@ pub const ED448: Oid = Oid::new_unwrap("1.3.101.113");
 /// `id-dsa`.
 pub const DSA: Oid = Oid::new_unwrap("1.2.840.10040.4.1");
 
+/// `ecdsa-with-SHA1`, recognised only to be refused by name.
+pub const ECDSA_SHA1: Oid = Oid::new_unwrap("1.2.840.10045.4.1");
+/// `sha1WithRSAEncryption`, recognised only to be refused by name.
+pub const RSA_SHA1: Oid = Oid::new_unwrap("1.2.840.113549.1.1.5");
 /// `ecdsa-with-SHA256`.
 pub const ECDSA_SHA256: Oid = Oid::new_unwrap("1.2.840.10045.4.3.2");
 /// `ecdsa-with-SHA384`.

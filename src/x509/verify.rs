@@ -148,6 +148,8 @@ pub fn verify_signature(
                 o if o == oids::ECDSA_SHA512 => "ecdsa-with-SHA512".to_owned(),
                 o if o == oids::RSASSA_PSS => "RSASSA-PSS".to_owned(),
                 o if o == oids::ED25519 => "Ed25519".to_owned(),
+                o if o == oids::RSA_SHA1 => "sha1WithRSAEncryption (SHA-1)".to_owned(),
+                o if o == oids::ECDSA_SHA1 => "ecdsa-with-SHA1 (SHA-1)".to_owned(),
                 o => o.to_string(),
             };
             return Err(X509Error::UnsupportedAlgorithm(format!(
