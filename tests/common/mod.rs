@@ -88,6 +88,10 @@ impl SoftHsm {
             hint
         );
         let label: String = label.chars().take(32).collect();
+        // softhsm2-util picks "the free slot" by scanning the token
+        // directory: two at once may pick the same one.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = INIT.lock().unwrap_or_else(|p| p.into_inner());
         let out = Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", &self.conf)
             .args(["--init-token", "--free", "--label", &label])
