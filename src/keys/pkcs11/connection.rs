@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -46,6 +46,22 @@ pub(super) struct Module {
     calls: RwLock<Epoch>,
 }
 
+/// Held while calling into a module.
+pub(super) enum Entered<'a> {
+    Shared(RwLockReadGuard<'a, Epoch>),
+    Alone(RwLockWriteGuard<'a, Epoch>),
+}
+
+impl Entered<'_> {
+    /// The module epoch seen on entering.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Self::Shared(g) => g.count,
+            Self::Alone(g) => g.count,
+        }
+    }
+}
+
 /// How many times a module was restarted, and when last.
 pub(super) struct Epoch {
     pub count: u64,
@@ -74,8 +90,17 @@ impl Module {
     }
 
     /// Enters the module for a call (shared with other callers).
-    pub fn enter(&self) -> RwLockReadGuard<'_, Epoch> {
-        self.calls.read().unwrap_or_else(|p| p.into_inner())
+    pub fn enter(&self) -> Entered<'_> {
+        Entered::Shared(self.calls.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Enters the module alone, for creating or destroying token objects.
+    /// Those are rare (init, rollback), and some modules (SoftHSM2's file
+    /// store among them) fail with CKR_GENERAL_ERROR or
+    /// CKR_TEMPLATE_INCONSISTENT when objects are written while other
+    /// threads search or sign.
+    pub fn enter_alone(&self) -> Entered<'_> {
+        Entered::Alone(self.calls.write().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Finalises and initialises the module again, so that it rescans its

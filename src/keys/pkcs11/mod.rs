@@ -227,8 +227,11 @@ impl Shared {
         let module = self.module()?;
         let mut last: Option<KeyError> = None;
         for _attempt in 0..3 {
-            let calls = module.enter();
-            let epoch = calls.count;
+            let calls = match access {
+                Access::Pooled => module.enter(),
+                Access::ReadWrite => module.enter_alone(),
+            };
+            let epoch = calls.epoch();
             let conn = match self.connection(&module, epoch) {
                 Ok(c) => c,
                 Err(Connect::Failed(e)) => return Err(e),
