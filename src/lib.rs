@@ -28,3 +28,5 @@ pub mod secret;
 pub mod x509;
 
 pub use error::Error;
+pub mod identity;
+pub mod sessions;

@@ -1,0 +1,90 @@
+//! What happened to a session: every transition returns the events it
+//! caused, and the store appends them in the same transaction as the state
+//! change.
+
+use serde::{Deserialize, Serialize};
+
+use super::CloseReason;
+use crate::clock::Timestamp;
+
+/// One thing that happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A session was requested.
+    Requested {
+        /// The requester.
+        requester: String,
+        /// The resource.
+        resource: String,
+        /// The canonical request hash (`sha256:…`).
+        request_hash: String,
+        /// Requested duration, seconds.
+        duration_secs: u32,
+        /// Credential profile.
+        profile: String,
+    },
+    /// An approver approved.
+    Approved {
+        /// Who.
+        by: String,
+    },
+    /// An approver denied.
+    Denied {
+        /// Who.
+        by: String,
+        /// Why, as given.
+        reason: Option<String>,
+    },
+    /// Quorum was reached: the session opened.
+    Opened {
+        /// The close time, fixed now.
+        closes_at: Timestamp,
+        /// The approvers whose approvals opened it.
+        approvers: Vec<String>,
+    },
+    /// A credential was minted.
+    Minted {
+        /// Certificate serial, hex.
+        serial: String,
+        /// Profile.
+        profile: String,
+        /// SHA-256 of the subject public key, hex.
+        key_sha256: String,
+        /// `notAfter`.
+        not_after: Timestamp,
+    },
+    /// The session closed.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+        /// Who closed it (none for expiry and abandonment).
+        by: Option<String>,
+        /// The reason given with a revocation.
+        note: Option<String>,
+    },
+    /// A call was refused.
+    Refused {
+        /// The caller, if authenticated.
+        caller: Option<String>,
+        /// What was attempted (`approve`, `certificate`, …).
+        action: String,
+        /// The error code returned.
+        code: String,
+    },
+}
+
+impl Event {
+    /// A short name for the event kind (`requested`, `approved`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Requested { .. } => "requested",
+            Self::Approved { .. } => "approved",
+            Self::Denied { .. } => "denied",
+            Self::Opened { .. } => "opened",
+            Self::Minted { .. } => "minted",
+            Self::Closed { .. } => "closed",
+            Self::Refused { .. } => "refused",
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Lockstep sessions: a time-boxed approval container for one request.
+//!
+//! This module is pure: no I/O and no clock reads. Every transition takes
+//! the current time and returns the events it caused; the store persists
+//! the session and its events together.
+//!
+//! ```text
+//!            approve (quorum reached)                close / revoke / closes_at passes
+//! pending ───────────────────────────────▶ open ─────────────────────────────────────▶ closed
+//!    │  deny, or pending timeout                                                        ▲
+//!    └──────────────────────────────────────────────────────────────────────────────────┘
+//! ```
+
+mod event;
+mod id;
+mod request;
+mod session;
+
+pub use event::Event;
+pub use id::SessionId;
+pub use request::{
+    MAX_DIGEST_LEN, MAX_RESOURCE_LEN, MAX_TASK_LEN, Request, format_hash, parse_hash,
+    validate_resource,
+};
+pub use session::{
+    Actor, CloseReason, Closure, MintSlot, Rules, Session, SessionOp, State, Vote,
+};
+
+/// Why a session operation was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// A request field is malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The duration is zero or beyond the policy's maximum.
+    #[error("{0}")]
+    InvalidDuration(String),
+    /// The operation needs a pending session.
+    #[error("session is {0}, not pending: approvals and denials are only taken while pending")]
+    NotPending(String),
+    /// The operation needs an open session.
+    #[error("session is {0}, not open: credentials are only minted while open")]
+    NotOpen(String),
+    /// The session is closed.
+    #[error("session is closed ({0}); request a new session")]
+    Closed(CloseReason),
+    /// The approval names another request.
+    #[error("the request hash does not match this session's request; fetch the session again and approve what it shows")]
+    HashMismatch,
+    /// The requester tried to approve its own session.
+    #[error("the requester cannot approve its own session")]
+    SelfApproval,
+    /// The caller is not in the session's approver set.
+    #[error("you are not in this session's approver set")]
+    NotAnApprover,
+    /// The approver already voted.
+    #[error("you have already {0} this session")]
+    AlreadyVoted(&'static str),
+    /// Only the requester may do this.
+    #[error("only the requester may {0} this session")]
+    NotRequester(&'static str),
+    /// The session minted as many credentials as its policy allows.
+    #[error("this session has minted its {0} credential(s); request a new session")]
+    LimitReached(u32),
+}
+
+impl SessionError {
+    /// The machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidDuration(_) => "invalid_duration",
+            Self::NotPending(_) => "session_not_pending",
+            Self::NotOpen(_) => "session_not_open",
+            Self::Closed(_) => "session_closed",
+            Self::HashMismatch => "request_hash_mismatch",
+            Self::SelfApproval => "self_approval",
+            Self::NotAnApprover => "not_an_approver",
+            Self::AlreadyVoted(_) => "already_voted",
+            Self::NotRequester(_) => "not_requester",
+            Self::LimitReached(_) => "credential_limit_reached",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

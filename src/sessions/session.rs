@@ -1,0 +1,484 @@
+//! The session and its transitions.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Event, Request, SessionError, SessionId, format_hash};
+use crate::clock::Timestamp;
+use crate::identity;
+
+/// The policy rules a session was created under, copied into it so a
+/// policy change never alters a session already requested.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rules {
+    /// Identity patterns whose approvals count.
+    pub approvers: Vec<String>,
+    /// Distinct approvals needed to open (M of N).
+    pub quorum: u32,
+    /// Longest duration that may be requested, seconds.
+    pub max_duration_secs: u32,
+    /// How long the session may wait for its quorum, seconds.
+    pub pending_timeout_secs: u32,
+    /// How many credentials the session may mint.
+    pub credentials: u32,
+    /// Denials that close the session (1: one deny closes it).
+    pub denials_to_close: u32,
+}
+
+/// Where a session is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Waiting for approvals.
+    Pending,
+    /// Approved: may mint until `closes_at`.
+    Open,
+    /// Finished, for good.
+    Closed,
+}
+
+impl State {
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Open => "open",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// Why a session closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloseReason {
+    /// The requester closed it.
+    Completed,
+    /// `closes_at` passed.
+    Expired,
+    /// An approver or operator ended it.
+    Revoked,
+    /// Denied by an approver.
+    Denied,
+    /// No quorum before the pending timeout.
+    Abandoned,
+}
+
+impl CloseReason {
+    /// The reason's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::Denied => "denied",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An approval or denial.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    /// Who voted.
+    pub by: String,
+    /// When.
+    pub at: Timestamp,
+    /// The reason given (denials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// How a session ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closure {
+    /// Why.
+    pub reason: CloseReason,
+    /// When.
+    pub at: Timestamp,
+    /// Who closed it (none for expiry and abandonment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The reason given with a revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Who may act on a session beyond its requester and approvers; decided
+/// by the policy, outside this module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// One of the session's approvers.
+    Approver,
+    /// An operator of the session's tenant.
+    Operator,
+}
+
+/// An operation on a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionOp {
+    /// Only apply time: expire or abandon if due.
+    Refresh,
+    /// Approve the request with this hash.
+    Approve {
+        /// The approver.
+        by: String,
+        /// The hash the approver saw.
+        request_hash: [u8; 32],
+    },
+    /// Deny the request with this hash.
+    Deny {
+        /// The approver.
+        by: String,
+        /// The hash the approver saw.
+        request_hash: [u8; 32],
+        /// Why.
+        reason: Option<String>,
+    },
+    /// The requester closes the session (`completed`).
+    Close {
+        /// The caller.
+        by: String,
+    },
+    /// An approver or operator ends the session (`revoked`). Whether `by`
+    /// is allowed to is checked by the caller, which says how in `actor`.
+    Revoke {
+        /// The caller.
+        by: String,
+        /// In what capacity.
+        actor: Actor,
+        /// Why.
+        note: String,
+    },
+    /// Take one credential slot before minting.
+    ReserveMint,
+    /// Give back a slot whose minting failed before anything was issued.
+    ReleaseMint,
+}
+
+/// A credential slot taken by [`SessionOp::ReserveMint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MintSlot {
+    /// The credential's `notAfter`: the session's `closes_at`.
+    pub not_after: Timestamp,
+}
+
+/// A lockstep session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The id; never reused.
+    pub id: SessionId,
+    /// What was asked; immutable.
+    pub request: Request,
+    /// SHA-256 of the canonical request.
+    #[serde(with = "hex_32")]
+    pub request_hash: [u8; 32],
+    /// The rules it was created under.
+    pub rules: Rules,
+    /// When it was requested.
+    pub created_at: Timestamp,
+    /// When it is abandoned if still pending.
+    pub pending_until: Timestamp,
+    /// Its state.
+    pub state: State,
+    /// Approvals so far (each approver once).
+    pub approvals: Vec<Vote>,
+    /// Denials so far.
+    pub denials: Vec<Vote>,
+    /// When quorum was reached.
+    pub opened_at: Option<Timestamp>,
+    /// `opened_at + duration`; fixed when it opens, never extended.
+    pub closes_at: Option<Timestamp>,
+    /// Credential slots taken.
+    pub minted: u32,
+    /// How it ended.
+    pub closure: Option<Closure>,
+}
+
+mod hex_32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = hex::decode(text).map_err(serde::de::Error::custom)?;
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("expected 32 bytes"))
+    }
+}
+
+impl Session {
+    /// A new pending session for `request` under `rules`. Refuses a
+    /// malformed request or a duration beyond the rules' maximum.
+    pub fn new(
+        id: SessionId,
+        request: Request,
+        rules: Rules,
+        now: Timestamp,
+    ) -> Result<(Self, Event), SessionError> {
+        request.validate()?;
+        if request.duration_secs > rules.max_duration_secs {
+            return Err(SessionError::InvalidDuration(format!(
+                "duration {}s is over this resource's maximum of {}s",
+                request.duration_secs, rules.max_duration_secs
+            )));
+        }
+        if rules.quorum == 0 || rules.credentials == 0 || rules.denials_to_close == 0 {
+            return Err(SessionError::InvalidRequest(
+                "the policy's quorum, credentials and denials_to_close must be at least 1".into(),
+            ));
+        }
+        let request_hash = request.hash(&id);
+        let event = Event::Requested {
+            requester: request.requester.clone(),
+            resource: request.resource.clone(),
+            request_hash: format_hash(&request_hash),
+            duration_secs: request.duration_secs,
+            profile: request.profile.as_str().to_owned(),
+        };
+        let session = Self {
+            id,
+            pending_until: now.plus_secs(i64::from(rules.pending_timeout_secs)),
+            request,
+            request_hash,
+            rules,
+            created_at: now,
+            state: State::Pending,
+            approvals: Vec::new(),
+            denials: Vec::new(),
+            opened_at: None,
+            closes_at: None,
+            minted: 0,
+            closure: None,
+        };
+        Ok((session, event))
+    }
+
+    /// Whether `identity` is in the approver set.
+    pub fn is_approver(&self, identity: &str) -> bool {
+        identity::matches_any(&self.rules.approvers, identity)
+    }
+
+    /// Applies time: a pending session past `pending_until` is abandoned,
+    /// an open session past `closes_at` expired (closed at exactly that
+    /// instant).
+    pub fn refresh(&mut self, now: Timestamp) -> Vec<Event> {
+        match self.state {
+            State::Pending if now >= self.pending_until => {
+                let at = self.pending_until;
+                vec![self.close(CloseReason::Abandoned, at, None, None)]
+            }
+            State::Open => match self.closes_at {
+                Some(closes_at) if now >= closes_at => {
+                    vec![self.close(CloseReason::Expired, closes_at, None, None)]
+                }
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    /// Applies time, then `op`. Returns the events (time's and the op's)
+    /// and whether the op was accepted; a refused op changes nothing but
+    /// what time changed.
+    pub fn apply(
+        &mut self,
+        op: &SessionOp,
+        now: Timestamp,
+    ) -> (Vec<Event>, Result<Option<MintSlot>, SessionError>) {
+        let mut events = self.refresh(now);
+        let result = match op {
+            SessionOp::Refresh => Ok(None),
+            SessionOp::Approve { by, request_hash } => {
+                self.approve(by, request_hash, now).map(|mut e| {
+                    events.append(&mut e);
+                    None
+                })
+            }
+            SessionOp::Deny {
+                by,
+                request_hash,
+                reason,
+            } => self.deny(by, request_hash, reason, now).map(|mut e| {
+                events.append(&mut e);
+                None
+            }),
+            SessionOp::Close { by } => self.close_by_requester(by, now).map(|e| {
+                events.push(e);
+                None
+            }),
+            SessionOp::Revoke { by, note, .. } => self.revoke(by, note, now).map(|e| {
+                events.push(e);
+                None
+            }),
+            SessionOp::ReserveMint => self.reserve_mint().map(Some),
+            SessionOp::ReleaseMint => {
+                self.minted = self.minted.saturating_sub(1);
+                Ok(None)
+            }
+        };
+        (events, result)
+    }
+
+    fn closed_error(&self) -> SessionError {
+        match &self.closure {
+            Some(c) => SessionError::Closed(c.reason),
+            None => SessionError::NotPending(self.state.as_str().into()),
+        }
+    }
+
+    fn check_vote(&self, by: &str, request_hash: &[u8; 32]) -> Result<(), SessionError> {
+        if self.state == State::Closed {
+            return Err(self.closed_error());
+        }
+        if by == self.request.requester {
+            return Err(SessionError::SelfApproval);
+        }
+        if !self.is_approver(by) {
+            return Err(SessionError::NotAnApprover);
+        }
+        if request_hash != &self.request_hash {
+            return Err(SessionError::HashMismatch);
+        }
+        Ok(())
+    }
+
+    fn approve(
+        &mut self,
+        by: &str,
+        request_hash: &[u8; 32],
+        now: Timestamp,
+    ) -> Result<Vec<Event>, SessionError> {
+        self.check_vote(by, request_hash)?;
+        if self.state != State::Pending {
+            return Err(SessionError::NotPending(self.state.as_str().into()));
+        }
+        if self.approvals.iter().any(|v| v.by == by) {
+            return Err(SessionError::AlreadyVoted("approved"));
+        }
+        if self.denials.iter().any(|v| v.by == by) {
+            return Err(SessionError::AlreadyVoted("denied"));
+        }
+        self.approvals.push(Vote {
+            by: by.to_owned(),
+            at: now,
+            reason: None,
+        });
+        let mut events = vec![Event::Approved { by: by.to_owned() }];
+        if self.approvals.len() as u32 >= self.rules.quorum {
+            let closes_at = now.plus_secs(i64::from(self.request.duration_secs));
+            self.state = State::Open;
+            self.opened_at = Some(now);
+            self.closes_at = Some(closes_at);
+            events.push(Event::Opened {
+                closes_at,
+                approvers: self.approvals.iter().map(|v| v.by.clone()).collect(),
+            });
+        }
+        Ok(events)
+    }
+
+    fn deny(
+        &mut self,
+        by: &str,
+        request_hash: &[u8; 32],
+        reason: &Option<String>,
+        now: Timestamp,
+    ) -> Result<Vec<Event>, SessionError> {
+        self.check_vote(by, request_hash)?;
+        if self.denials.iter().any(|v| v.by == by) {
+            return Err(SessionError::AlreadyVoted("denied"));
+        }
+        self.denials.push(Vote {
+            by: by.to_owned(),
+            at: now,
+            reason: reason.clone(),
+        });
+        let mut events = vec![Event::Denied {
+            by: by.to_owned(),
+            reason: reason.clone(),
+        }];
+        if self.denials.len() as u32 >= self.rules.denials_to_close {
+            events.push(self.close(
+                CloseReason::Denied,
+                now,
+                Some(by.to_owned()),
+                reason.clone(),
+            ));
+        }
+        Ok(events)
+    }
+
+    fn close_by_requester(&mut self, by: &str, now: Timestamp) -> Result<Event, SessionError> {
+        if by != self.request.requester {
+            return Err(SessionError::NotRequester("close"));
+        }
+        if self.state == State::Closed {
+            return Err(self.closed_error());
+        }
+        Ok(self.close(CloseReason::Completed, now, Some(by.to_owned()), None))
+    }
+
+    fn revoke(&mut self, by: &str, note: &str, now: Timestamp) -> Result<Event, SessionError> {
+        if self.state == State::Closed {
+            return Err(self.closed_error());
+        }
+        Ok(self.close(
+            CloseReason::Revoked,
+            now,
+            Some(by.to_owned()),
+            Some(note.to_owned()),
+        ))
+    }
+
+    fn reserve_mint(&mut self) -> Result<MintSlot, SessionError> {
+        match self.state {
+            State::Open => {}
+            State::Closed => return Err(self.closed_error()),
+            State::Pending => return Err(SessionError::NotOpen("pending".into())),
+        }
+        if self.minted >= self.rules.credentials {
+            return Err(SessionError::LimitReached(self.rules.credentials));
+        }
+        let not_after = self
+            .closes_at
+            .ok_or_else(|| SessionError::NotOpen("open without closes_at".into()))?;
+        self.minted += 1;
+        Ok(MintSlot { not_after })
+    }
+
+    fn close(
+        &mut self,
+        reason: CloseReason,
+        at: Timestamp,
+        by: Option<String>,
+        note: Option<String>,
+    ) -> Event {
+        self.state = State::Closed;
+        self.closure = Some(Closure {
+            reason,
+            at,
+            by: by.clone(),
+            note: note.clone(),
+        });
+        Event::Closed { reason, by, note }
+    }
+
+    /// Seconds left before `closes_at` (open) or `pending_until` (pending).
+    pub fn seconds_left(&self, now: Timestamp) -> i64 {
+        match self.state {
+            State::Pending => self.pending_until.secs_since(now).max(0),
+            State::Open => self.closes_at.map_or(0, |c| c.secs_since(now).max(0)),
+            State::Closed => 0,
+        }
+    }
+}
