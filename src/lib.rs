@@ -17,6 +17,7 @@
 // Outside tests, every failure is an error path: no `unwrap`/`expect`.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod auth;
 pub mod ca;
 pub mod cli;
 pub mod clock;

@@ -1,0 +1,1 @@
+//! OIDC JWT verification against issuers' JWKS.
