@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod fsio;
 pub mod keys;
+pub mod policy;
 pub mod secret;
 pub mod x509;
 

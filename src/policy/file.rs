@@ -1,0 +1,281 @@
+//! The policy file format and its checks.
+//!
+//! ```toml
+//! operators = ["token:ops"]          # may revoke sessions without tenant
+//! auditors = ["token:auditor"]       # may read them
+//!
+//! [[tenant]]                          # optional
+//! name = "acme"
+//! members = ["token:acme-*"]
+//! operators = ["token:acme-ops"]
+//! auditors = ["token:acme-audit"]
+//!
+//! [[resource]]
+//! match = "db:payroll"                # exact, or a prefix ending in `*`
+//! tenant = "acme"                     # optional
+//! requesters = ["token:alice"]
+//! approvers = ["token:bob", "token:carol", "token:dave"]
+//! quorum = 2
+//! max_duration = "15m"
+//! pending_timeout = "10m"             # default 15m
+//! profiles = ["mtls-client"]
+//! credentials = 1                     # default 1 (one-shot)
+//! denials_to_close = 1                # default 1
+//! claims = { ref = "refs/heads/main" } # OIDC claims required of requesters
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Policy, ResourceMatch, ResourceRule, Tenant};
+use crate::identity;
+use crate::sessions::{Rules, validate_resource};
+use crate::x509::CertProfile;
+
+/// The longest session a policy may allow: 30 days.
+const MAX_SESSION_SECS: u64 = 30 * 86_400;
+/// The most credentials one session may mint.
+const MAX_CREDENTIALS: u32 = 1000;
+
+/// Why a policy file was refused. The message names the file and the
+/// place in it.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is wrong.
+    #[error("policy {path}: {place}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Where: a TOML position or a table such as `[[resource]] #2 (db:payroll)`.
+        place: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    operators: Vec<String>,
+    #[serde(default)]
+    auditors: Vec<String>,
+    #[serde(default, rename = "tenant")]
+    tenants: Vec<TenantFile>,
+    #[serde(default, rename = "resource")]
+    resources: Vec<ResourceFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantFile {
+    name: String,
+    members: Vec<String>,
+    #[serde(default)]
+    operators: Vec<String>,
+    #[serde(default)]
+    auditors: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceFile {
+    #[serde(rename = "match")]
+    matches: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    requesters: Vec<String>,
+    approvers: Vec<String>,
+    quorum: u32,
+    max_duration: String,
+    #[serde(default = "default_pending")]
+    pending_timeout: String,
+    profiles: Vec<CertProfile>,
+    #[serde(default = "one")]
+    credentials: u32,
+    #[serde(default = "one")]
+    denials_to_close: u32,
+    #[serde(default)]
+    claims: BTreeMap<String, String>,
+}
+
+fn default_pending() -> String {
+    "15m".into()
+}
+
+fn one() -> u32 {
+    1
+}
+
+pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
+    let invalid = |place: String, message: String| PolicyError::Invalid {
+        path: path.to_owned(),
+        place,
+        message,
+    };
+    let file: PolicyFile = toml::from_str(text).map_err(|e| {
+        let place = e.span().map_or_else(
+            || "document".to_owned(),
+            |s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}")
+            },
+        );
+        invalid(place, e.message().to_owned())
+    })?;
+
+    let check_patterns = |place: &str, what: &str, list: &[String]| {
+        for p in list {
+            identity::check_pattern(p)
+                .map_err(|m| invalid(place.to_owned(), format!("{what} `{p}` {m}")))?;
+        }
+        Ok::<(), PolicyError>(())
+    };
+    check_patterns("top level", "operator", &file.operators)?;
+    check_patterns("top level", "auditor", &file.auditors)?;
+
+    let mut tenants = BTreeMap::new();
+    for (i, t) in file.tenants.into_iter().enumerate() {
+        let place = format!("[[tenant]] #{} ({})", i + 1, t.name);
+        if t.name.is_empty()
+            || !t
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                place,
+                "name must be letters, digits, `-` and `_`".into(),
+            ));
+        }
+        if t.members.is_empty() {
+            return Err(invalid(place, "members must not be empty".into()));
+        }
+        check_patterns(&place, "member", &t.members)?;
+        check_patterns(&place, "operator", &t.operators)?;
+        check_patterns(&place, "auditor", &t.auditors)?;
+        if tenants.contains_key(&t.name) {
+            return Err(invalid(place, "a tenant with this name is already defined".into()));
+        }
+        tenants.insert(
+            t.name.clone(),
+            Tenant {
+                name: t.name,
+                members: t.members,
+                operators: t.operators,
+                auditors: t.auditors,
+            },
+        );
+    }
+
+    let mut seen = BTreeSet::new();
+    let mut resources = Vec::new();
+    for (i, r) in file.resources.into_iter().enumerate() {
+        let place = format!("[[resource]] #{} ({})", i + 1, r.matches);
+        let bad = |m: String| invalid(place.clone(), m);
+        let (body, prefix) = match r.matches.strip_suffix('*') {
+            Some(body) => (body, true),
+            None => (r.matches.as_str(), false),
+        };
+        if body.contains(['*', '?']) {
+            return Err(bad("`*` may only end a match pattern".into()));
+        }
+        let matches = if prefix {
+            if !body.is_empty() {
+                validate_resource(body.trim_end_matches(['/', ':']))
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            ResourceMatch::Prefix(body.to_owned())
+        } else {
+            validate_resource(body).map_err(|e| bad(e.to_string()))?;
+            ResourceMatch::Exact(body.to_owned())
+        };
+        if !seen.insert(r.matches.clone()) {
+            return Err(bad("another [[resource]] has the same match".into()));
+        }
+        if let Some(t) = &r.tenant
+            && !tenants.contains_key(t)
+        {
+            return Err(bad(format!("tenant `{t}` is not defined")));
+        }
+        if r.requesters.is_empty() {
+            return Err(bad("requesters must not be empty".into()));
+        }
+        if r.approvers.is_empty() {
+            return Err(bad("approvers must not be empty".into()));
+        }
+        check_patterns(&place, "requester", &r.requesters)?;
+        check_patterns(&place, "approver", &r.approvers)?;
+        if r.quorum == 0 {
+            return Err(bad("quorum must be at least 1".into()));
+        }
+        let exact_approvers = r.approvers.iter().all(|a| !a.contains(['*', '?']));
+        if exact_approvers && r.quorum as usize > r.approvers.len() {
+            return Err(bad(format!(
+                "quorum {} is larger than the {} approvers",
+                r.quorum,
+                r.approvers.len()
+            )));
+        }
+        let max = duration(&r.max_duration).map_err(|m| bad(format!("max_duration: {m}")))?;
+        let pending =
+            duration(&r.pending_timeout).map_err(|m| bad(format!("pending_timeout: {m}")))?;
+        if r.profiles.is_empty() {
+            return Err(bad("profiles must not be empty".into()));
+        }
+        if r.credentials == 0 || r.credentials > MAX_CREDENTIALS {
+            return Err(bad(format!("credentials must be 1 to {MAX_CREDENTIALS}")));
+        }
+        if r.denials_to_close == 0 {
+            return Err(bad("denials_to_close must be at least 1".into()));
+        }
+        for (claim, pattern) in &r.claims {
+            if claim.is_empty() || pattern.is_empty() {
+                return Err(bad("claims need a name and a value pattern".into()));
+            }
+        }
+        resources.push(ResourceRule {
+            matches,
+            tenant: r.tenant,
+            requesters: r.requesters,
+            claims: r.claims,
+            profiles: r.profiles,
+            rules: Rules {
+                approvers: r.approvers,
+                quorum: r.quorum,
+                max_duration_secs: max,
+                pending_timeout_secs: pending,
+                credentials: r.credentials,
+                denials_to_close: r.denials_to_close,
+            },
+        });
+    }
+    Ok(Policy {
+        resources,
+        tenants,
+        operators: file.operators,
+        auditors: file.auditors,
+        sha256: [0; 32],
+    })
+}
+
+/// A humantime duration of 1 s to 30 days, in seconds.
+fn duration(text: &str) -> Result<u32, String> {
+    let d: Duration = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like \"90s\", \"15m\" or \"2h\": {e}"))?;
+    if d.subsec_nanos() != 0 || d.as_secs() == 0 || d.as_secs() > MAX_SESSION_SECS {
+        return Err(format!("`{text}` must be whole seconds from 1s to 30 days"));
+    }
+    Ok(d.as_secs() as u32)
+}

@@ -1,0 +1,254 @@
+//! Policy: who may request which resource, who approves, how many, for how
+//! long, and who operates and audits — per resource, optionally per tenant.
+//!
+//! Loaded from a TOML file (example: `hsm-config/policy.toml`) at start-up;
+//! a bad policy stops start-up with an error naming the place.
+
+mod file;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::auth::Caller;
+use crate::identity;
+use crate::sessions::Rules;
+use crate::x509::CertProfile;
+
+pub use file::PolicyError;
+
+/// How a resource rule names resources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResourceMatch {
+    /// Exactly this name.
+    Exact(String),
+    /// Every name starting with this prefix (written `prefix*`).
+    Prefix(String),
+}
+
+impl ResourceMatch {
+    fn matches(&self, resource: &str) -> bool {
+        match self {
+            Self::Exact(e) => e == resource,
+            Self::Prefix(p) => resource.starts_with(p.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(e) => f.write_str(e),
+            Self::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// The policy for the resources one rule matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceRule {
+    /// Which resources.
+    pub matches: ResourceMatch,
+    /// The tenant owning them, if any.
+    pub tenant: Option<String>,
+    /// Identity patterns allowed to request.
+    pub requesters: Vec<String>,
+    /// OIDC claims a requester's token must carry (value patterns).
+    pub claims: BTreeMap<String, String>,
+    /// Which credential profiles may be asked for.
+    pub profiles: Vec<CertProfile>,
+    /// The rules copied into each session.
+    pub rules: Rules,
+}
+
+/// A tenant: one customer's identities, operators and auditors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant {
+    /// Its name.
+    pub name: String,
+    /// Identity patterns that belong to it.
+    pub members: Vec<String>,
+    /// Who may revoke its sessions.
+    pub operators: Vec<String>,
+    /// Who may read its sessions and audit trail.
+    pub auditors: Vec<String>,
+}
+
+/// The loaded policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    resources: Vec<ResourceRule>,
+    tenants: BTreeMap<String, Tenant>,
+    operators: Vec<String>,
+    auditors: Vec<String>,
+    sha256: [u8; 32],
+}
+
+/// Why a caller may not request a resource.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No rule covers the resource.
+    #[error("no policy covers resource `{0}`; ask an operator to add one")]
+    NoPolicy(String),
+    /// The caller is not among the resource's requesters.
+    #[error("you may not request `{0}`")]
+    NotARequester(String),
+    /// The caller is not a member of the resource's tenant.
+    #[error("you are not a member of tenant `{0}`")]
+    WrongTenant(String),
+    /// A required OIDC claim is missing or does not match.
+    #[error("your token's `{0}` claim does not satisfy the policy for this resource")]
+    Claim(String),
+    /// The profile is not allowed for the resource.
+    #[error("profile `{profile}` is not allowed for `{resource}` (allowed: {allowed})")]
+    Profile {
+        /// Asked for.
+        profile: String,
+        /// The resource.
+        resource: String,
+        /// What is allowed.
+        allowed: String,
+    },
+}
+
+impl Refusal {
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoPolicy(_) => "no_policy",
+            Self::NotARequester(_) => "not_a_requester",
+            Self::WrongTenant(_) => "wrong_tenant",
+            Self::Claim(_) => "claim_mismatch",
+            Self::Profile { .. } => "profile_not_allowed",
+        }
+    }
+}
+
+impl Policy {
+    /// Reads and checks a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses policy text as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, PolicyError> {
+        let mut policy = file::parse(text, path)?;
+        policy.sha256 = Sha256::digest(text.as_bytes()).into();
+        Ok(policy)
+    }
+
+    /// SHA-256 of the policy file, recorded when the service starts.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.sha256
+    }
+
+    /// The rule for `resource`: an exact match, else the longest prefix.
+    pub fn rule(&self, resource: &str) -> Option<&ResourceRule> {
+        self.resources
+            .iter()
+            .find(|r| matches!(&r.matches, ResourceMatch::Exact(e) if e == resource))
+            .or_else(|| {
+                self.resources
+                    .iter()
+                    .filter(|r| r.matches.matches(resource))
+                    .max_by_key(|r| match &r.matches {
+                        ResourceMatch::Prefix(p) => p.len(),
+                        ResourceMatch::Exact(_) => usize::MAX,
+                    })
+            })
+    }
+
+    /// The tenant called `name`.
+    pub fn tenant(&self, name: &str) -> Option<&Tenant> {
+        self.tenants.get(name)
+    }
+
+    /// Whether `identity` belongs to `tenant` (always true without tenant).
+    pub fn in_tenant(&self, tenant: Option<&str>, identity: &str) -> bool {
+        match tenant {
+            None => true,
+            Some(t) => self
+                .tenants
+                .get(t)
+                .is_some_and(|t| identity::matches_any(&t.members, identity)),
+        }
+    }
+
+    /// Checks `caller` may request `resource` with `profile`, returning the
+    /// rule that applies.
+    pub fn authorize_request(
+        &self,
+        caller: &Caller,
+        resource: &str,
+        profile: CertProfile,
+    ) -> Result<&ResourceRule, Refusal> {
+        let rule = self
+            .rule(resource)
+            .ok_or_else(|| Refusal::NoPolicy(resource.to_owned()))?;
+        if let Some(t) = &rule.tenant
+            && !self.in_tenant(Some(t), &caller.identity)
+        {
+            return Err(Refusal::WrongTenant(t.clone()));
+        }
+        if !identity::matches_any(&rule.requesters, &caller.identity) {
+            return Err(Refusal::NotARequester(resource.to_owned()));
+        }
+        for (claim, pattern) in &rule.claims {
+            let ok = match caller.claims.get(claim) {
+                Some(serde_json::Value::String(v)) => identity::matches(pattern, v),
+                Some(serde_json::Value::Bool(b)) => identity::matches(pattern, &b.to_string()),
+                Some(serde_json::Value::Number(n)) => identity::matches(pattern, &n.to_string()),
+                _ => false,
+            };
+            if !ok {
+                return Err(Refusal::Claim(claim.clone()));
+            }
+        }
+        if !rule.profiles.contains(&profile) {
+            return Err(Refusal::Profile {
+                profile: profile.as_str().to_owned(),
+                resource: resource.to_owned(),
+                allowed: rule
+                    .profiles
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok(rule)
+    }
+
+    /// Whether `identity` operates sessions of `tenant` (global operators
+    /// for sessions without tenant, the tenant's own otherwise: an operator
+    /// of one tenant has no power in another).
+    pub fn is_operator(&self, tenant: Option<&str>, identity: &str) -> bool {
+        match tenant {
+            None => identity::matches_any(&self.operators, identity),
+            Some(t) => self
+                .tenants
+                .get(t)
+                .is_some_and(|t| identity::matches_any(&t.operators, identity)),
+        }
+    }
+
+    /// Whether `identity` audits sessions of `tenant` (same scoping as
+    /// operators).
+    pub fn is_auditor(&self, tenant: Option<&str>, identity: &str) -> bool {
+        match tenant {
+            None => identity::matches_any(&self.auditors, identity),
+            Some(t) => self
+                .tenants
+                .get(t)
+                .is_some_and(|t| identity::matches_any(&t.auditors, identity)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,151 @@
+use std::path::Path;
+
+use super::*;
+
+fn example() -> Policy {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/hsm-config/policy.toml")).unwrap();
+    Policy::parse(&text, Path::new("policy.toml")).unwrap()
+}
+
+fn oidc(sub: &str, claims: serde_json::Value) -> Caller {
+    Caller {
+        identity: format!("oidc:https://token.actions.githubusercontent.com:{sub}"),
+        claims: serde_json::from_value(claims).unwrap(),
+    }
+}
+
+#[test]
+fn the_example_policy_loads() {
+    let p = example();
+    assert_eq!(p.rule("db:payroll").unwrap().rules.quorum, 2);
+    assert_eq!(p.rule("release:acme/app").unwrap().rules.max_duration_secs, 600);
+    assert!(p.rule("release:other/app").is_none());
+    assert!(p.rule("db:payroll2").is_none());
+    assert_ne!(p.sha256(), [0; 32]);
+}
+
+#[test]
+fn exact_beats_prefix_and_longest_prefix_wins() {
+    let text = r#"
+[[resource]]
+match = "release:*"
+requesters = ["token:a"]
+approvers = ["token:b"]
+quorum = 1
+max_duration = "1m"
+profiles = ["code-signing"]
+
+[[resource]]
+match = "release:acme/*"
+requesters = ["token:a"]
+approvers = ["token:b"]
+quorum = 1
+max_duration = "2m"
+profiles = ["code-signing"]
+
+[[resource]]
+match = "release:acme/special"
+requesters = ["token:a"]
+approvers = ["token:b"]
+quorum = 1
+max_duration = "3m"
+profiles = ["code-signing"]
+"#;
+    let p = Policy::parse(text, Path::new("p.toml")).unwrap();
+    let max = |r: &str| p.rule(r).unwrap().rules.max_duration_secs;
+    assert_eq!(max("release:x"), 60);
+    assert_eq!(max("release:acme/app"), 120);
+    assert_eq!(max("release:acme/special"), 180);
+}
+
+#[test]
+fn requests_are_authorized_by_identity_tenant_claims_and_profile() {
+    let p = example();
+    let alice = Caller::new("token:alice");
+    assert!(p.authorize_request(&alice, "db:payroll", CertProfile::MtlsClient).is_ok());
+    let cases: Vec<(Caller, &str, CertProfile, &str)> = vec![
+        (alice.clone(), "db:other", CertProfile::MtlsClient, "no_policy"),
+        (alice.clone(), "db:payroll", CertProfile::CodeSigning, "profile_not_allowed"),
+        (Caller::new("token:bob"), "db:payroll", CertProfile::MtlsClient, "not_a_requester"),
+        (Caller::new("token:alicex"), "db:payroll", CertProfile::MtlsClient, "not_a_requester"),
+        (oidc("repo:acme/app:ref:refs/heads/dev", serde_json::json!({"ref": "refs/heads/dev", "repository_owner": "acme"})),
+            "release:acme/app", CertProfile::CodeSigning, "claim_mismatch"),
+        (oidc("repo:acme/app:ref:refs/heads/main", serde_json::json!({"ref": "refs/heads/main"})),
+            "release:acme/app", CertProfile::CodeSigning, "claim_mismatch"),
+        (oidc("repo:evil/app:ref:refs/heads/main", serde_json::json!({"ref": "refs/heads/main", "repository_owner": "acme"})),
+            "release:acme/app", CertProfile::CodeSigning, "not_a_requester"),
+        (Caller::new("token:ops"), "ot-gateway:plant7/line-1", CertProfile::MtlsClient, "wrong_tenant"),
+    ];
+    for (caller, resource, profile, code) in cases {
+        let err = p.authorize_request(&caller, resource, profile).unwrap_err();
+        assert_eq!(err.code(), code, "{} {resource}", caller.identity);
+    }
+    let ci = oidc("repo:acme/app:ref:refs/heads/main", serde_json::json!({"ref": "refs/heads/main", "repository_owner": "acme"}));
+    assert!(p.authorize_request(&ci, "release:acme/app", CertProfile::CodeSigning).is_ok());
+    let vendor = Caller::new("token:vendor-support");
+    let rule = p.authorize_request(&vendor, "ot-gateway:plant7/line-1", CertProfile::MtlsClient).unwrap();
+    assert_eq!(rule.tenant.as_deref(), Some("plant7"));
+}
+
+#[test]
+fn operators_and_auditors_act_only_in_their_tenant() {
+    let p = example();
+    assert!(p.is_operator(None, "token:ops"));
+    assert!(!p.is_operator(Some("plant7"), "token:ops"));
+    assert!(p.is_operator(Some("plant7"), "token:plant7-ops"));
+    assert!(!p.is_operator(None, "token:plant7-ops"));
+    assert!(p.is_auditor(Some("plant7"), "token:plant7-audit"));
+    assert!(!p.is_auditor(Some("plant7"), "token:auditor"));
+    assert!(p.in_tenant(Some("plant7"), "token:plant7-safety"));
+    assert!(!p.in_tenant(Some("plant7"), "token:alice"));
+    assert!(p.in_tenant(None, "token:alice"));
+}
+
+#[test]
+fn bad_policies_name_the_place() {
+    let base = r#"
+[[resource]]
+match = "db:x"
+requesters = ["token:a"]
+approvers = ["token:b", "token:c"]
+quorum = 2
+max_duration = "5m"
+profiles = ["mtls-client"]
+"#;
+    let cases = [
+        (base.replace("quorum = 2", "quorum = 3"), "[[resource]] #1 (db:x)", "quorum 3 is larger"),
+        (base.replace("quorum = 2", "quorum = 0"), "#1", "quorum must be at least 1"),
+        (base.replace("\"5m\"", "\"forever\""), "#1", "max_duration"),
+        (base.replace("\"5m\"", "\"31d\""), "#1", "30 days"),
+        (base.replace("\"5m\"", "\"500ms\""), "#1", "whole seconds"),
+        (base.replace("\"token:a\"", "\"alice\""), "#1", "requester `alice`"),
+        (base.replace("\"db:x\"", "\"db:../x\""), "#1", "segments"),
+        (base.replace("\"db:x\"", "\"db:*:x\""), "#1", "may only end"),
+        (base.replace("[\"mtls-client\"]", "[]"), "#1", "profiles must not be empty"),
+        (base.replace("[\"mtls-client\"]", "[\"ssh\"]"), "line", "unknown variant"),
+        (format!("{base}tenant = \"nope\"\n"), "#1", "tenant `nope` is not defined"),
+        (format!("{base}{base}"), "#2", "same match"),
+        (format!("{base}colour = \"red\"\n"), "line", "unknown field"),
+        (format!("{base}credentials = 0\n"), "#1", "credentials"),
+    ];
+    for (text, place, message) in cases {
+        let err = Policy::parse(&text, Path::new("p.toml")).unwrap_err().to_string();
+        assert!(err.starts_with("policy p.toml: "), "{err}");
+        assert!(err.contains(place), "want {place}: {err}");
+        assert!(err.contains(message), "want {message}: {err}");
+    }
+}
+
+#[test]
+fn wildcard_approvers_skip_the_quorum_count_check() {
+    let text = r#"
+[[resource]]
+match = "db:x"
+requesters = ["token:a"]
+approvers = ["token:dba-*"]
+quorum = 3
+max_duration = "5m"
+profiles = ["mtls-client"]
+"#;
+    assert!(Policy::parse(text, Path::new("p.toml")).is_ok());
+}
