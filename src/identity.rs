@@ -68,8 +68,16 @@ mod tests {
             ("token:*", "token:bob", true),
             ("token:a?c", "token:abc", true),
             ("token:a?c", "token:ac", false),
-            ("oidc:https://gh:repo:acme/*", "oidc:https://gh:repo:acme/app:ref:main", true),
-            ("oidc:https://gh:repo:acme/*", "oidc:https://gh:repo:acmex/app", false),
+            (
+                "oidc:https://gh:repo:acme/*",
+                "oidc:https://gh:repo:acme/app:ref:main",
+                true,
+            ),
+            (
+                "oidc:https://gh:repo:acme/*",
+                "oidc:https://gh:repo:acmex/app",
+                false,
+            ),
             ("*:bob", "token:bob", true),
             ("token:*b*", "token:aaaab", true),
             ("token:[ab]", "token:a", false),

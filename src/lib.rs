@@ -27,6 +27,7 @@ pub mod fsio;
 pub mod keys;
 pub mod policy;
 pub mod secret;
+pub mod store;
 pub mod x509;
 
 pub use error::Error;

@@ -166,7 +166,10 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         check_patterns(&place, "operator", &t.operators)?;
         check_patterns(&place, "auditor", &t.auditors)?;
         if tenants.contains_key(&t.name) {
-            return Err(invalid(place, "a tenant with this name is already defined".into()));
+            return Err(invalid(
+                place,
+                "a tenant with this name is already defined".into(),
+            ));
         }
         tenants.insert(
             t.name.clone(),

@@ -3,7 +3,11 @@ use std::path::Path;
 use super::*;
 
 fn example() -> Policy {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/hsm-config/policy.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/hsm-config/policy.toml"
+    ))
+    .unwrap();
     Policy::parse(&text, Path::new("policy.toml")).unwrap()
 }
 
@@ -18,7 +22,10 @@ fn oidc(sub: &str, claims: serde_json::Value) -> Caller {
 fn the_example_policy_loads() {
     let p = example();
     assert_eq!(p.rule("db:payroll").unwrap().rules.quorum, 2);
-    assert_eq!(p.rule("release:acme/app").unwrap().rules.max_duration_secs, 600);
+    assert_eq!(
+        p.rule("release:acme/app").unwrap().rules.max_duration_secs,
+        600
+    );
     assert!(p.rule("release:other/app").is_none());
     assert!(p.rule("db:payroll2").is_none());
     assert_ne!(p.sha256(), [0; 32]);
@@ -62,28 +69,85 @@ profiles = ["code-signing"]
 fn requests_are_authorized_by_identity_tenant_claims_and_profile() {
     let p = example();
     let alice = Caller::new("token:alice");
-    assert!(p.authorize_request(&alice, "db:payroll", CertProfile::MtlsClient).is_ok());
+    assert!(
+        p.authorize_request(&alice, "db:payroll", CertProfile::MtlsClient)
+            .is_ok()
+    );
     let cases: Vec<(Caller, &str, CertProfile, &str)> = vec![
-        (alice.clone(), "db:other", CertProfile::MtlsClient, "no_policy"),
-        (alice.clone(), "db:payroll", CertProfile::CodeSigning, "profile_not_allowed"),
-        (Caller::new("token:bob"), "db:payroll", CertProfile::MtlsClient, "not_a_requester"),
-        (Caller::new("token:alicex"), "db:payroll", CertProfile::MtlsClient, "not_a_requester"),
-        (oidc("repo:acme/app:ref:refs/heads/dev", serde_json::json!({"ref": "refs/heads/dev", "repository_owner": "acme"})),
-            "release:acme/app", CertProfile::CodeSigning, "claim_mismatch"),
-        (oidc("repo:acme/app:ref:refs/heads/main", serde_json::json!({"ref": "refs/heads/main"})),
-            "release:acme/app", CertProfile::CodeSigning, "claim_mismatch"),
-        (oidc("repo:evil/app:ref:refs/heads/main", serde_json::json!({"ref": "refs/heads/main", "repository_owner": "acme"})),
-            "release:acme/app", CertProfile::CodeSigning, "not_a_requester"),
-        (Caller::new("token:ops"), "ot-gateway:plant7/line-1", CertProfile::MtlsClient, "wrong_tenant"),
+        (
+            alice.clone(),
+            "db:other",
+            CertProfile::MtlsClient,
+            "no_policy",
+        ),
+        (
+            alice.clone(),
+            "db:payroll",
+            CertProfile::CodeSigning,
+            "profile_not_allowed",
+        ),
+        (
+            Caller::new("token:bob"),
+            "db:payroll",
+            CertProfile::MtlsClient,
+            "not_a_requester",
+        ),
+        (
+            Caller::new("token:alicex"),
+            "db:payroll",
+            CertProfile::MtlsClient,
+            "not_a_requester",
+        ),
+        (
+            oidc(
+                "repo:acme/app:ref:refs/heads/dev",
+                serde_json::json!({"ref": "refs/heads/dev", "repository_owner": "acme"}),
+            ),
+            "release:acme/app",
+            CertProfile::CodeSigning,
+            "claim_mismatch",
+        ),
+        (
+            oidc(
+                "repo:acme/app:ref:refs/heads/main",
+                serde_json::json!({"ref": "refs/heads/main"}),
+            ),
+            "release:acme/app",
+            CertProfile::CodeSigning,
+            "claim_mismatch",
+        ),
+        (
+            oidc(
+                "repo:evil/app:ref:refs/heads/main",
+                serde_json::json!({"ref": "refs/heads/main", "repository_owner": "acme"}),
+            ),
+            "release:acme/app",
+            CertProfile::CodeSigning,
+            "not_a_requester",
+        ),
+        (
+            Caller::new("token:ops"),
+            "ot-gateway:plant7/line-1",
+            CertProfile::MtlsClient,
+            "wrong_tenant",
+        ),
     ];
     for (caller, resource, profile, code) in cases {
         let err = p.authorize_request(&caller, resource, profile).unwrap_err();
         assert_eq!(err.code(), code, "{} {resource}", caller.identity);
     }
-    let ci = oidc("repo:acme/app:ref:refs/heads/main", serde_json::json!({"ref": "refs/heads/main", "repository_owner": "acme"}));
-    assert!(p.authorize_request(&ci, "release:acme/app", CertProfile::CodeSigning).is_ok());
+    let ci = oidc(
+        "repo:acme/app:ref:refs/heads/main",
+        serde_json::json!({"ref": "refs/heads/main", "repository_owner": "acme"}),
+    );
+    assert!(
+        p.authorize_request(&ci, "release:acme/app", CertProfile::CodeSigning)
+            .is_ok()
+    );
     let vendor = Caller::new("token:vendor-support");
-    let rule = p.authorize_request(&vendor, "ot-gateway:plant7/line-1", CertProfile::MtlsClient).unwrap();
+    let rule = p
+        .authorize_request(&vendor, "ot-gateway:plant7/line-1", CertProfile::MtlsClient)
+        .unwrap();
     assert_eq!(rule.tenant.as_deref(), Some("plant7"));
 }
 
@@ -113,23 +177,49 @@ max_duration = "5m"
 profiles = ["mtls-client"]
 "#;
     let cases = [
-        (base.replace("quorum = 2", "quorum = 3"), "[[resource]] #1 (db:x)", "quorum 3 is larger"),
-        (base.replace("quorum = 2", "quorum = 0"), "#1", "quorum must be at least 1"),
+        (
+            base.replace("quorum = 2", "quorum = 3"),
+            "[[resource]] #1 (db:x)",
+            "quorum 3 is larger",
+        ),
+        (
+            base.replace("quorum = 2", "quorum = 0"),
+            "#1",
+            "quorum must be at least 1",
+        ),
         (base.replace("\"5m\"", "\"forever\""), "#1", "max_duration"),
         (base.replace("\"5m\"", "\"31d\""), "#1", "30 days"),
         (base.replace("\"5m\"", "\"500ms\""), "#1", "whole seconds"),
-        (base.replace("\"token:a\"", "\"alice\""), "#1", "requester `alice`"),
+        (
+            base.replace("\"token:a\"", "\"alice\""),
+            "#1",
+            "requester `alice`",
+        ),
         (base.replace("\"db:x\"", "\"db:../x\""), "#1", "segments"),
         (base.replace("\"db:x\"", "\"db:*:x\""), "#1", "may only end"),
-        (base.replace("[\"mtls-client\"]", "[]"), "#1", "profiles must not be empty"),
-        (base.replace("[\"mtls-client\"]", "[\"ssh\"]"), "line", "unknown variant"),
-        (format!("{base}tenant = \"nope\"\n"), "#1", "tenant `nope` is not defined"),
+        (
+            base.replace("[\"mtls-client\"]", "[]"),
+            "#1",
+            "profiles must not be empty",
+        ),
+        (
+            base.replace("[\"mtls-client\"]", "[\"ssh\"]"),
+            "line",
+            "unknown variant",
+        ),
+        (
+            format!("{base}tenant = \"nope\"\n"),
+            "#1",
+            "tenant `nope` is not defined",
+        ),
         (format!("{base}{base}"), "#2", "same match"),
         (format!("{base}colour = \"red\"\n"), "line", "unknown field"),
         (format!("{base}credentials = 0\n"), "#1", "credentials"),
     ];
     for (text, place, message) in cases {
-        let err = Policy::parse(&text, Path::new("p.toml")).unwrap_err().to_string();
+        let err = Policy::parse(&text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("policy p.toml: "), "{err}");
         assert!(err.contains(place), "want {place}: {err}");
         assert!(err.contains(message), "want {message}: {err}");

@@ -53,6 +53,15 @@ pub enum Event {
         key_sha256: String,
         /// `notAfter`.
         not_after: Timestamp,
+        /// Whether it was handed out (false: the session closed while it
+        /// was being signed, so it was withheld).
+        handed_out: bool,
+    },
+    /// A credential slot reserved before a crash was given back; the serial
+    /// was never handed out.
+    Voided {
+        /// Certificate serial, hex.
+        serial: String,
     },
     /// The session closed.
     Closed {
@@ -83,6 +92,7 @@ impl Event {
             Self::Denied { .. } => "denied",
             Self::Opened { .. } => "opened",
             Self::Minted { .. } => "minted",
+            Self::Voided { .. } => "voided",
             Self::Closed { .. } => "closed",
             Self::Refused { .. } => "refused",
         }

@@ -82,7 +82,14 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_refused() {
-        for bad in ["", "ses_", "ses_AAAAAAAAAAAAAAAAAAAAAAAAAA", "ses_aaaaaaaaaaaaaaaaaaaaaaaaa1", "x".repeat(30).as_str(), "ses_../../etc/passwd_aaaaaa"] {
+        for bad in [
+            "",
+            "ses_",
+            "ses_AAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "ses_aaaaaaaaaaaaaaaaaaaaaaaaa1",
+            "x".repeat(30).as_str(),
+            "ses_../../etc/passwd_aaaaaa",
+        ] {
             assert!(SessionId::parse(bad).is_err(), "{bad}");
         }
     }

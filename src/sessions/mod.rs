@@ -22,9 +22,7 @@ pub use request::{
     MAX_DIGEST_LEN, MAX_RESOURCE_LEN, MAX_TASK_LEN, Request, format_hash, parse_hash,
     validate_resource,
 };
-pub use session::{
-    Actor, CloseReason, Closure, MintSlot, Rules, Session, SessionOp, State, Vote,
-};
+pub use session::{Actor, CloseReason, Closure, MintSlot, Rules, Session, SessionOp, State, Vote};
 
 /// Why a session operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +43,9 @@ pub enum SessionError {
     #[error("session is closed ({0}); request a new session")]
     Closed(CloseReason),
     /// The approval names another request.
-    #[error("the request hash does not match this session's request; fetch the session again and approve what it shows")]
+    #[error(
+        "the request hash does not match this session's request; fetch the session again and approve what it shows"
+    )]
     HashMismatch,
     /// The requester tried to approve its own session.
     #[error("the requester cannot approve its own session")]

@@ -151,7 +151,9 @@ pub fn validate_resource(resource: &str) -> Result<(), SessionError> {
         || resource.contains("//")
         || resource.starts_with('/')
     {
-        return Err(bad("must not contain `.`/`..` segments or empty path segments"));
+        return Err(bad(
+            "must not contain `.`/`..` segments or empty path segments",
+        ));
     }
     Ok(())
 }
@@ -201,13 +203,34 @@ mod tests {
         let id = SessionId::parse("ses_aaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
         let base = request().hash(&id);
         let variants: Vec<Request> = vec![
-            Request { tenant: Some("acme".into()), ..request() },
-            Request { requester: "token:cj".into(), ..request() },
-            Request { resource: "release:acme/ap".into(), ..request() },
-            Request { task: "sign release 1.2.4".into(), ..request() },
-            Request { request_digest: None, ..request() },
-            Request { duration_secs: 601, ..request() },
-            Request { profile: CertProfile::MtlsClient, ..request() },
+            Request {
+                tenant: Some("acme".into()),
+                ..request()
+            },
+            Request {
+                requester: "token:cj".into(),
+                ..request()
+            },
+            Request {
+                resource: "release:acme/ap".into(),
+                ..request()
+            },
+            Request {
+                task: "sign release 1.2.4".into(),
+                ..request()
+            },
+            Request {
+                request_digest: None,
+                ..request()
+            },
+            Request {
+                duration_secs: 601,
+                ..request()
+            },
+            Request {
+                profile: CertProfile::MtlsClient,
+                ..request()
+            },
         ];
         for v in variants {
             assert_ne!(v.hash(&id), base, "{v:?}");
@@ -216,8 +239,16 @@ mod tests {
         assert_ne!(request().hash(&other), base);
         // Length prefixes keep field boundaries: moving a character from
         // one field to the next changes the hash.
-        let a = Request { resource: "ab".into(), task: "c".into(), ..request() };
-        let b = Request { resource: "a".into(), task: "bc".into(), ..request() };
+        let a = Request {
+            resource: "ab".into(),
+            task: "c".into(),
+            ..request()
+        };
+        let b = Request {
+            resource: "a".into(),
+            task: "bc".into(),
+            ..request()
+        };
         assert_ne!(a.hash(&id), b.hash(&id));
     }
 
@@ -231,12 +262,25 @@ mod tests {
 
     #[test]
     fn resources_are_checked() {
-        for ok in ["db:payroll", "release:acme/app", "ot-gateway:plant-7", "api:v1.2@eu+x"] {
+        for ok in [
+            "db:payroll",
+            "release:acme/app",
+            "ot-gateway:plant-7",
+            "api:v1.2@eu+x",
+        ] {
             validate_resource(ok).unwrap();
         }
         for bad in [
-            "", "db payroll", "db:\u{7}", "release:../etc", "release:a/../b", "/etc/passwd",
-            "a//b", "db:ü", "release:./x", &"a".repeat(201),
+            "",
+            "db payroll",
+            "db:\u{7}",
+            "release:../etc",
+            "release:a/../b",
+            "/etc/passwd",
+            "a//b",
+            "db:ü",
+            "release:./x",
+            &"a".repeat(201),
         ] {
             assert!(validate_resource(bad).is_err(), "{bad:?}");
         }
@@ -246,12 +290,30 @@ mod tests {
     fn requests_are_checked() {
         request().validate().unwrap();
         let cases = [
-            Request { task: String::new(), ..request() },
-            Request { task: "x".repeat(2001), ..request() },
-            Request { task: "a\u{1b}[31mred".into(), ..request() },
-            Request { request_digest: Some("md5:abc".into()), ..request() },
-            Request { request_digest: Some("sha256:abc".into()), ..request() },
-            Request { duration_secs: 0, ..request() },
+            Request {
+                task: String::new(),
+                ..request()
+            },
+            Request {
+                task: "x".repeat(2001),
+                ..request()
+            },
+            Request {
+                task: "a\u{1b}[31mred".into(),
+                ..request()
+            },
+            Request {
+                request_digest: Some("md5:abc".into()),
+                ..request()
+            },
+            Request {
+                request_digest: Some("sha256:abc".into()),
+                ..request()
+            },
+            Request {
+                duration_secs: 0,
+                ..request()
+            },
         ];
         for c in cases {
             assert!(c.validate().is_err(), "{c:?}");

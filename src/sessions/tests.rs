@@ -37,7 +37,9 @@ fn request(duration: u32) -> Request {
 
 fn new_session(rules: Rules) -> Session {
     let id = SessionId::parse("ses_aaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
-    Session::new(id, request(120), rules, Timestamp::from_unix(T0)).unwrap().0
+    Session::new(id, request(120), rules, Timestamp::from_unix(T0))
+        .unwrap()
+        .0
 }
 
 enum Op {
@@ -60,11 +62,25 @@ fn run(session: &mut Session, steps: Vec<Step>) -> Vec<Event> {
         let now = Timestamp::from_unix(T0 + dt);
         let hash = session.request_hash;
         let op = match op {
-            Op::Approve(by) => SessionOp::Approve { by: by.into(), request_hash: hash },
-            Op::ApproveWrongHash(by) => SessionOp::Approve { by: by.into(), request_hash: [0; 32] },
-            Op::Deny(by) => SessionOp::Deny { by: by.into(), request_hash: hash, reason: Some("no".into()) },
+            Op::Approve(by) => SessionOp::Approve {
+                by: by.into(),
+                request_hash: hash,
+            },
+            Op::ApproveWrongHash(by) => SessionOp::Approve {
+                by: by.into(),
+                request_hash: [0; 32],
+            },
+            Op::Deny(by) => SessionOp::Deny {
+                by: by.into(),
+                request_hash: hash,
+                reason: Some("no".into()),
+            },
             Op::Close(by) => SessionOp::Close { by: by.into() },
-            Op::Revoke(by) => SessionOp::Revoke { by: by.into(), actor: Actor::Operator, note: "ticket closed".into() },
+            Op::Revoke(by) => SessionOp::Revoke {
+                by: by.into(),
+                actor: Actor::Operator,
+                note: "ticket closed".into(),
+            },
             Op::Mint => SessionOp::ReserveMint,
             Op::Release => SessionOp::ReleaseMint,
             Op::Refresh => SessionOp::Refresh,
@@ -77,7 +93,10 @@ fn run(session: &mut Session, steps: Vec<Step>) -> Vec<Event> {
         };
         assert_eq!(got, want, "step {i} ({op:?}) at +{dt}s");
         if result.is_err() && events.is_empty() {
-            assert_eq!(*session, before, "step {i}: a refused op changed the session");
+            assert_eq!(
+                *session, before,
+                "step {i}: a refused op changed the session"
+            );
         }
         all.append(&mut events);
     }
@@ -95,86 +114,258 @@ struct Case {
 fn cases() -> Vec<Case> {
     use Op::*;
     vec![
-        Case { name: "quorum of two opens", rules: rules(),
+        Case {
+            name: "quorum of two opens",
+            rules: rules(),
             steps: vec![(1, Approve(A), "ok"), (2, Approve(B), "ok")],
-            state: State::Open, reason: None },
-        Case { name: "one approval is not quorum", rules: rules(),
-            steps: vec![(1, Approve(A), "ok")], state: State::Pending, reason: None },
-        Case { name: "each approver counts once", rules: rules(),
+            state: State::Open,
+            reason: None,
+        },
+        Case {
+            name: "one approval is not quorum",
+            rules: rules(),
+            steps: vec![(1, Approve(A), "ok")],
+            state: State::Pending,
+            reason: None,
+        },
+        Case {
+            name: "each approver counts once",
+            rules: rules(),
             steps: vec![(1, Approve(A), "ok"), (2, Approve(A), "already_voted")],
-            state: State::Pending, reason: None },
-        Case { name: "requester never counts, even when in the set", rules: rules(),
-            steps: vec![(1, Approve(REQUESTER), "self_approval"), (2, Approve(A), "ok")],
-            state: State::Pending, reason: None },
-        Case { name: "outsiders do not count", rules: rules(),
+            state: State::Pending,
+            reason: None,
+        },
+        Case {
+            name: "requester never counts, even when in the set",
+            rules: rules(),
+            steps: vec![
+                (1, Approve(REQUESTER), "self_approval"),
+                (2, Approve(A), "ok"),
+            ],
+            state: State::Pending,
+            reason: None,
+        },
+        Case {
+            name: "outsiders do not count",
+            rules: rules(),
             steps: vec![(1, Approve(X), "not_an_approver"), (2, Approve(A), "ok")],
-            state: State::Pending, reason: None },
-        Case { name: "approval for another hash is refused", rules: rules(),
-            steps: vec![(1, ApproveWrongHash(A), "request_hash_mismatch"), (2, Approve(A), "ok")],
-            state: State::Pending, reason: None },
-        Case { name: "one deny closes as denied", rules: rules(),
-            steps: vec![(1, Approve(A), "ok"), (2, Deny(B), "ok"), (3, Approve(C), "session_closed")],
-            state: State::Closed, reason: Some(CloseReason::Denied) },
-        Case { name: "two denials needed when the policy says so",
-            rules: Rules { denials_to_close: 2, ..rules() },
-            steps: vec![(1, Deny(A), "ok"), (2, Approve(A), "already_voted"), (3, Approve(B), "ok"),
-                        (4, Deny(C), "ok")],
-            state: State::Closed, reason: Some(CloseReason::Denied) },
-        Case { name: "denying twice is refused", rules: Rules { denials_to_close: 3, ..rules() },
+            state: State::Pending,
+            reason: None,
+        },
+        Case {
+            name: "approval for another hash is refused",
+            rules: rules(),
+            steps: vec![
+                (1, ApproveWrongHash(A), "request_hash_mismatch"),
+                (2, Approve(A), "ok"),
+            ],
+            state: State::Pending,
+            reason: None,
+        },
+        Case {
+            name: "one deny closes as denied",
+            rules: rules(),
+            steps: vec![
+                (1, Approve(A), "ok"),
+                (2, Deny(B), "ok"),
+                (3, Approve(C), "session_closed"),
+            ],
+            state: State::Closed,
+            reason: Some(CloseReason::Denied),
+        },
+        Case {
+            name: "two denials needed when the policy says so",
+            rules: Rules {
+                denials_to_close: 2,
+                ..rules()
+            },
+            steps: vec![
+                (1, Deny(A), "ok"),
+                (2, Approve(A), "already_voted"),
+                (3, Approve(B), "ok"),
+                (4, Deny(C), "ok"),
+            ],
+            state: State::Closed,
+            reason: Some(CloseReason::Denied),
+        },
+        Case {
+            name: "denying twice is refused",
+            rules: Rules {
+                denials_to_close: 3,
+                ..rules()
+            },
             steps: vec![(1, Deny(A), "ok"), (2, Deny(A), "already_voted")],
-            state: State::Pending, reason: None },
-        Case { name: "a deny after opening closes it", rules: rules(),
-            steps: vec![(1, Approve(A), "ok"), (2, Approve(B), "ok"), (3, Deny(C), "ok")],
-            state: State::Closed, reason: Some(CloseReason::Denied) },
-        Case { name: "no quorum before the pending timeout: abandoned", rules: rules(),
+            state: State::Pending,
+            reason: None,
+        },
+        Case {
+            name: "a deny after opening closes it",
+            rules: rules(),
+            steps: vec![
+                (1, Approve(A), "ok"),
+                (2, Approve(B), "ok"),
+                (3, Deny(C), "ok"),
+            ],
+            state: State::Closed,
+            reason: Some(CloseReason::Denied),
+        },
+        Case {
+            name: "no quorum before the pending timeout: abandoned",
+            rules: rules(),
             steps: vec![(1, Approve(A), "ok"), (60, Approve(B), "session_closed")],
-            state: State::Closed, reason: Some(CloseReason::Abandoned) },
-        Case { name: "quorum one second before the timeout opens", rules: rules(),
+            state: State::Closed,
+            reason: Some(CloseReason::Abandoned),
+        },
+        Case {
+            name: "quorum one second before the timeout opens",
+            rules: rules(),
             steps: vec![(1, Approve(A), "ok"), (59, Approve(B), "ok")],
-            state: State::Open, reason: None },
-        Case { name: "open session expires at closes_at", rules: rules(),
-            steps: vec![(1, Approve(A), "ok"), (2, Approve(B), "ok"), (121, Mint, "ok"),
-                        (122, Refresh, "ok"), (122, Mint, "session_closed")],
-            state: State::Closed, reason: Some(CloseReason::Expired) },
-        Case { name: "minting only while open", rules: rules(),
-            steps: vec![(1, Mint, "session_not_open"), (2, Approve(A), "ok"), (3, Approve(B), "ok"),
-                        (4, Mint, "ok")],
-            state: State::Open, reason: None },
-        Case { name: "one-shot by default", rules: rules(),
-            steps: vec![(1, Approve(A), "ok"), (2, Approve(B), "ok"), (3, Mint, "ok"),
-                        (4, Mint, "credential_limit_reached")],
-            state: State::Open, reason: None },
-        Case { name: "a released slot can be used again", rules: rules(),
-            steps: vec![(1, Approve(A), "ok"), (2, Approve(B), "ok"), (3, Mint, "ok"), (3, Release, "ok"),
-                        (4, Mint, "ok")],
-            state: State::Open, reason: None },
-        Case { name: "three credentials when allowed", rules: Rules { credentials: 3, ..rules() },
-            steps: vec![(1, Approve(A), "ok"), (2, Approve(B), "ok"), (3, Mint, "ok"), (4, Mint, "ok"),
-                        (5, Mint, "ok"), (6, Mint, "credential_limit_reached")],
-            state: State::Open, reason: None },
-        Case { name: "requester closes: completed", rules: rules(),
-            steps: vec![(1, Approve(A), "ok"), (2, Approve(B), "ok"), (10, Close(REQUESTER), "ok"),
-                        (11, Mint, "session_closed")],
-            state: State::Closed, reason: Some(CloseReason::Completed) },
-        Case { name: "only the requester closes", rules: rules(),
-            steps: vec![(1, Close(A), "not_requester")], state: State::Pending, reason: None },
-        Case { name: "requester may withdraw a pending request", rules: rules(),
+            state: State::Open,
+            reason: None,
+        },
+        Case {
+            name: "open session expires at closes_at",
+            rules: rules(),
+            steps: vec![
+                (1, Approve(A), "ok"),
+                (2, Approve(B), "ok"),
+                (121, Mint, "ok"),
+                (122, Refresh, "ok"),
+                (122, Mint, "session_closed"),
+            ],
+            state: State::Closed,
+            reason: Some(CloseReason::Expired),
+        },
+        Case {
+            name: "minting only while open",
+            rules: rules(),
+            steps: vec![
+                (1, Mint, "session_not_open"),
+                (2, Approve(A), "ok"),
+                (3, Approve(B), "ok"),
+                (4, Mint, "ok"),
+            ],
+            state: State::Open,
+            reason: None,
+        },
+        Case {
+            name: "one-shot by default",
+            rules: rules(),
+            steps: vec![
+                (1, Approve(A), "ok"),
+                (2, Approve(B), "ok"),
+                (3, Mint, "ok"),
+                (4, Mint, "credential_limit_reached"),
+            ],
+            state: State::Open,
+            reason: None,
+        },
+        Case {
+            name: "a released slot can be used again",
+            rules: rules(),
+            steps: vec![
+                (1, Approve(A), "ok"),
+                (2, Approve(B), "ok"),
+                (3, Mint, "ok"),
+                (3, Release, "ok"),
+                (4, Mint, "ok"),
+            ],
+            state: State::Open,
+            reason: None,
+        },
+        Case {
+            name: "three credentials when allowed",
+            rules: Rules {
+                credentials: 3,
+                ..rules()
+            },
+            steps: vec![
+                (1, Approve(A), "ok"),
+                (2, Approve(B), "ok"),
+                (3, Mint, "ok"),
+                (4, Mint, "ok"),
+                (5, Mint, "ok"),
+                (6, Mint, "credential_limit_reached"),
+            ],
+            state: State::Open,
+            reason: None,
+        },
+        Case {
+            name: "requester closes: completed",
+            rules: rules(),
+            steps: vec![
+                (1, Approve(A), "ok"),
+                (2, Approve(B), "ok"),
+                (10, Close(REQUESTER), "ok"),
+                (11, Mint, "session_closed"),
+            ],
+            state: State::Closed,
+            reason: Some(CloseReason::Completed),
+        },
+        Case {
+            name: "only the requester closes",
+            rules: rules(),
+            steps: vec![(1, Close(A), "not_requester")],
+            state: State::Pending,
+            reason: None,
+        },
+        Case {
+            name: "requester may withdraw a pending request",
+            rules: rules(),
             steps: vec![(1, Close(REQUESTER), "ok")],
-            state: State::Closed, reason: Some(CloseReason::Completed) },
-        Case { name: "revoked by an operator", rules: rules(),
-            steps: vec![(1, Approve(A), "ok"), (2, Approve(B), "ok"), (3, Revoke(X), "ok")],
-            state: State::Closed, reason: Some(CloseReason::Revoked) },
-        Case { name: "a closed session never reopens", rules: rules(),
-            steps: vec![(1, Revoke(X), "ok"), (2, Approve(A), "session_closed"), (3, Approve(B), "session_closed"),
-                        (4, Close(REQUESTER), "session_closed"), (5, Revoke(X), "session_closed")],
-            state: State::Closed, reason: Some(CloseReason::Revoked) },
-        Case { name: "approving an open session is refused", rules: rules(),
-            steps: vec![(1, Approve(A), "ok"), (2, Approve(B), "ok"), (3, Approve(C), "session_not_pending")],
-            state: State::Open, reason: None },
-        Case { name: "quorum equal to the whole set", rules: Rules { quorum: 3, ..rules() },
-            steps: vec![(1, Approve(A), "ok"), (2, Approve(B), "ok"), (3, Approve(REQUESTER), "self_approval"),
-                        (4, Approve(C), "ok")],
-            state: State::Open, reason: None },
+            state: State::Closed,
+            reason: Some(CloseReason::Completed),
+        },
+        Case {
+            name: "revoked by an operator",
+            rules: rules(),
+            steps: vec![
+                (1, Approve(A), "ok"),
+                (2, Approve(B), "ok"),
+                (3, Revoke(X), "ok"),
+            ],
+            state: State::Closed,
+            reason: Some(CloseReason::Revoked),
+        },
+        Case {
+            name: "a closed session never reopens",
+            rules: rules(),
+            steps: vec![
+                (1, Revoke(X), "ok"),
+                (2, Approve(A), "session_closed"),
+                (3, Approve(B), "session_closed"),
+                (4, Close(REQUESTER), "session_closed"),
+                (5, Revoke(X), "session_closed"),
+            ],
+            state: State::Closed,
+            reason: Some(CloseReason::Revoked),
+        },
+        Case {
+            name: "approving an open session is refused",
+            rules: rules(),
+            steps: vec![
+                (1, Approve(A), "ok"),
+                (2, Approve(B), "ok"),
+                (3, Approve(C), "session_not_pending"),
+            ],
+            state: State::Open,
+            reason: None,
+        },
+        Case {
+            name: "quorum equal to the whole set",
+            rules: Rules {
+                quorum: 3,
+                ..rules()
+            },
+            steps: vec![
+                (1, Approve(A), "ok"),
+                (2, Approve(B), "ok"),
+                (3, Approve(REQUESTER), "self_approval"),
+                (4, Approve(C), "ok"),
+            ],
+            state: State::Open,
+            reason: None,
+        },
     ]
 }
 
@@ -184,18 +375,33 @@ fn session_rules() {
         let mut s = new_session(case.rules.clone());
         run(&mut s, case.steps);
         assert_eq!(s.state, case.state, "{}", case.name);
-        assert_eq!(s.closure.as_ref().map(|c| c.reason), case.reason, "{}", case.name);
+        assert_eq!(
+            s.closure.as_ref().map(|c| c.reason),
+            case.reason,
+            "{}",
+            case.name
+        );
     }
 }
 
 #[test]
 fn closes_at_is_fixed_at_opening_and_never_moves() {
     let mut s = new_session(rules());
-    run(&mut s, vec![(5, Op::Approve(A), "ok"), (17, Op::Approve(B), "ok")]);
+    run(
+        &mut s,
+        vec![(5, Op::Approve(A), "ok"), (17, Op::Approve(B), "ok")],
+    );
     assert_eq!(s.opened_at, Some(Timestamp::from_unix(T0 + 17)));
     assert_eq!(s.closes_at, Some(Timestamp::from_unix(T0 + 17 + 120)));
     let before = s.closes_at;
-    run(&mut s, vec![(50, Op::Mint, "ok"), (60, Op::Approve(C), "session_not_pending"), (70, Op::Refresh, "ok")]);
+    run(
+        &mut s,
+        vec![
+            (50, Op::Mint, "ok"),
+            (60, Op::Approve(C), "session_not_pending"),
+            (70, Op::Refresh, "ok"),
+        ],
+    );
     assert_eq!(s.closes_at, before);
     // Expiry is recorded at closes_at exactly, however late it is noticed.
     run(&mut s, vec![(10_000, Op::Refresh, "ok")]);
@@ -205,7 +411,10 @@ fn closes_at_is_fixed_at_opening_and_never_moves() {
 #[test]
 fn mint_slot_carries_closes_at() {
     let mut s = new_session(rules());
-    run(&mut s, vec![(1, Op::Approve(A), "ok"), (2, Op::Approve(B), "ok")]);
+    run(
+        &mut s,
+        vec![(1, Op::Approve(A), "ok"), (2, Op::Approve(B), "ok")],
+    );
     let (_, slot) = s.apply(&SessionOp::ReserveMint, Timestamp::from_unix(T0 + 3));
     assert_eq!(slot.unwrap().unwrap().not_after, s.closes_at.unwrap());
 }
@@ -214,18 +423,38 @@ fn mint_slot_carries_closes_at() {
 fn abandonment_is_recorded_at_pending_until() {
     let mut s = new_session(rules());
     let events = run(&mut s, vec![(500, Op::Refresh, "ok")]);
-    assert_eq!(s.closure.as_ref().unwrap().at, Timestamp::from_unix(T0 + 60));
-    assert!(matches!(events.as_slice(), [Event::Closed { reason: CloseReason::Abandoned, by: None, .. }]));
+    assert_eq!(
+        s.closure.as_ref().unwrap().at,
+        Timestamp::from_unix(T0 + 60)
+    );
+    assert!(matches!(
+        events.as_slice(),
+        [Event::Closed {
+            reason: CloseReason::Abandoned,
+            by: None,
+            ..
+        }]
+    ));
 }
 
 #[test]
 fn events_tell_the_story() {
     let mut s = new_session(rules());
-    let events = run(&mut s, vec![(1, Op::Approve(A), "ok"), (2, Op::Approve(B), "ok"), (3, Op::Close(REQUESTER), "ok")]);
+    let events = run(
+        &mut s,
+        vec![
+            (1, Op::Approve(A), "ok"),
+            (2, Op::Approve(B), "ok"),
+            (3, Op::Close(REQUESTER), "ok"),
+        ],
+    );
     let kinds: Vec<_> = events.iter().map(Event::kind).collect();
     assert_eq!(kinds, ["approved", "approved", "opened", "closed"]);
     match &events[2] {
-        Event::Opened { approvers, closes_at } => {
+        Event::Opened {
+            approvers,
+            closes_at,
+        } => {
             assert_eq!(approvers, &[A.to_owned(), B.to_owned()]);
             assert_eq!(*closes_at, Timestamp::from_unix(T0 + 122));
         }
@@ -240,8 +469,22 @@ fn creation_checks_duration_and_rules() {
     for (req, rules, code) in [
         (request(0), rules(), "invalid_duration"),
         (request(301), rules(), "invalid_duration"),
-        (request(300), Rules { quorum: 0, ..rules() }, "invalid_request"),
-        (request(300), Rules { credentials: 0, ..rules() }, "invalid_request"),
+        (
+            request(300),
+            Rules {
+                quorum: 0,
+                ..rules()
+            },
+            "invalid_request",
+        ),
+        (
+            request(300),
+            Rules {
+                credentials: 0,
+                ..rules()
+            },
+            "invalid_request",
+        ),
     ] {
         let err = Session::new(id(), req, rules, now).unwrap_err();
         assert_eq!(err.code(), code);
@@ -254,7 +497,10 @@ fn creation_checks_duration_and_rules() {
 #[test]
 fn sessions_round_trip_through_json() {
     let mut s = new_session(rules());
-    run(&mut s, vec![(1, Op::Approve(A), "ok"), (2, Op::Deny(B), "ok")]);
+    run(
+        &mut s,
+        vec![(1, Op::Approve(A), "ok"), (2, Op::Deny(B), "ok")],
+    );
     let json = serde_json::to_string(&s).unwrap();
     let back: Session = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);

@@ -1,0 +1,207 @@
+//! Durable state: sessions, the credentials they minted and the events that
+//! happened to them.
+//!
+//! Every operation is one transaction, committed (and, for the embedded
+//! SQLite store, fsync'd) before it returns: what a caller was told is on
+//! disk. A session's transitions run inside the transaction that reads it,
+//! so concurrent callers can never open a session twice, mint past its
+//! limit, or resurrect a closed one.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::clock::Timestamp;
+use crate::sessions::{Event, MintSlot, Session, SessionError, SessionId, SessionOp, State};
+use crate::x509::CertProfile;
+
+pub use sqlite::SqliteStore;
+
+/// A store failure: the operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be read or written now (disk full, read-only, I/O
+    /// error, locked).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store holds data lockstep cannot read.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+    /// No such session.
+    #[error("no session {0}")]
+    NotFound(SessionId),
+}
+
+impl StoreError {
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "store_unavailable",
+            Self::Corrupt(_) => "store_corrupt",
+            Self::NotFound(_) => "session_not_found",
+        }
+    }
+}
+
+/// The result of applying an operation: the session as it now is, and
+/// whether the operation itself was accepted. Time's effects (expiry,
+/// abandonment) are saved either way.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    /// The session after the operation.
+    pub session: Session,
+    /// Whether the operation was accepted.
+    pub result: Result<Option<MintSlot>, SessionError>,
+}
+
+/// A credential about to be signed: its slot is taken and its serial
+/// recorded before the device signs, so nothing is ever issued that the
+/// store does not know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// The session.
+    pub session: SessionId,
+    /// Serial, hex.
+    pub serial: String,
+    /// Profile.
+    pub profile: CertProfile,
+    /// `notAfter` (the session's `closes_at`).
+    pub not_after: Timestamp,
+}
+
+/// How a reserved credential ended.
+#[derive(Clone, Debug)]
+pub enum Finish {
+    /// Signed: here it is.
+    Issued {
+        /// DER of the certificate.
+        der: Vec<u8>,
+        /// SHA-256 of its public key, hex.
+        key_sha256: String,
+    },
+    /// Signing failed: give the slot back.
+    Failed,
+}
+
+/// What happened to a finished credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// Stored as issued; hand it out.
+    Issued,
+    /// The session closed while it was being signed: stored as withheld
+    /// (never handed out); the caller is told the session is closed.
+    Withheld(crate::sessions::CloseReason),
+    /// The slot was given back.
+    Released,
+}
+
+/// A credential as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CredentialRecord {
+    /// Serial, hex.
+    pub serial: String,
+    /// Its session.
+    pub session: SessionId,
+    /// Profile.
+    pub profile: CertProfile,
+    /// `reserved`, `issued`, `withheld` or `void`.
+    pub state: String,
+    /// `notAfter`.
+    pub not_after: Timestamp,
+    /// SHA-256 of the public key, hex.
+    pub key_sha256: Option<String>,
+    /// When it was issued.
+    pub issued_at: Option<Timestamp>,
+}
+
+/// An event as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventRecord {
+    /// Position in the log.
+    pub seq: i64,
+    /// When.
+    pub at: Timestamp,
+    /// The session it concerns, if any.
+    pub session: Option<SessionId>,
+    /// What.
+    pub event: Event,
+}
+
+/// Which sessions to list.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFilter {
+    /// Only in this state.
+    pub state: Option<State>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// Where lockstep keeps its state.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Stores a new session with its `requested` event.
+    async fn create_session(
+        &self,
+        session: Session,
+        event: Event,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// A session, with time applied (an expired session is saved as closed).
+    async fn session(&self, id: &SessionId, now: Timestamp) -> Result<Session, StoreError>;
+
+    /// Applies `op` to the session in one transaction.
+    async fn apply(
+        &self,
+        id: &SessionId,
+        op: SessionOp,
+        now: Timestamp,
+    ) -> Result<Applied, StoreError>;
+
+    /// Takes a credential slot (the session must be open and under its
+    /// limit) and records the credential as reserved, in one transaction.
+    /// `serial` and `profile` describe the credential about to be signed.
+    async fn reserve_credential(
+        &self,
+        id: &SessionId,
+        serial: String,
+        profile: CertProfile,
+        now: Timestamp,
+    ) -> Result<(Applied, Option<Reservation>), StoreError>;
+
+    /// Records how a reserved credential ended.
+    async fn finish_credential(
+        &self,
+        reservation: &Reservation,
+        finish: Finish,
+        now: Timestamp,
+    ) -> Result<Finished, StoreError>;
+
+    /// Appends an event that changes no session (a refused call).
+    async fn record(
+        &self,
+        session: Option<&SessionId>,
+        event: Event,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Expires and abandons every session due at `now`; returns how many.
+    async fn sweep(&self, now: Timestamp) -> Result<usize, StoreError>;
+
+    /// After a crash: credentials left reserved are voided and their slots
+    /// given back. Returns how many.
+    async fn recover(&self, now: Timestamp) -> Result<usize, StoreError>;
+
+    /// Sessions, newest first.
+    async fn sessions(&self, filter: SessionFilter) -> Result<Vec<Session>, StoreError>;
+
+    /// A session's credentials.
+    async fn credentials(&self, id: &SessionId) -> Result<Vec<CredentialRecord>, StoreError>;
+
+    /// A session's events, oldest first.
+    async fn events(&self, id: &SessionId) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// Checks the store answers.
+    async fn check(&self) -> Result<(), StoreError>;
+}

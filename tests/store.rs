@@ -1,0 +1,396 @@
+//! The SQLite store: durable across reopen, race-free under many
+//! concurrent callers.
+
+use std::sync::Arc;
+
+use lockstep::clock::Timestamp;
+use lockstep::sessions::{
+    CloseReason, Event, Request, Rules, Session, SessionId, SessionOp, State,
+};
+use lockstep::store::{Finish, Finished, SessionFilter, SqliteStore, Store};
+use lockstep::x509::CertProfile;
+
+const T0: i64 = 1_900_000_000;
+
+fn t(dt: i64) -> Timestamp {
+    Timestamp::from_unix(T0 + dt)
+}
+
+fn approvers(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("token:approver-{i}")).collect()
+}
+
+fn new_session(quorum: u32, credentials: u32, n_approvers: usize) -> (Session, Event) {
+    let request = Request {
+        tenant: None,
+        requester: "token:req".into(),
+        resource: "db:payroll".into(),
+        task: "maintenance".into(),
+        request_digest: None,
+        duration_secs: 120,
+        profile: CertProfile::MtlsClient,
+    };
+    let rules = Rules {
+        approvers: approvers(n_approvers),
+        quorum,
+        max_duration_secs: 600,
+        pending_timeout_secs: 60,
+        credentials,
+        denials_to_close: 1,
+    };
+    Session::new(SessionId::generate().unwrap(), request, rules, t(0)).unwrap()
+}
+
+fn open_store(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
+    Arc::new(SqliteStore::open(&dir.path().join("lockstep.db")).unwrap())
+}
+
+async fn approve(store: &SqliteStore, s: &Session, who: &str, dt: i64) -> Result<(), String> {
+    let applied = store
+        .apply(
+            &s.id,
+            SessionOp::Approve {
+                by: who.into(),
+                request_hash: s.request_hash,
+            },
+            t(dt),
+        )
+        .await
+        .unwrap();
+    applied.result.map(|_| ()).map_err(|e| e.code().to_owned())
+}
+
+#[tokio::test]
+async fn state_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, ev) = new_session(2, 1, 3);
+    {
+        let store = open_store(&dir);
+        store.create_session(s.clone(), ev, t(0)).await.unwrap();
+        approve(&store, &s, "token:approver-0", 1).await.unwrap();
+        approve(&store, &s, "token:approver-1", 2).await.unwrap();
+    }
+    let store = open_store(&dir);
+    let back = store.session(&s.id, t(3)).await.unwrap();
+    assert_eq!(back.state, State::Open);
+    assert_eq!(back.closes_at, Some(t(122)));
+    let kinds: Vec<_> = store
+        .events(&s.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event.kind())
+        .collect();
+    assert_eq!(kinds, ["requested", "approved", "approved", "opened"]);
+    // Unknown ids are not found.
+    let err = store
+        .session(&SessionId::generate().unwrap(), t(3))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "session_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_opens_exactly_once_under_concurrent_approvals() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (s, ev) = new_session(3, 1, 20);
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    let tasks: Vec<_> = approvers(20)
+        .into_iter()
+        .map(|who| {
+            let store = store.clone();
+            let s = s.clone();
+            tokio::spawn(async move { approve(&store, &s, &who, 1).await })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut not_pending = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(code) if code == "session_not_pending" => not_pending += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!((ok, not_pending), (3, 17));
+    let events = store.events(&s.id).await.unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e.event.kind() == "opened").count(),
+        1
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event.kind() == "approved")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reservations_never_pass_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (s, ev) = new_session(1, 3, 1);
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &s, "token:approver-0", 1).await.unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let store = store.clone();
+            let id = s.id.clone();
+            tokio::spawn(async move {
+                let (applied, reservation) = store
+                    .reserve_credential(&id, format!("{i:032x}"), CertProfile::MtlsClient, t(2))
+                    .await
+                    .unwrap();
+                match reservation {
+                    Some(r) => {
+                        let f = store
+                            .finish_credential(
+                                &r,
+                                Finish::Issued {
+                                    der: vec![i as u8],
+                                    key_sha256: "k".into(),
+                                },
+                                t(2),
+                            )
+                            .await
+                            .unwrap();
+                        assert_eq!(f, Finished::Issued);
+                        assert_eq!(r.not_after, t(121));
+                        true
+                    }
+                    None => {
+                        assert_eq!(
+                            applied.result.unwrap_err().code(),
+                            "credential_limit_reached"
+                        );
+                        false
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut issued = 0;
+    for task in tasks {
+        if task.await.unwrap() {
+            issued += 1;
+        }
+    }
+    assert_eq!(issued, 3);
+    let creds = store.credentials(&s.id).await.unwrap();
+    assert_eq!(creds.iter().filter(|c| c.state == "issued").count(), 3);
+    assert_eq!(store.session(&s.id, t(3)).await.unwrap().minted, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn approvals_racing_a_close_never_resurrect_it() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(&dir);
+        let (s, ev) = new_session(2, 1, 10);
+        store.create_session(s.clone(), ev, t(0)).await.unwrap();
+        let closer = {
+            let store = store.clone();
+            let id = s.id.clone();
+            tokio::spawn(async move {
+                store
+                    .apply(
+                        &id,
+                        SessionOp::Close {
+                            by: "token:req".into(),
+                        },
+                        t(1),
+                    )
+                    .await
+                    .unwrap()
+            })
+        };
+        let approvals: Vec<_> = approvers(10)
+            .into_iter()
+            .map(|who| {
+                let store = store.clone();
+                let s = s.clone();
+                tokio::spawn(async move { approve(&store, &s, &who, 1).await })
+            })
+            .collect();
+        let closed = closer.await.unwrap();
+        for a in approvals {
+            let _ = a.await.unwrap();
+        }
+        let end = store.session(&s.id, t(2)).await.unwrap();
+        // Either it closed before quorum (stays closed) or it opened and was
+        // then closed by the requester: in both cases it is closed now.
+        assert_eq!(end.state, State::Closed, "round {round}");
+        assert_eq!(end.closure.unwrap().reason, CloseReason::Completed);
+        assert!(closed.result.is_ok());
+        let events = store.events(&s.id).await.unwrap();
+        let closed_at = events
+            .iter()
+            .position(|e| e.event.kind() == "closed")
+            .unwrap();
+        assert!(
+            events[closed_at + 1..]
+                .iter()
+                .all(|e| e.event.kind() != "approved" && e.event.kind() != "opened")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_session_closed_while_signing_withholds_the_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (s, ev) = new_session(1, 1, 1);
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &s, "token:approver-0", 1).await.unwrap();
+    let (_, r) = store
+        .reserve_credential(&s.id, "aa".into(), CertProfile::MtlsClient, t(2))
+        .await
+        .unwrap();
+    let r = r.unwrap();
+    store
+        .apply(
+            &s.id,
+            SessionOp::Close {
+                by: "token:req".into(),
+            },
+            t(3),
+        )
+        .await
+        .unwrap();
+    let f = store
+        .finish_credential(
+            &r,
+            Finish::Issued {
+                der: vec![1],
+                key_sha256: "k".into(),
+            },
+            t(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(f, Finished::Withheld(CloseReason::Completed));
+    assert_eq!(store.credentials(&s.id).await.unwrap()[0].state, "withheld");
+}
+
+#[tokio::test]
+async fn a_mint_finishing_after_closes_at_is_withheld() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (s, ev) = new_session(1, 1, 1);
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &s, "token:approver-0", 1).await.unwrap();
+    let (_, r) = store
+        .reserve_credential(&s.id, "bb".into(), CertProfile::MtlsClient, t(120))
+        .await
+        .unwrap();
+    let r = r.unwrap();
+    let f = store
+        .finish_credential(
+            &r,
+            Finish::Issued {
+                der: vec![1],
+                key_sha256: "k".into(),
+            },
+            t(121),
+        )
+        .await
+        .unwrap();
+    assert_eq!(f, Finished::Withheld(CloseReason::Expired));
+}
+
+#[tokio::test]
+async fn failed_signing_gives_the_slot_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (s, ev) = new_session(1, 1, 1);
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &s, "token:approver-0", 1).await.unwrap();
+    let (_, r) = store
+        .reserve_credential(&s.id, "cc".into(), CertProfile::MtlsClient, t(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .finish_credential(&r.unwrap(), Finish::Failed, t(2))
+            .await
+            .unwrap(),
+        Finished::Released
+    );
+    assert_eq!(store.session(&s.id, t(3)).await.unwrap().minted, 0);
+    assert!(store.credentials(&s.id).await.unwrap().is_empty());
+    let (_, r) = store
+        .reserve_credential(&s.id, "dd".into(), CertProfile::MtlsClient, t(3))
+        .await
+        .unwrap();
+    assert!(r.is_some());
+}
+
+#[tokio::test]
+async fn reservations_left_by_a_crash_are_voided_on_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, ev) = new_session(1, 1, 1);
+    {
+        let store = open_store(&dir);
+        store.create_session(s.clone(), ev, t(0)).await.unwrap();
+        approve(&store, &s, "token:approver-0", 1).await.unwrap();
+        store
+            .reserve_credential(&s.id, "ee".into(), CertProfile::MtlsClient, t(2))
+            .await
+            .unwrap();
+        // The process dies here.
+    }
+    let store = open_store(&dir);
+    assert_eq!(store.recover(t(5)).await.unwrap(), 1);
+    assert_eq!(store.recover(t(6)).await.unwrap(), 0);
+    let session = store.session(&s.id, t(6)).await.unwrap();
+    assert_eq!(session.minted, 0);
+    assert_eq!(store.credentials(&s.id).await.unwrap()[0].state, "void");
+    assert!(
+        store
+            .events(&s.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.event.kind() == "voided")
+    );
+}
+
+#[tokio::test]
+async fn sweep_expires_and_abandons_due_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (pending, ev) = new_session(2, 1, 3);
+    store
+        .create_session(pending.clone(), ev, t(0))
+        .await
+        .unwrap();
+    let (open, ev) = new_session(1, 1, 1);
+    store.create_session(open.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &open, "token:approver-0", 1).await.unwrap();
+    assert_eq!(store.sweep(t(30)).await.unwrap(), 0);
+    assert_eq!(store.sweep(t(60)).await.unwrap(), 1);
+    assert_eq!(store.sweep(t(121)).await.unwrap(), 1);
+    assert_eq!(store.sweep(t(500)).await.unwrap(), 0);
+    let all = store.sessions(SessionFilter::default()).await.unwrap();
+    assert!(all.iter().all(|s| s.state == State::Closed));
+    let reasons: Vec<_> = all
+        .iter()
+        .map(|s| s.closure.as_ref().unwrap().reason)
+        .collect();
+    assert!(reasons.contains(&CloseReason::Abandoned) && reasons.contains(&CloseReason::Expired));
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lockstep.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(err.to_string().contains("upgrade lockstep"), "{err}");
+}
