@@ -25,6 +25,18 @@ pub struct Config {
     pub keys: KeysConfig,
     /// The CA's names, validity and files.
     pub ca: CaConfig,
+    /// The issuer service (`lockstep serve`).
+    #[serde(default)]
+    pub server: Option<ServerConfig>,
+    /// Where state is kept.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
+    /// Where the policy file is.
+    #[serde(default)]
+    pub policy: Option<PolicyConfig>,
+    /// How callers authenticate.
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// Where this configuration was read from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: PathBuf,
@@ -94,6 +106,88 @@ pub struct CaConfig {
     pub issuing_validity_days: u32,
 }
 
+fn default_hostnames() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+}
+
+fn default_sweep() -> String {
+    "1s".into()
+}
+
+fn default_max_body() -> usize {
+    64 * 1024
+}
+
+fn default_tls_days() -> u32 {
+    30
+}
+
+fn default_organization() -> String {
+    "lockstep".into()
+}
+
+/// `[server]`: the HTTPS issuer service.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8443`.
+    pub listen: String,
+    /// Names and addresses in the server certificate lockstep mints for
+    /// itself at start (when `certificate` is not given).
+    #[serde(default = "default_hostnames")]
+    pub hostnames: Vec<String>,
+    /// Lifetime of that server certificate, in days (renewed at start).
+    #[serde(default = "default_tls_days")]
+    pub certificate_days: u32,
+    /// A PEM certificate chain to serve instead.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// Its private key (PEM), by reference.
+    #[serde(default)]
+    pub private_key: Option<crate::secret::SecretRef>,
+    /// How often expired and abandoned sessions are closed in the
+    /// background (they are also closed on access).
+    #[serde(default = "default_sweep")]
+    pub sweep_interval: String,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// `O` of the subject of session certificates.
+    #[serde(default = "default_organization")]
+    pub organization: String,
+}
+
+/// `[store]`: where state is kept.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite file (created if missing).
+    pub sqlite: PathBuf,
+}
+
+/// `[policy]`: the policy file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Path of the policy TOML.
+    pub file: PathBuf,
+}
+
+/// `[auth]`: bearer tokens accepted from callers.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A tokens file maintained by `lockstep auth add-token`.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    /// Static API tokens given inline (names and SHA-256 hashes).
+    #[serde(default)]
+    pub token: Vec<crate::auth::tokens::TokenEntry>,
+    /// Trusted OIDC issuers.
+    #[serde(default)]
+    pub oidc: Vec<crate::auth::oidc::OidcIssuerConfig>,
+}
+
 /// Why a configuration could not be used. The message names the file and
 /// the place in it.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +234,42 @@ impl Config {
             .to_owned();
         config.source = path.to_owned();
         config.ca.dir = clean(&base.join(&config.ca.dir));
+        if let Some(store) = &mut config.store {
+            store.sqlite = clean(&base.join(&store.sqlite));
+        }
+        if let Some(policy) = &mut config.policy {
+            policy.file = clean(&base.join(&policy.file));
+        }
+        if let Some(file) = &mut config.auth.tokens_file {
+            *file = clean(&base.join(&*file));
+        }
+        if let Some(server) = &mut config.server {
+            server
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid(format!("[server] listen `{}`: {e}", server.listen)))?;
+            humantime::parse_duration(&server.sweep_interval)
+                .map_err(|e| invalid(format!("[server] sweep_interval: {e}")))?;
+            if let Some(cert) = &mut server.certificate {
+                *cert = clean(&base.join(&*cert));
+            }
+            if let Some(key) = server.private_key.take() {
+                server.private_key = Some(key.relative_to(&base));
+            }
+            if server.certificate.is_some() != server.private_key.is_some() {
+                return Err(invalid(
+                    "[server]: give both `certificate` and `private_key`, or neither".into(),
+                ));
+            }
+            if server.hostnames.is_empty() && server.certificate.is_none() {
+                return Err(invalid("[server] hostnames must not be empty".into()));
+            }
+            if server.max_body_bytes < 1024 {
+                return Err(invalid(
+                    "[server] max_body_bytes must be at least 1024".into(),
+                ));
+            }
+        }
         match &mut config.backend {
             BackendConfig::Pkcs11(p) => {
                 if p.module.is_relative() && p.module.components().count() > 1 {

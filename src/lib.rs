@@ -17,6 +17,7 @@
 // Outside tests, every failure is an error path: no `unwrap`/`expect`.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
 pub mod auth;
 pub mod ca;
 pub mod cli;
@@ -25,8 +26,10 @@ pub mod config;
 pub mod error;
 pub mod fsio;
 pub mod keys;
+pub mod net;
 pub mod policy;
 pub mod secret;
+pub mod service;
 pub mod store;
 pub mod x509;
 

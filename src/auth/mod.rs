@@ -8,8 +8,13 @@
 //!   kept for policy to match (a CI system's repository, ref, workflow).
 
 pub mod oidc;
+pub mod tokens;
 
 use std::collections::BTreeMap;
+
+use crate::clock::Timestamp;
+use oidc::OidcVerifier;
+use tokens::{StaticTokens, TOKEN_PREFIX};
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,5 +62,113 @@ impl AuthError {
             Self::Unavailable(_) => "auth_unavailable",
             Self::Config(_) => "config_invalid",
         }
+    }
+}
+
+/// Turns `Authorization` headers into callers.
+pub struct Authenticator {
+    tokens: StaticTokens,
+    oidc: Option<OidcVerifier>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("static_tokens", &self.tokens.len())
+            .field("oidc", &self.oidc.is_some())
+            .finish()
+    }
+}
+
+/// Longest `Authorization` header value accepted.
+const MAX_AUTHORIZATION: usize = 16 * 1024;
+
+impl Authenticator {
+    /// An authenticator for static tokens and, optionally, OIDC issuers.
+    pub fn new(tokens: StaticTokens, oidc: Option<OidcVerifier>) -> Self {
+        Self { tokens, oidc }
+    }
+
+    /// Authenticates the value of an `Authorization` header
+    /// (`Bearer <token>`).
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Caller, AuthError> {
+        let header = authorization.ok_or(AuthError::Missing)?;
+        if header.len() > MAX_AUTHORIZATION {
+            return Err(AuthError::Rejected(
+                "the Authorization header is too long".into(),
+            ));
+        }
+        let (scheme, token) = header.trim().split_once(' ').ok_or_else(|| {
+            AuthError::Rejected("expected `Authorization: Bearer <token>`".into())
+        })?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Rejected(
+                "only the Bearer authentication scheme is accepted".into(),
+            ));
+        }
+        let token = token.trim();
+        if token.starts_with(TOKEN_PREFIX) {
+            return self
+                .tokens
+                .verify(token)
+                .ok_or_else(|| AuthError::Rejected("unknown API token".into()));
+        }
+        if OidcVerifier::looks_like_jwt(token) {
+            return match &self.oidc {
+                Some(v) => v.verify(token, now).await,
+                None => Err(AuthError::Rejected(
+                    "OIDC tokens are not accepted here: no [[auth.oidc]] issuer is configured"
+                        .into(),
+                )),
+            };
+        }
+        Err(AuthError::Rejected(
+            "not a lockstep API token (lst_…) or a JWT".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[tokio::test]
+    async fn bearer_tokens_are_routed_and_checked() {
+        let (token, sha256) = tokens::generate().unwrap();
+        let auth = Authenticator::new(
+            StaticTokens::new(&[tokens::TokenEntry {
+                name: "ci".into(),
+                sha256,
+            }])
+            .unwrap(),
+            None,
+        );
+        let now = Timestamp::from_unix(0);
+        let ok = format!("Bearer {}", token.expose_secret());
+        assert_eq!(
+            auth.authenticate(Some(&ok), now).await.unwrap().identity,
+            "token:ci"
+        );
+        let lower = format!("bearer {}", token.expose_secret());
+        assert!(auth.authenticate(Some(&lower), now).await.is_ok());
+        for (header, code) in [
+            (None, "unauthenticated"),
+            (Some("Basic YWxpY2U6cGFzcw=="), "unauthenticated"),
+            (Some("Bearer lst_nope"), "unauthenticated"),
+            (Some("Bearer"), "unauthenticated"),
+            (Some("Bearer a.b.c"), "unauthenticated"),
+            (Some("Bearer something-else"), "unauthenticated"),
+        ] {
+            let err = auth.authenticate(header, now).await.unwrap_err();
+            assert_eq!(err.code(), code, "{header:?}");
+            assert!(!err.to_string().contains("YWxpY2U"), "token echoed");
+        }
+        let huge = format!("Bearer {}", "a".repeat(20_000));
+        assert!(auth.authenticate(Some(&huge), now).await.is_err());
     }
 }

@@ -25,6 +25,8 @@ use super::names::{San, SubjectName};
 use super::{X509Error, oids};
 use crate::clock::Timestamp;
 use crate::keys::DeviceKey;
+use spki::SubjectPublicKeyInfoOwned;
+use x509_cert::serial_number::SerialNumber;
 
 /// The kind of certificate a session may ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,6 +94,16 @@ impl IssuedCertificate {
     pub fn pem(&self) -> Result<String, X509Error> {
         Ok(self.certificate.to_pem(der::pem::LineEnding::LF)?)
     }
+}
+
+/// What varies between the certificates an issuer mints.
+struct Leaf<'a> {
+    spki: &'a SubjectPublicKeyInfoOwned,
+    subject: &'a SubjectName,
+    sans: &'a [San],
+    eku: der::asn1::ObjectIdentifier,
+    session: Option<&'a SessionEvidence>,
+    not_after: Timestamp,
 }
 
 /// The issuing CA: its key (held by a device) and its certificate chain.
@@ -174,43 +186,93 @@ impl Issuer {
     }
 
     /// Mints a certificate for the CSR's key, valid from `now` until
-    /// exactly `spec.not_after`.
+    /// exactly `spec.not_after`, with a fresh random serial.
     pub fn mint(
         &self,
         csr: &VerifiedCsr,
         spec: &LeafSpec,
         now: Timestamp,
     ) -> Result<IssuedCertificate, X509Error> {
-        if spec.not_after <= now {
+        self.mint_with_serial(csr, spec, random_serial()?, now)
+    }
+
+    /// As [`Issuer::mint`], with a serial chosen beforehand (recorded by the
+    /// store before the device signs).
+    pub fn mint_with_serial(
+        &self,
+        csr: &VerifiedCsr,
+        spec: &LeafSpec,
+        serial: SerialNumber,
+        now: Timestamp,
+    ) -> Result<IssuedCertificate, X509Error> {
+        let leaf = Leaf {
+            spki: csr.public_key(),
+            subject: &spec.subject,
+            sans: &spec.sans,
+            eku: spec.profile.eku(),
+            session: Some(&spec.session),
+            not_after: spec.not_after,
+        };
+        self.build(leaf, serial, now)
+    }
+
+    /// A TLS server certificate (EKU serverAuth) for lockstep's own
+    /// service, for `public_key` and the given host names and addresses.
+    pub fn mint_server(
+        &self,
+        public_key: &SubjectPublicKeyInfoOwned,
+        subject: &SubjectName,
+        sans: &[San],
+        not_after: Timestamp,
+        now: Timestamp,
+    ) -> Result<IssuedCertificate, X509Error> {
+        let leaf = Leaf {
+            spki: public_key,
+            subject,
+            sans,
+            eku: oids::KP_SERVER_AUTH,
+            session: None,
+            not_after,
+        };
+        self.build(leaf, random_serial()?, now)
+    }
+
+    fn build(
+        &self,
+        leaf: Leaf<'_>,
+        serial: SerialNumber,
+        now: Timestamp,
+    ) -> Result<IssuedCertificate, X509Error> {
+        if leaf.not_after <= now {
             return Err(X509Error::InvalidValidity(format!(
                 "notAfter {} is not after now ({now})",
-                spec.not_after
+                leaf.not_after
             )));
         }
-        if spec.not_after > self.not_after {
+        if leaf.not_after > self.not_after {
             return Err(X509Error::InvalidValidity(format!(
                 "notAfter {} is after the issuing CA certificate expires ({}); renew the CA",
-                spec.not_after, self.not_after
+                leaf.not_after, self.not_after
             )));
         }
-        let subject = spec.subject.to_name()?;
-        let extensions = self.leaf_extensions(csr, spec, &subject)?;
-        let validity = Validity::new(certificate_time(now)?, certificate_time(spec.not_after)?);
-        let serial = random_serial()?;
+        let subject = leaf.subject.to_name()?;
+        let extensions = self.leaf_extensions(&leaf, &subject)?;
+        let validity = Validity::new(certificate_time(now)?, certificate_time(leaf.not_after)?);
         let profile = FixedProfile {
             subject,
             issuer: self.subject.clone(),
             extensions,
         };
         let builder =
-            CertificateBuilder::new(profile, serial.clone(), validity, csr.public_key().clone())?;
+            CertificateBuilder::new(profile, serial.clone(), validity, leaf.spki.clone())?;
         let certificate = sign_with(builder, self.key.as_ref())?;
         let der = certificate.to_der()?;
+        use sha2::Digest;
         Ok(IssuedCertificate {
             serial: hex::encode(serial.as_bytes()),
             not_before: now,
-            not_after: spec.not_after,
-            key_fingerprint: csr.key_fingerprint()?,
+            not_after: leaf.not_after,
+            key_fingerprint: sha2::Sha256::digest(leaf.spki.to_der()?).into(),
             der,
             certificate,
         })
@@ -218,8 +280,7 @@ impl Issuer {
 
     fn leaf_extensions(
         &self,
-        csr: &VerifiedCsr,
-        spec: &LeafSpec,
+        leaf: &Leaf<'_>,
         subject: &Name,
     ) -> Result<Vec<Extension>, X509Error> {
         let mut exts: Vec<Extension> = Vec::with_capacity(8);
@@ -231,9 +292,9 @@ impl Issuer {
         exts.push(ext);
         let ext = (&KeyUsage(KeyUsages::DigitalSignature.into())).to_extension(subject, &exts)?;
         exts.push(ext);
-        let ext = (&ExtendedKeyUsage(vec![spec.profile.eku()])).to_extension(subject, &exts)?;
+        let ext = (&ExtendedKeyUsage(vec![leaf.eku])).to_extension(subject, &exts)?;
         exts.push(ext);
-        let spki_der = csr.public_key().to_der()?;
+        let spki_der = leaf.spki.to_der()?;
         let spki = spki::SubjectPublicKeyInfoRef::from_der(&spki_der)?;
         let ext = (&SubjectKeyIdentifier::try_from(spki)?).to_extension(subject, &exts)?;
         exts.push(ext);
@@ -243,8 +304,8 @@ impl Issuer {
         };
         let ext = (&aki).to_extension(subject, &exts)?;
         exts.push(ext);
-        if !spec.sans.is_empty() {
-            let names = spec
+        if !leaf.sans.is_empty() {
+            let names = leaf
                 .sans
                 .iter()
                 .map(San::to_general_name)
@@ -252,7 +313,9 @@ impl Issuer {
             let ext = (&SubjectAltName(names)).to_extension(subject, &exts)?;
             exts.push(ext);
         }
-        exts.push(spec.session.to_extension()?);
+        if let Some(session) = leaf.session {
+            exts.push(session.to_extension()?);
+        }
         Ok(exts)
     }
 }

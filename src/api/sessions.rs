@@ -1,0 +1,305 @@
+//! The session and certificate endpoints.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+
+use super::error::{ApiError, ErrorBody, JsonBody, bytes_rejection};
+use super::views::{
+    CertificateView, CsrBody, NewSessionBody, RevokeBody, SessionList, SessionView, VoteBody,
+};
+use super::{AppState, Authenticated};
+use crate::service::NewSession;
+use crate::sessions::{SessionId, State as SessionState, parse_hash};
+use crate::x509::CertProfile;
+
+/// Longest reason accepted with a denial or revocation.
+const MAX_REASON: usize = 500;
+
+fn session_id(text: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(text).map_err(|e| ApiError::new(404, "session_not_found", e.to_string()))
+}
+
+fn reason(text: Option<String>) -> Result<Option<String>, ApiError> {
+    match text {
+        None => Ok(None),
+        Some(r) => {
+            let n = r.chars().count();
+            if n == 0 || n > MAX_REASON || r.chars().any(char::is_control) {
+                return Err(ApiError::new(
+                    400,
+                    "invalid_request",
+                    format!(
+                        "reason must be 1 to {MAX_REASON} characters without control characters"
+                    ),
+                ));
+            }
+            Ok(Some(r))
+        }
+    }
+}
+
+fn profile(text: &str) -> Result<CertProfile, ApiError> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        ApiError::new(
+            400,
+            "invalid_request",
+            format!(
+                "profile `{}` is not one of mtls-client, code-signing",
+                text.chars().take(40).collect::<String>().escape_debug()
+            ),
+        )
+    })
+}
+
+/// Request a session.
+#[utoipa::path(post, path = "/v1/sessions", request_body = NewSessionBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Session created, pending approval", body = SessionView),
+        (status = 400, description = "Malformed request or duration", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Policy does not allow this request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    JsonBody(body): JsonBody<NewSessionBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    let new = NewSession {
+        profile: profile(&body.profile)?,
+        resource: body.resource,
+        task: body.task,
+        request_digest: body.request_digest,
+        duration_secs: body.duration_secs,
+    };
+    let session = app.service.request(&caller, new).await?;
+    let view = SessionView::new(
+        &session,
+        crate::service::Relation::Requester,
+        app.service.now(),
+    );
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Query of `GET /v1/sessions`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only sessions in this state: `pending`, `open` or `closed`.
+    pub state: Option<String>,
+    /// At most this many (default 100).
+    pub limit: Option<usize>,
+}
+
+/// List sessions the caller may see (its own, those it approves, operates or audits).
+#[utoipa::path(get, path = "/v1/sessions", params(ListQuery), security(("bearer" = [])),
+    responses((status = 200, body = SessionList), (status = 401, body = ErrorBody)))]
+pub async fn list(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SessionList>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(400, "invalid_request", e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some("pending") => Some(SessionState::Pending),
+        Some("open") => Some(SessionState::Open),
+        Some("closed") => Some(SessionState::Closed),
+        Some(_) => {
+            return Err(ApiError::new(
+                400,
+                "invalid_request",
+                "state must be pending, open or closed",
+            ));
+        }
+    };
+    let now = app.service.now();
+    let sessions = app
+        .service
+        .sessions(&caller, state, q.limit.unwrap_or(100))
+        .await?
+        .iter()
+        .map(|(s, r)| SessionView::new(s, *r, now))
+        .collect();
+    Ok(Json(SessionList { sessions }))
+}
+
+/// Read a session.
+#[utoipa::path(get, path = "/v1/sessions/{id}", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, body = SessionView), (status = 401, body = ErrorBody),
+        (status = 404, description = "No such session you may see", body = ErrorBody)))]
+pub async fn get(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    let id = session_id(&id)?;
+    let (s, role) = app.service.session(&caller, &id).await?;
+    Ok(Json(SessionView::new(&s, role, app.service.now())))
+}
+
+/// Approve the request whose hash you saw.
+#[utoipa::path(post, path = "/v1/sessions/{id}/approve", request_body = VoteBody,
+    security(("bearer" = [])), params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, body = SessionView),
+        (status = 403, description = "Not an approver, or the requester", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not pending, hash mismatch, or already voted", body = ErrorBody)))]
+pub async fn approve(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<VoteBody>,
+) -> Result<Json<SessionView>, ApiError> {
+    let id = session_id(&id)?;
+    let hash = parse_hash(&body.request_hash)
+        .map_err(|e| ApiError::new(400, "invalid_request", e.to_string()))?;
+    if body.reason.is_some() {
+        return Err(ApiError::new(
+            400,
+            "invalid_request",
+            "approvals take no reason",
+        ));
+    }
+    let s = app.service.approve(&caller, &id, hash).await?;
+    Ok(Json(SessionView::new(
+        &s,
+        crate::service::Relation::Approver,
+        app.service.now(),
+    )))
+}
+
+/// Deny the request whose hash you saw (closes it as `denied`).
+#[utoipa::path(post, path = "/v1/sessions/{id}/deny", request_body = VoteBody,
+    security(("bearer" = [])), params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, body = SessionView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn deny(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<VoteBody>,
+) -> Result<Json<SessionView>, ApiError> {
+    let id = session_id(&id)?;
+    let hash = parse_hash(&body.request_hash)
+        .map_err(|e| ApiError::new(400, "invalid_request", e.to_string()))?;
+    let s = app
+        .service
+        .deny(&caller, &id, hash, reason(body.reason)?)
+        .await?;
+    Ok(Json(SessionView::new(
+        &s,
+        crate::service::Relation::Approver,
+        app.service.now(),
+    )))
+}
+
+/// Close your own session (`completed`).
+#[utoipa::path(post, path = "/v1/sessions/{id}/close", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, body = SessionView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn close(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    let id = session_id(&id)?;
+    let s = app.service.close(&caller, &id).await?;
+    Ok(Json(SessionView::new(
+        &s,
+        crate::service::Relation::Requester,
+        app.service.now(),
+    )))
+}
+
+/// End a session as an approver or operator (`revoked`).
+#[utoipa::path(post, path = "/v1/sessions/{id}/revoke", request_body = RevokeBody,
+    security(("bearer" = [])), params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, body = SessionView), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn revoke(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<RevokeBody>,
+) -> Result<Json<SessionView>, ApiError> {
+    let id = session_id(&id)?;
+    let note = reason(Some(body.reason))?.unwrap_or_default();
+    let s = app.service.revoke(&caller, &id, note).await?;
+    let role = app
+        .service
+        .relation(&caller, &s)
+        .unwrap_or(crate::service::Relation::Operator);
+    Ok(Json(SessionView::new(&s, role, app.service.now())))
+}
+
+/// The CSR of a certificate request: JSON `{"csr": "<PEM>"}` or a raw
+/// `application/pkcs10` body (PEM or DER).
+pub struct CsrInput(pub Vec<u8>);
+
+impl<S: Send + Sync> FromRequest<S> for CsrInput {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match content_type.as_str() {
+            "application/pkcs10" => {
+                let bytes = Bytes::from_request(req, state)
+                    .await
+                    .map_err(bytes_rejection)?;
+                Ok(Self(bytes.to_vec()))
+            }
+            _ => {
+                let JsonBody(body) = JsonBody::<CsrBody>::from_request(req, state).await?;
+                Ok(Self(body.csr.into_bytes()))
+            }
+        }
+    }
+}
+
+/// Mint a certificate for the CSR's key: subject and SANs from the session,
+/// `notAfter` = the session's `closes_at`. Requester only, session open,
+/// within the session's credential limit.
+#[utoipa::path(post, path = "/v1/sessions/{id}/certificate", request_body = CsrBody,
+    security(("bearer" = [])), params(("id" = String, Path, description = "Session id")),
+    responses((status = 201, body = CertificateView),
+        (status = 400, description = "CSR malformed, unsupported key, bad signature", body = ErrorBody),
+        (status = 403, description = "Not the requester", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not open, closed, or limit reached", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 503, description = "Key backend or store unavailable", body = ErrorBody)))]
+pub async fn certificate(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+    CsrInput(csr): CsrInput,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = session_id(&id)?;
+    let issued = app.service.certificate(&caller, &id, csr).await?;
+    let view = CertificateView {
+        session: issued.session.to_string(),
+        serial: issued.serial,
+        certificate: issued.certificate,
+        chain: issued.chain,
+        not_after: issued.not_after.to_string(),
+    };
+    Ok((StatusCode::CREATED, Json(view)))
+}

@@ -1,0 +1,205 @@
+//! Request and response bodies of the HTTP API.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::service::Relation;
+use crate::sessions::{Session, Vote, format_hash};
+
+/// `POST /v1/sessions`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSessionBody {
+    /// The one resource, e.g. `db:payroll` or `release:acme/app`.
+    pub resource: String,
+    /// What the requester will do (shown to approvers).
+    pub task: String,
+    /// Optional digest binding the request to an artifact, e.g. `sha256:<hex>`.
+    #[serde(default)]
+    pub request_digest: Option<String>,
+    /// How long the session stays open once approved, seconds.
+    pub duration_secs: u32,
+    /// `mtls-client` or `code-signing`.
+    pub profile: String,
+}
+
+/// `POST /v1/sessions/{id}/approve` and `…/deny`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoteBody {
+    /// The request hash the approver saw (`sha256:<hex>`); an approval for
+    /// another hash is refused.
+    pub request_hash: String,
+    /// Why (denials).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/sessions/{id}/revoke`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    /// Why the session is ended (recorded and returned).
+    pub reason: String,
+}
+
+/// `POST /v1/sessions/{id}/certificate` with a JSON body (a raw
+/// `application/pkcs10` body, PEM or DER, is accepted too).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CsrBody {
+    /// The PKCS#10 request, PEM.
+    pub csr: String,
+}
+
+/// A certificate minted for a session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificateView {
+    /// The session.
+    pub session: String,
+    /// Serial, hex.
+    pub serial: String,
+    /// The certificate, PEM.
+    pub certificate: String,
+    /// The issuing CA and the root, PEM.
+    pub chain: String,
+    /// `notAfter`, RFC 3339: the session's `closes_at`.
+    pub not_after: String,
+}
+
+/// An approval or denial.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VoteView {
+    /// Who.
+    pub by: String,
+    /// When, RFC 3339.
+    pub at: String,
+    /// Why (denials).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl From<&Vote> for VoteView {
+    fn from(v: &Vote) -> Self {
+        Self {
+            by: v.by.clone(),
+            at: v.at.to_string(),
+            reason: v.reason.clone(),
+        }
+    }
+}
+
+/// A session as callers see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    /// The id.
+    pub id: String,
+    /// `pending`, `open` or `closed`.
+    pub state: String,
+    /// For closed sessions: `completed`, `expired`, `revoked`, `denied` or `abandoned`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_reason: Option<String>,
+    /// How the caller relates to it: `requester`, `approver`, `operator`, `auditor`.
+    #[schema(value_type = String)]
+    pub your_role: Relation,
+    /// The tenant, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Who asked.
+    pub requester: String,
+    /// The resource.
+    pub resource: String,
+    /// What for.
+    pub task: String,
+    /// The artifact digest, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_digest: Option<String>,
+    /// Requested duration, seconds.
+    pub duration_secs: u32,
+    /// Credential profile.
+    pub profile: String,
+    /// The canonical request hash approvers approve (`sha256:<hex>`).
+    pub request_hash: String,
+    /// Identity patterns whose approvals count.
+    pub approvers: Vec<String>,
+    /// Approvals needed.
+    pub quorum: u32,
+    /// Approvals so far.
+    pub approvals: Vec<VoteView>,
+    /// Denials so far.
+    pub denials: Vec<VoteView>,
+    /// When requested, RFC 3339.
+    pub created_at: String,
+    /// When it is abandoned if still pending, RFC 3339.
+    pub pending_until: String,
+    /// When quorum was reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<String>,
+    /// When it closes: every credential's `notAfter`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closes_at: Option<String>,
+    /// Credentials it may mint.
+    pub credentials_allowed: u32,
+    /// Credentials minted (or being minted).
+    pub credentials_minted: u32,
+    /// When it closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<String>,
+    /// Who closed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
+    /// The reason given with a revocation or denial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_note: Option<String>,
+    /// Seconds until `closes_at` (open) or `pending_until` (pending).
+    pub seconds_left: i64,
+}
+
+impl SessionView {
+    /// The view of `s` for a caller related to it by `role`, at `now`.
+    pub fn new(s: &Session, role: Relation, now: crate::clock::Timestamp) -> Self {
+        let r = &s.request;
+        Self {
+            id: s.id.to_string(),
+            state: s.state.as_str().to_owned(),
+            close_reason: s.closure.as_ref().map(|c| c.reason.as_str().to_owned()),
+            your_role: role,
+            tenant: r.tenant.clone(),
+            requester: r.requester.clone(),
+            resource: r.resource.clone(),
+            task: r.task.clone(),
+            request_digest: r.request_digest.clone(),
+            duration_secs: r.duration_secs,
+            profile: r.profile.as_str().to_owned(),
+            request_hash: format_hash(&s.request_hash),
+            approvers: s.rules.approvers.clone(),
+            quorum: s.rules.quorum,
+            approvals: s.approvals.iter().map(VoteView::from).collect(),
+            denials: s.denials.iter().map(VoteView::from).collect(),
+            created_at: s.created_at.to_string(),
+            pending_until: s.pending_until.to_string(),
+            opened_at: s.opened_at.map(|t| t.to_string()),
+            closes_at: s.closes_at.map(|t| t.to_string()),
+            credentials_allowed: s.rules.credentials,
+            credentials_minted: s.minted,
+            closed_at: s.closure.as_ref().map(|c| c.at.to_string()),
+            closed_by: s.closure.as_ref().and_then(|c| c.by.clone()),
+            close_note: s.closure.as_ref().and_then(|c| c.note.clone()),
+            seconds_left: s.seconds_left(now),
+        }
+    }
+}
+
+/// `GET /v1/sessions`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Sessions the caller may see, newest first.
+    pub sessions: Vec<SessionView>,
+}
+
+/// `GET /healthz`, `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+}

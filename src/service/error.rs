@@ -1,0 +1,98 @@
+//! The service's errors, each with its machine code and HTTP status.
+
+use crate::auth::AuthError;
+use crate::keys::KeyError;
+use crate::policy::Refusal;
+use crate::sessions::{SessionError, SessionId};
+use crate::store::StoreError;
+use crate::x509::X509Error;
+
+/// Why a service call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The caller is not authenticated.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The policy does not allow the request.
+    #[error(transparent)]
+    Policy(#[from] Refusal),
+    /// The session refused the operation.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The CSR was refused or minting failed.
+    #[error(transparent)]
+    X509(#[from] X509Error),
+    /// The key backend failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Not allowed, for a reason the message gives.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such session (or none the caller may see).
+    #[error("no session {0} that you may see")]
+    NotFound(SessionId),
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A bug or an impossible state.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Auth(e) => e.code(),
+            Self::Policy(e) => e.code(),
+            Self::Session(e) => e.code(),
+            Self::Store(e) => e.code(),
+            Self::X509(e) => e.code(),
+            Self::Key(e) => e.code(),
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "session_not_found",
+            Self::BadRequest(_) => "invalid_request",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Auth(AuthError::Unavailable(_)) => 503,
+            Self::Auth(AuthError::Config(_)) => 500,
+            Self::Auth(_) => 401,
+            Self::Policy(_) | Self::Forbidden(_) => 403,
+            Self::Session(e) => match e {
+                SessionError::InvalidRequest(_) | SessionError::InvalidDuration(_) => 400,
+                SessionError::SelfApproval
+                | SessionError::NotAnApprover
+                | SessionError::NotRequester(_) => 403,
+                SessionError::NotPending(_)
+                | SessionError::NotOpen(_)
+                | SessionError::Closed(_)
+                | SessionError::HashMismatch
+                | SessionError::AlreadyVoted(_)
+                | SessionError::LimitReached(_) => 409,
+            },
+            Self::Store(StoreError::NotFound(_)) | Self::NotFound(_) => 404,
+            Self::Store(_) => 503,
+            Self::X509(X509Error::Key(k)) | Self::Key(k) => key_status(k),
+            Self::X509(X509Error::CsrTooLarge { .. }) => 413,
+            Self::X509(X509Error::Encoding(_)) | Self::X509(X509Error::Chain(_)) => 500,
+            Self::X509(_) => 400,
+            Self::BadRequest(_) => 400,
+            Self::Internal(_) => 500,
+        }
+    }
+}
+
+fn key_status(e: &KeyError) -> u16 {
+    match e {
+        KeyError::Unavailable { .. } | KeyError::Login { .. } => 503,
+        _ => 500,
+    }
+}
