@@ -25,6 +25,22 @@ pub enum Error {
     /// An argument is not acceptable.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A lockstep server refused a call.
+    #[error("{message}")]
+    Remote {
+        /// HTTP status.
+        status: u16,
+        /// The server's machine code.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The session being waited for closed without opening.
+    #[error("{0}")]
+    SessionEnded(String),
+    /// A lockstep server could not be reached.
+    #[error("cannot reach the lockstep server: {0}")]
+    Connection(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -36,8 +52,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// The machine-readable code of this error.
-    pub fn code(&self) -> &'static str {
+    /// The machine-readable code of this error (a remote error keeps the
+    /// server's code).
+    pub fn code(&self) -> &str {
         match self {
             Self::Config(_) => "config_invalid",
             Self::Key(e) => e.code(),
@@ -45,6 +62,9 @@ impl Error {
             Self::CaNotInitialized(_) => "ca_not_initialized",
             Self::InvalidArgument(_) => "invalid_argument",
             Self::Io { .. } => "io_error",
+            Self::Remote { code, .. } => code,
+            Self::Connection(_) => "connection_failed",
+            Self::SessionEnded(_) => "session_closed",
         }
     }
 

@@ -21,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod ca;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;

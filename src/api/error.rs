@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::service::ServiceError;
 
 /// The body of every error response.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable code, e.g. `session_not_open`.
     pub error: String,

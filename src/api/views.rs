@@ -7,7 +7,7 @@ use crate::service::Relation;
 use crate::sessions::{Session, Vote, format_hash};
 
 /// `POST /v1/sessions`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSessionBody {
     /// The one resource, e.g. `db:payroll` or `release:acme/app`.
@@ -15,7 +15,7 @@ pub struct NewSessionBody {
     /// What the requester will do (shown to approvers).
     pub task: String,
     /// Optional digest binding the request to an artifact, e.g. `sha256:<hex>`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_digest: Option<String>,
     /// How long the session stays open once approved, seconds.
     pub duration_secs: u32,
@@ -24,19 +24,19 @@ pub struct NewSessionBody {
 }
 
 /// `POST /v1/sessions/{id}/approve` and `…/deny`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VoteBody {
     /// The request hash the approver saw (`sha256:<hex>`); an approval for
     /// another hash is refused.
     pub request_hash: String,
     /// Why (denials).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
 /// `POST /v1/sessions/{id}/revoke`.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeBody {
     /// Why the session is ended (recorded and returned).
@@ -45,7 +45,7 @@ pub struct RevokeBody {
 
 /// `POST /v1/sessions/{id}/certificate` with a JSON body (a raw
 /// `application/pkcs10` body, PEM or DER, is accepted too).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CsrBody {
     /// The PKCS#10 request, PEM.
@@ -53,7 +53,7 @@ pub struct CsrBody {
 }
 
 /// A certificate minted for a session.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CertificateView {
     /// The session.
     pub session: String,
@@ -68,14 +68,14 @@ pub struct CertificateView {
 }
 
 /// An approval or denial.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct VoteView {
     /// Who.
     pub by: String,
     /// When, RFC 3339.
     pub at: String,
     /// Why (denials).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
@@ -90,20 +90,20 @@ impl From<&Vote> for VoteView {
 }
 
 /// A session as callers see it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SessionView {
     /// The id.
     pub id: String,
     /// `pending`, `open` or `closed`.
     pub state: String,
     /// For closed sessions: `completed`, `expired`, `revoked`, `denied` or `abandoned`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_reason: Option<String>,
     /// How the caller relates to it: `requester`, `approver`, `operator`, `auditor`.
     #[schema(value_type = String)]
     pub your_role: Relation,
     /// The tenant, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// Who asked.
     pub requester: String,
@@ -112,7 +112,7 @@ pub struct SessionView {
     /// What for.
     pub task: String,
     /// The artifact digest, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_digest: Option<String>,
     /// Requested duration, seconds.
     pub duration_secs: u32,
@@ -133,23 +133,23 @@ pub struct SessionView {
     /// When it is abandoned if still pending, RFC 3339.
     pub pending_until: String,
     /// When quorum was reached.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened_at: Option<String>,
     /// When it closes: every credential's `notAfter`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closes_at: Option<String>,
     /// Credentials it may mint.
     pub credentials_allowed: u32,
     /// Credentials minted (or being minted).
     pub credentials_minted: u32,
     /// When it closed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<String>,
     /// Who closed it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_by: Option<String>,
     /// The reason given with a revocation or denial.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_note: Option<String>,
     /// Seconds until `closes_at` (open) or `pending_until` (pending).
     pub seconds_left: i64,
@@ -191,14 +191,14 @@ impl SessionView {
 }
 
 /// `GET /v1/sessions`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SessionList {
     /// Sessions the caller may see, newest first.
     pub sessions: Vec<SessionView>,
 }
 
 /// `GET /healthz`, `GET /readyz`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     /// `ok`.
     pub status: String,

@@ -1,9 +1,14 @@
 //! The `lockstep` command line. The binary only parses arguments, sets up
 //! logging and calls into here; each subcommand lives in its own module.
 
+mod auth;
+mod cert;
+mod client_args;
 mod init;
 mod keys;
 mod output;
+mod serve;
+mod session;
 
 use std::path::PathBuf;
 
@@ -43,6 +48,27 @@ pub enum Command {
     /// Inspect the keys held by the configured device.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Run the issuer service (HTTPS).
+    Serve(serve::ServeArgs),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+    /// Ask for a session on one resource.
+    Request(session::RequestArgs),
+    /// Approve a session after seeing exactly what it asks.
+    Approve(session::ApproveArgs),
+    /// Deny a session.
+    Deny(session::DenyArgs),
+    /// Show a session, or list the sessions you may see.
+    Status(session::StatusArgs),
+    /// Wait until a session opens (exit 0) or closes without opening (exit 1).
+    Wait(session::WaitArgs),
+    /// Close your own session.
+    Close(session::CloseArgs),
+    /// End a session as an approver or operator.
+    Revoke(session::RevokeArgs),
+    /// Get a certificate for an open session.
+    Cert(cert::CertArgs),
 }
 
 impl Cli {
@@ -52,6 +78,16 @@ impl Cli {
         match self.command {
             Command::Init(args) => init::run(&load(&self.config)?, args, out),
             Command::Keys(cmd) => keys::run(&load(&self.config)?, cmd, out),
+            Command::Serve(args) => serve::run(&load(&self.config)?, args),
+            Command::Auth(cmd) => auth::run(&load(&self.config)?, cmd, out),
+            Command::Request(args) => session::request(args, out),
+            Command::Approve(args) => session::approve(args, out),
+            Command::Deny(args) => session::deny(args, out),
+            Command::Status(args) => session::status(args, out),
+            Command::Wait(args) => session::wait(args, out),
+            Command::Close(args) => session::close(args, out),
+            Command::Revoke(args) => session::revoke(args, out),
+            Command::Cert(args) => cert::run(args, out),
         }
     }
 }

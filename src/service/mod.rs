@@ -55,7 +55,7 @@ pub struct IssuedCredential {
 }
 
 /// How a caller relates to a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Relation {
     /// Asked for it.

@@ -5,6 +5,8 @@
 // which is `unsafe` since Rust 2024; see `softhsm()` for why it is sound here.
 #![allow(unsafe_code)]
 
+pub mod oidc;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};

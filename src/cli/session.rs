@@ -1,0 +1,427 @@
+//! The session workflow as a client: `request`, `approve`, `deny`,
+//! `status`, `wait`, `close`, `revoke`.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use clap::Args;
+
+use super::Output;
+use super::client_args::ClientArgs;
+use crate::api::views::{NewSessionBody, SessionView};
+use crate::error::Error;
+
+/// Ask for a session on one resource.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The resource, e.g. `db:payroll`.
+    #[arg(long)]
+    resource: String,
+    /// What you will do with it (shown to approvers).
+    #[arg(long)]
+    task: String,
+    /// How long the session stays open once approved, e.g. `2m`, `90s`.
+    #[arg(long, value_parser = parse_duration)]
+    duration: u32,
+    /// Credential profile: `mtls-client` or `code-signing`.
+    #[arg(long, default_value = "mtls-client")]
+    profile: String,
+    /// Bind the request to an artifact: `sha256:<hex>`.
+    #[arg(long)]
+    digest: Option<String>,
+}
+
+/// Approve a session after seeing exactly what it asks.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The session id.
+    id: String,
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    yes: bool,
+}
+
+/// Deny a session (it closes as denied).
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The session id.
+    id: String,
+    /// Why.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    yes: bool,
+}
+
+/// Show a session, or list the sessions you may see.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The session id (none: list).
+    id: Option<String>,
+    /// When listing, only sessions in this state (pending, open, closed).
+    #[arg(long)]
+    state: Option<String>,
+}
+
+/// Wait until a session opens (exit 0) or closes without opening (exit 1),
+/// showing approvals and time left.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The session id.
+    id: String,
+    /// Give up after this long (e.g. `10m`).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<u32>,
+}
+
+/// Close your own session (it ends as completed).
+#[derive(Debug, Args)]
+pub struct CloseArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The session id.
+    id: String,
+}
+
+/// End a session as an approver or operator (it ends as revoked).
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The session id.
+    id: String,
+    /// Why (recorded).
+    #[arg(long)]
+    reason: String,
+}
+
+fn parse_duration(text: &str) -> Result<u32, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 90s, 2m or 1h: {e}"))?;
+    u32::try_from(d.as_secs())
+        .ok()
+        .filter(|s| *s > 0 && d.subsec_nanos() == 0)
+        .ok_or_else(|| format!("`{text}` must be whole seconds, at least 1s"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))
+}
+
+fn human_secs(secs: i64) -> String {
+    humantime::format_duration(Duration::from_secs(secs.max(0) as u64)).to_string()
+}
+
+/// The session, as text.
+pub fn describe(s: &SessionView) -> String {
+    let mut t = String::new();
+    let state = match &s.close_reason {
+        Some(r) => format!("closed ({r})"),
+        None => s.state.clone(),
+    };
+    let _ = writeln!(t, "session    {}  [{state}]", s.id);
+    let _ = writeln!(t, "requester  {}", s.requester);
+    if let Some(tenant) = &s.tenant {
+        let _ = writeln!(t, "tenant     {tenant}");
+    }
+    let _ = writeln!(t, "resource   {}", s.resource);
+    let _ = writeln!(t, "task       {}", s.task);
+    let _ = writeln!(
+        t,
+        "duration   {} ({}s)",
+        human_secs(i64::from(s.duration_secs)),
+        s.duration_secs
+    );
+    let _ = writeln!(
+        t,
+        "digest     {}",
+        s.request_digest.as_deref().unwrap_or("(none)")
+    );
+    let _ = writeln!(t, "profile    {}", s.profile);
+    let _ = writeln!(t, "hash       {}", s.request_hash);
+    let approved: Vec<&str> = s.approvals.iter().map(|v| v.by.as_str()).collect();
+    let _ = writeln!(
+        t,
+        "approvals  {} of {} needed [{}] from {}",
+        s.approvals.len(),
+        s.quorum,
+        approved.join(", "),
+        s.approvers.join(", ")
+    );
+    for d in &s.denials {
+        let _ = writeln!(
+            t,
+            "denied by  {} at {}{}",
+            d.by,
+            d.at,
+            d.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+    match s.state.as_str() {
+        "pending" => {
+            let _ = writeln!(
+                t,
+                "pending    until {} ({} left)",
+                s.pending_until,
+                human_secs(s.seconds_left)
+            );
+        }
+        "open" => {
+            let _ = writeln!(
+                t,
+                "open       {} .. {} ({} left)",
+                s.opened_at.as_deref().unwrap_or("?"),
+                s.closes_at.as_deref().unwrap_or("?"),
+                human_secs(s.seconds_left)
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                t,
+                "closed     at {}{}{}",
+                s.closed_at.as_deref().unwrap_or("?"),
+                s.closed_by
+                    .as_deref()
+                    .map(|b| format!(" by {b}"))
+                    .unwrap_or_default(),
+                s.close_note
+                    .as_deref()
+                    .map(|n| format!(": {n}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let _ = writeln!(
+        t,
+        "credentials {} of {} minted",
+        s.credentials_minted, s.credentials_allowed
+    );
+    t
+}
+
+/// Asks "question [y/N]" on the terminal; refuses to guess without one.
+fn confirm(question: &str) -> Result<bool, Error> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::InvalidArgument(
+            "no terminal to confirm on: pass --yes after reviewing the request (lockstep status ID)"
+                .into(),
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Error::io("stdin", e))?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+/// Runs `request`.
+pub fn request(args: RequestArgs, out: Output) -> Result<(), Error> {
+    let client = args.client.client()?;
+    let body = NewSessionBody {
+        resource: args.resource,
+        task: args.task,
+        request_digest: args.digest,
+        duration_secs: args.duration,
+        profile: args.profile,
+    };
+    let s = runtime()?.block_on(client.request(&body))?;
+    out.print(&s, || {
+        format!(
+            "{}\nWaiting for {} approval(s). Follow it with: lockstep wait {}\n",
+            describe(&s),
+            s.quorum,
+            s.id
+        )
+    });
+    Ok(())
+}
+
+/// Runs `approve`: shows the request, asks, approves exactly that hash.
+pub fn approve(args: ApproveArgs, out: Output) -> Result<(), Error> {
+    let client = args.client.client()?;
+    let rt = runtime()?;
+    let s = rt.block_on(client.session(&args.id))?;
+    if !args.yes {
+        eprint!("{}", describe(&s));
+        if !confirm("Approve this request?")? {
+            return Err(Error::InvalidArgument("not approved".into()));
+        }
+    }
+    let s = rt.block_on(client.approve(&args.id, &s.request_hash))?;
+    out.print(&s, || {
+        format!(
+            "approved {} ({} of {}); session is {}\n",
+            s.id,
+            s.approvals.len(),
+            s.quorum,
+            s.state
+        )
+    });
+    Ok(())
+}
+
+/// Runs `deny`.
+pub fn deny(args: DenyArgs, out: Output) -> Result<(), Error> {
+    let client = args.client.client()?;
+    let rt = runtime()?;
+    let s = rt.block_on(client.session(&args.id))?;
+    if !args.yes {
+        eprint!("{}", describe(&s));
+        if !confirm("Deny this request?")? {
+            return Err(Error::InvalidArgument("not denied".into()));
+        }
+    }
+    let s = rt.block_on(client.deny(&args.id, &s.request_hash, args.reason))?;
+    out.print(&s, || format!("denied {}; session is {}\n", s.id, s.state));
+    Ok(())
+}
+
+/// Runs `status`.
+pub fn status(args: StatusArgs, out: Output) -> Result<(), Error> {
+    let client = args.client.client()?;
+    let rt = runtime()?;
+    match args.id {
+        Some(id) => {
+            let s = rt.block_on(client.session(&id))?;
+            out.print(&s, || describe(&s));
+        }
+        None => {
+            let list = rt.block_on(client.sessions(args.state.as_deref()))?;
+            out.print(&list, || {
+                let mut t = String::new();
+                for s in &list.sessions {
+                    let _ = writeln!(
+                        t,
+                        "{}  {:<8} {:<10} {:<24} {} ({}/{} approvals)",
+                        s.id,
+                        s.state,
+                        format!("{:?}", s.your_role).to_lowercase(),
+                        s.resource,
+                        s.requester,
+                        s.approvals.len(),
+                        s.quorum
+                    );
+                }
+                if list.sessions.is_empty() {
+                    t.push_str("(no sessions you may see)\n");
+                }
+                t
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs `wait`.
+pub fn wait(args: WaitArgs, out: Output) -> Result<(), Error> {
+    let client = args.client.client()?;
+    let rt = runtime()?;
+    let bar = if out.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let started = std::time::Instant::now();
+    let s = rt.block_on(async {
+        loop {
+            let s = client.session(&args.id).await?;
+            match s.state.as_str() {
+                "pending" => bar.set_message(format!(
+                    "{}: pending, approvals {}/{}, {} left to approve",
+                    s.id,
+                    s.approvals.len(),
+                    s.quorum,
+                    human_secs(s.seconds_left)
+                )),
+                _ => return Ok::<_, Error>(s),
+            }
+            if let Some(limit) = args.timeout
+                && started.elapsed() > Duration::from_secs(u64::from(limit))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "session {} is still pending after {}",
+                    s.id,
+                    human_secs(i64::from(limit))
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    bar.finish_and_clear();
+    let s = s?;
+    out.print(&s, || match s.state.as_str() {
+        "open" => format!(
+            "{}: open, approved by {}; closes at {} ({} left)\n",
+            s.id,
+            s.approvals
+                .iter()
+                .map(|v| v.by.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            s.closes_at.as_deref().unwrap_or("?"),
+            human_secs(s.seconds_left)
+        ),
+        _ => describe(&s),
+    });
+    match s.state.as_str() {
+        "open" => Ok(()),
+        _ => Err(Error::SessionEnded(format!(
+            "session {} closed without opening ({})",
+            s.id,
+            s.close_reason.as_deref().unwrap_or("closed")
+        ))),
+    }
+}
+
+/// Runs `close`.
+pub fn close(args: CloseArgs, out: Output) -> Result<(), Error> {
+    let client = args.client.client()?;
+    let s = runtime()?.block_on(client.close(&args.id))?;
+    out.print(&s, || format!("closed {} (completed)\n", s.id));
+    Ok(())
+}
+
+/// Runs `revoke`.
+pub fn revoke(args: RevokeArgs, out: Output) -> Result<(), Error> {
+    let client = args.client.client()?;
+    let s = runtime()?.block_on(client.revoke(&args.id, args.reason))?;
+    out.print(&s, || format!("revoked {}\n", s.id));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_whole_positive_seconds() {
+        assert_eq!(parse_duration("2m").unwrap(), 120);
+        assert_eq!(parse_duration("90s").unwrap(), 90);
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1500ms").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! A client of a lockstep server's HTTP API, used by the CLI.
+
+use std::path::Path;
+
+use reqwest::Method;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::ErrorBody;
+use crate::api::views::{
+    CertificateView, CsrBody, NewSessionBody, RevokeBody, SessionList, SessionView, VoteBody,
+};
+use crate::error::Error;
+use crate::net::{Trust, client};
+
+/// A connection to a lockstep server as one caller.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: SecretString,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of the server at `url`, trusting the CA certificates in
+    /// `ca` (PEM; the public roots when none), authenticating with `token`.
+    pub fn new(url: &str, ca: Option<&Path>, token: SecretString) -> Result<Self, Error> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !base.starts_with("https://") {
+            return Err(Error::InvalidArgument(format!(
+                "the server URL must start with https:// (got `{base}`)"
+            )));
+        }
+        let trust = match ca {
+            None => Trust::PublicRoots,
+            Some(path) => {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+                if certs.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{}: no PEM certificates",
+                        path.display()
+                    )));
+                }
+                Trust::Only(certs)
+            }
+        };
+        Ok(Self {
+            http: client(trust)?,
+            base,
+            token,
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, Error> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token.expose_secret());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Error::Connection(describe(&e)))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::Connection(describe(&e)))?;
+        if status.is_success() {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Connection(format!("unexpected answer from the server: {e}")))
+        } else {
+            let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody {
+                error: "remote_error".into(),
+                message: format!("HTTP {status}"),
+            });
+            Err(Error::Remote {
+                status: status.as_u16(),
+                code: err.error,
+                message: err.message,
+            })
+        }
+    }
+
+    /// `POST /v1/sessions`.
+    pub async fn request(&self, body: &NewSessionBody) -> Result<SessionView, Error> {
+        self.call(Method::POST, "/v1/sessions", Some(body)).await
+    }
+
+    /// `GET /v1/sessions/{id}`.
+    pub async fn session(&self, id: &str) -> Result<SessionView, Error> {
+        self.call(
+            Method::GET,
+            &format!("/v1/sessions/{}", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /v1/sessions`.
+    pub async fn sessions(&self, state: Option<&str>) -> Result<SessionList, Error> {
+        let path = match state {
+            Some(s) => format!("/v1/sessions?state={}", seg(s)),
+            None => "/v1/sessions".to_owned(),
+        };
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `POST /v1/sessions/{id}/approve`.
+    pub async fn approve(&self, id: &str, request_hash: &str) -> Result<SessionView, Error> {
+        let body = VoteBody {
+            request_hash: request_hash.to_owned(),
+            reason: None,
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/approve", seg(id)),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `POST /v1/sessions/{id}/deny`.
+    pub async fn deny(
+        &self,
+        id: &str,
+        request_hash: &str,
+        reason: Option<String>,
+    ) -> Result<SessionView, Error> {
+        let body = VoteBody {
+            request_hash: request_hash.to_owned(),
+            reason,
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/deny", seg(id)),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// `POST /v1/sessions/{id}/close`.
+    pub async fn close(&self, id: &str) -> Result<SessionView, Error> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/close", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /v1/sessions/{id}/revoke`.
+    pub async fn revoke(&self, id: &str, reason: String) -> Result<SessionView, Error> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/revoke", seg(id)),
+            Some(&RevokeBody { reason }),
+        )
+        .await
+    }
+
+    /// `POST /v1/sessions/{id}/certificate`.
+    pub async fn certificate(&self, id: &str, csr_pem: String) -> Result<CertificateView, Error> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/certificate", seg(id)),
+            Some(&CsrBody { csr: csr_pem }),
+        )
+        .await
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+fn seg(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// A transport error's chain of causes (reqwest's top-level message alone
+/// says little), without the URL's query.
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
