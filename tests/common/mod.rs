@@ -6,6 +6,8 @@
 #![allow(unsafe_code)]
 
 pub mod oidc;
+pub mod server;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

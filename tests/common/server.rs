@@ -1,0 +1,194 @@
+//! A lockstep service on loopback for end-to-end tests: its own CA keys on
+//! the process's SoftHSM2 token, its own SQLite file, API tokens for named
+//! callers, and a reqwest client that trusts its root.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lockstep::clock::SystemClock;
+use lockstep::config::Config;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use super::{ca_config_text, softhsm};
+
+/// A running service.
+pub struct TestServer {
+    /// Its directory (config, CA files, store).
+    pub dir: Arc<tempfile::TempDir>,
+    /// Its configuration file.
+    pub config_path: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// API tokens by caller name (`alice` is `token:alice`).
+    pub tokens: HashMap<String, String>,
+    /// A client trusting the lockstep root.
+    pub http: reqwest::Client,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Initialises a CA called `name`, writes `policy`, creates tokens for
+    /// `callers`, adds `extra_config` (e.g. `[[auth.oidc]]` tables) and
+    /// starts serving.
+    pub async fn start(name: &str, policy: &str, callers: &[&str], extra_config: &str) -> Self {
+        let hsm = softhsm();
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut tokens = HashMap::new();
+        let mut auth = String::new();
+        for caller in callers {
+            let (token, sha256) = lockstep::auth::tokens::generate().unwrap();
+            tokens.insert((*caller).to_owned(), token.expose_secret().to_owned());
+            auth.push_str(&format!(
+                "[[auth.token]]\nname = \"{caller}\"\nsha256 = \"{sha256}\"\n\n"
+            ));
+        }
+        std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+        let text = format!(
+            "{}\n[server]\nlisten = \"127.0.0.1:0\"\nsweep_interval = \"200ms\"\nmax_body_bytes = 65536\n\n[store]\nsqlite = \"lockstep.db\"\n\n[policy]\nfile = \"policy.toml\"\n\n{auth}{extra_config}",
+            ca_config_text(hsm, &hsm.token, name, 3650, 1095)
+        );
+        let config_path = dir.path().join("lockstep.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let backend = config.backend.open().unwrap();
+        let now = lockstep::clock::Clock::now(&SystemClock);
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || {
+            lockstep::ca::init(&c, backend.as_ref(), Default::default(), now).unwrap()
+        })
+        .await
+        .unwrap();
+        Self::serve(dir, config_path, tokens).await
+    }
+
+    async fn serve(
+        dir: Arc<tempfile::TempDir>,
+        config_path: PathBuf,
+        tokens: HashMap<String, String>,
+    ) -> Self {
+        let config = Config::load(&config_path).unwrap();
+        let prepared = lockstep::api::setup::prepare(&config, Arc::new(SystemClock))
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(prepared.run(listener, async {
+            let _ = rx.await;
+        }));
+        let root = dir.path().join("ca/root.pem");
+        let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&root)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let http = lockstep::net::client(lockstep::net::Trust::Only(roots)).unwrap();
+        Self {
+            dir,
+            config_path,
+            url: format!("https://127.0.0.1:{}", addr.port()),
+            addr,
+            tokens,
+            http,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving (gracefully) and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Stops, then starts again from the same configuration and store.
+    pub async fn restart(mut self) -> Self {
+        self.stop().await;
+        let tokens = std::mem::take(&mut self.tokens);
+        Self::serve(self.dir.clone(), self.config_path.clone(), tokens).await
+    }
+
+    /// The lockstep root certificate.
+    pub fn root_pem(&self) -> PathBuf {
+        self.dir.path().join("ca/root.pem")
+    }
+
+    /// The token of caller `name`.
+    pub fn token(&self, name: &str) -> &str {
+        &self.tokens[name]
+    }
+
+    /// A JSON call as `caller` (a name from `callers`, a raw bearer
+    /// `Bearer:<token>`, or none); returns status and JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        caller: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(c) = caller {
+            let token = match c.strip_prefix("Bearer:") {
+                Some(raw) => raw.to_owned(),
+                None => self.tokens[c].clone(),
+            };
+            req = req.bearer_auth(token);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// A raw call with a given content type and body.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        caller: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.url))
+            .bearer_auth(&self.tokens[caller])
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
