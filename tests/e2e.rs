@@ -287,13 +287,16 @@ async fn srv_events(srv: &TestServer, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// (method, path, caller, body, expected status, expected code)
+type Case<'a> = (&'a str, String, Option<&'a str>, Option<Value>, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_json_with_the_right_status_and_change_nothing() {
     let srv = start("e2e-errors").await;
     let s = request(&srv, "alice", "db:payroll", 60).await;
     let id = s["id"].as_str().unwrap();
     let ok_body = json!({"resource": "db:payroll", "task": "t", "duration_secs": 60, "profile": "mtls-client"});
-    let cases: Vec<(&str, String, Option<&str>, Option<Value>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/v1/sessions".into(),
