@@ -288,7 +288,14 @@ async fn srv_events(srv: &TestServer, id: &str) -> Vec<String> {
 }
 
 /// (method, path, caller, body, expected status, expected code)
-type Case<'a> = (&'a str, String, Option<&'a str>, Option<Value>, u16, &'a str);
+type Case<'a> = (
+    &'a str,
+    String,
+    Option<&'a str>,
+    Option<Value>,
+    u16,
+    &'a str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_json_with_the_right_status_and_change_nothing() {
