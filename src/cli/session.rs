@@ -157,10 +157,14 @@ pub fn describe(s: &SessionView) -> String {
     let approved: Vec<&str> = s.approvals.iter().map(|v| v.by.as_str()).collect();
     let _ = writeln!(
         t,
-        "approvals  {} of {} needed [{}] from {}",
+        "approvals  {}/{}{}  (approvers: {})",
         s.approvals.len(),
         s.quorum,
-        approved.join(", "),
+        if approved.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", approved.join(", "))
+        },
         s.approvers.join(", ")
     );
     for d in &s.denials {
