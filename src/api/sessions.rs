@@ -13,11 +13,20 @@ use super::views::{
 };
 use super::{AppState, Authenticated};
 use crate::service::NewSession;
-use crate::sessions::{SessionId, State as SessionState, parse_hash};
+use crate::sessions::{Session, SessionId, State as SessionState, parse_hash};
 use crate::x509::CertProfile;
 
 /// Longest reason accepted with a denial or revocation.
 const MAX_REASON: usize = 500;
+
+/// The session as `caller` sees it now.
+fn respond(app: &AppState, caller: &crate::auth::Caller, s: &Session) -> Json<SessionView> {
+    let role = app
+        .service
+        .relation(caller, s)
+        .unwrap_or(crate::service::Relation::Requester);
+    Json(SessionView::new(s, role, app.service.now()))
+}
 
 fn session_id(text: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(text).map_err(|e| ApiError::new(404, "session_not_found", e.to_string()))
@@ -141,8 +150,8 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     let id = session_id(&id)?;
-    let (s, role) = app.service.session(&caller, &id).await?;
-    Ok(Json(SessionView::new(&s, role, app.service.now())))
+    let (s, _) = app.service.session(&caller, &id).await?;
+    Ok(respond(&app, &caller, &s))
 }
 
 /// Approve the request whose hash you saw.
@@ -169,11 +178,7 @@ pub async fn approve(
         ));
     }
     let s = app.service.approve(&caller, &id, hash).await?;
-    Ok(Json(SessionView::new(
-        &s,
-        crate::service::Relation::Approver,
-        app.service.now(),
-    )))
+    Ok(respond(&app, &caller, &s))
 }
 
 /// Deny the request whose hash you saw (closes it as `denied`).
@@ -194,11 +199,7 @@ pub async fn deny(
         .service
         .deny(&caller, &id, hash, reason(body.reason)?)
         .await?;
-    Ok(Json(SessionView::new(
-        &s,
-        crate::service::Relation::Approver,
-        app.service.now(),
-    )))
+    Ok(respond(&app, &caller, &s))
 }
 
 /// Close your own session (`completed`).
@@ -213,11 +214,7 @@ pub async fn close(
 ) -> Result<Json<SessionView>, ApiError> {
     let id = session_id(&id)?;
     let s = app.service.close(&caller, &id).await?;
-    Ok(Json(SessionView::new(
-        &s,
-        crate::service::Relation::Requester,
-        app.service.now(),
-    )))
+    Ok(respond(&app, &caller, &s))
 }
 
 /// End a session as an approver or operator (`revoked`).
@@ -234,11 +231,7 @@ pub async fn revoke(
     let id = session_id(&id)?;
     let note = reason(Some(body.reason))?.unwrap_or_default();
     let s = app.service.revoke(&caller, &id, note).await?;
-    let role = app
-        .service
-        .relation(&caller, &s)
-        .unwrap_or(crate::service::Relation::Operator);
-    Ok(Json(SessionView::new(&s, role, app.service.now())))
+    Ok(respond(&app, &caller, &s))
 }
 
 /// The CSR of a certificate request: JSON `{"csr": "<PEM>"}` or a raw
