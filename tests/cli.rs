@@ -7,36 +7,45 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{ca_config_text, openssl, softhsm, write};
+use common::{IsolatedToken, ca_config_text, openssl, softhsm, write};
 
 struct Env {
     dir: tempfile::TempDir,
     config: PathBuf,
     token: String,
+    hsm: IsolatedToken,
 }
 
-/// A fresh token and a configuration for it (the binary runs in its own
-/// process, so it sees tokens created after this process loaded SoftHSM2).
+/// A fresh token in a SoftHSM2 store of its own, and a configuration for
+/// it; the binary runs in child processes.
 fn env(name: &str) -> Env {
-    let hsm = softhsm();
-    let token = hsm.new_token(name);
+    let hsm = softhsm().isolated_token(name);
     let dir = tempfile::tempdir().unwrap();
     let config = write(
         dir.path(),
         "lockstep.toml",
-        ca_config_text(hsm, &token, name, 3650, 1095),
+        ca_config_text(softhsm(), &hsm.label, name, 3650, 1095),
     );
-    Env { dir, config, token }
+    Env {
+        dir,
+        config,
+        token: hsm.label.clone(),
+        hsm,
+    }
 }
 
-fn lockstep(config: &Path, args: &[&str]) -> Output {
+fn lockstep_with(e: &Env, config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lockstep"))
         .arg("--config")
         .arg(config)
         .args(args)
-        .env("SOFTHSM2_CONF", &softhsm().conf)
+        .env("SOFTHSM2_CONF", &e.hsm.conf)
         .output()
         .unwrap()
+}
+
+fn lockstep(e: &Env, args: &[&str]) -> Output {
+    lockstep_with(e, &e.config, args)
 }
 
 fn stdout(o: &Output) -> String {
@@ -50,7 +59,7 @@ fn all(o: &Output) -> String {
 #[test]
 fn init_creates_a_chain_openssl_verifies_and_refuses_to_overwrite() {
     let e = env("cli-init");
-    let out = lockstep(&e.config, &["init", "--json"]);
+    let out = lockstep(&e, &["init", "--json"]);
     assert!(out.status.success(), "{}", all(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["mode"], "self-signed-root");
@@ -83,19 +92,19 @@ fn init_creates_a_chain_openssl_verifies_and_refuses_to_overwrite() {
 
     // Again: refused, nothing changed.
     let before = std::fs::read(ca.join("chain.pem")).unwrap();
-    let out = lockstep(&e.config, &["init"]);
+    let out = lockstep(&e, &["init"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(all(&out).contains("error[key_exists]"), "{}", all(&out));
     assert!(all(&out).contains("--force"));
     assert_eq!(std::fs::read(ca.join("chain.pem")).unwrap(), before);
 
     // --json errors are machine-readable.
-    let out = lockstep(&e.config, &["init", "--json"]);
+    let out = lockstep(&e, &["init", "--json"]);
     let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(err["error"], "key_exists");
 
     // --force replaces keys and chain.
-    let out = lockstep(&e.config, &["init", "--force"]);
+    let out = lockstep(&e, &["init", "--force"]);
     assert!(out.status.success(), "{}", all(&out));
     assert_ne!(std::fs::read(ca.join("chain.pem")).unwrap(), before);
 }
@@ -103,8 +112,8 @@ fn init_creates_a_chain_openssl_verifies_and_refuses_to_overwrite() {
 #[test]
 fn keys_list_and_pkcs11_tool_show_sensitive_never_extractable_keys() {
     let e = env("cli-list");
-    assert!(lockstep(&e.config, &["init"]).status.success());
-    let out = lockstep(&e.config, &["keys", "list", "--json"]);
+    assert!(lockstep(&e, &["init"]).status.success());
+    let out = lockstep(&e, &["keys", "list", "--json"]);
     assert!(out.status.success(), "{}", all(&out));
     let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let objects = listing["objects"].as_array().unwrap();
@@ -121,14 +130,14 @@ fn keys_list_and_pkcs11_tool_show_sensitive_never_extractable_keys() {
         assert_eq!(p["always_sensitive"], true);
         assert_eq!(p["never_extractable"], true);
     }
-    let text = stdout(&lockstep(&e.config, &["keys", "list"]));
+    let text = stdout(&lockstep(&e, &["keys", "list"]));
     assert!(
         text.contains("cli-list-issuing") && text.contains("NEVER_EXTRACTABLE"),
         "{text}"
     );
 
     let tool = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &softhsm().conf)
+        .env("SOFTHSM2_CONF", &e.hsm.conf)
         .args([
             "--module",
             common::MODULE,
@@ -174,7 +183,7 @@ fn wrong_pin_is_refused_without_echoing_it() {
         } else {
             &["keys", "list"]
         };
-        let out = lockstep(&config, args);
+        let out = lockstep_with(&e, &config, args);
         assert_eq!(out.status.code(), Some(1));
         let text = all(&out);
         assert!(text.contains("key_backend_login_failed"), "{text}");
@@ -187,7 +196,7 @@ fn wrong_pin_is_refused_without_echoing_it() {
 fn external_root_csr_then_installed_chain_issues() {
     let e = env("cli-ext");
     let dir = e.dir.path();
-    let out = lockstep(&e.config, &["init", "--external-root"]);
+    let out = lockstep(&e, &["init", "--external-root"]);
     assert!(out.status.success(), "{}", all(&out));
     let csr = dir.join("ca/issuing.csr.pem");
     let (ok, text) = openssl(&[
@@ -255,14 +264,11 @@ fn external_root_csr_then_installed_chain_issues() {
     write(dir, "bundle.pem", bundle);
 
     // A chain for another key is refused.
-    let out = lockstep(&e.config, &["init", "--install-chain", &p("ext-root.pem")]);
+    let out = lockstep(&e, &["init", "--install-chain", &p("ext-root.pem")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(all(&out).contains("invalid_chain"), "{}", all(&out));
 
-    let out = lockstep(
-        &e.config,
-        &["init", "--install-chain", &p("bundle.pem"), "--json"],
-    );
+    let out = lockstep(&e, &["init", "--install-chain", &p("bundle.pem"), "--json"]);
     assert!(out.status.success(), "{}", all(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["mode"], "installed-chain");
@@ -289,11 +295,12 @@ fn every_subcommand_has_help() {
 
 #[test]
 fn missing_or_broken_configuration_is_a_clear_error() {
+    let e = env("cli-noconf");
     let dir = tempfile::tempdir().unwrap();
-    let out = lockstep(&dir.path().join("nope.toml"), &["keys", "list"]);
+    let out = lockstep_with(&e, &dir.path().join("nope.toml"), &["keys", "list"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(all(&out).contains("error[config_invalid]"), "{}", all(&out));
     let broken = write(dir.path(), "broken.toml", "[backend]\ntype = \"floppy\"\n");
-    let out = lockstep(&broken, &["keys", "list"]);
+    let out = lockstep_with(&e, &broken, &["keys", "list"]);
     assert!(all(&out).contains("broken.toml"), "{}", all(&out));
 }

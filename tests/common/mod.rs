@@ -110,6 +110,45 @@ impl SoftHsm {
         label
     }
 
+    /// A token in a SoftHSM2 store of its own, for child processes: no other
+    /// test creates or writes tokens where its processes scan (SoftHSM2
+    /// can fail C_GetSlotList while another process initialises a token in
+    /// the same directory).
+    pub fn isolated_token(&self, hint: &str) -> IsolatedToken {
+        let dir = tempfile::Builder::new()
+            .prefix("lockstep-softhsm-iso-")
+            .tempdir()
+            .unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        let label: String = format!("iso-{hint}").chars().take(32).collect();
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .args(["--init-token", "--free", "--label", &label])
+            .args(["--pin", USER_PIN, "--so-pin", SO_PIN])
+            .output()
+            .expect("softhsm2-util runs (install softhsm2: scripts/setup)");
+        assert!(
+            out.status.success(),
+            "softhsm2-util: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        IsolatedToken {
+            _dir: dir,
+            conf,
+            label,
+        }
+    }
+
     /// A backend configuration for the token `label`.
     pub fn config(&self, label: &str) -> Pkcs11Config {
         Pkcs11Config {
@@ -130,6 +169,16 @@ impl SoftHsm {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// A token with a SoftHSM2 configuration of its own (see
+/// [`SoftHsm::isolated_token`]).
+pub struct IsolatedToken {
+    _dir: tempfile::TempDir,
+    /// Its `SOFTHSM2_CONF`.
+    pub conf: PathBuf,
+    /// Its label.
+    pub label: String,
 }
 
 /// A key reference for tests.
