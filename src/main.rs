@@ -7,13 +7,23 @@ use lockstep::cli::{Cli, Output};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    // Logs go to stderr; LOCKSTEP_LOG sets the filter (default: info for
+    // `serve`, warn otherwise), LOCKSTEP_LOG_FORMAT=json makes them JSON lines.
+    let default = if matches!(cli.command, lockstep::cli::Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+        .with_env_filter(filter);
+    if std::env::var("LOCKSTEP_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     let out = Output { json: cli.json };
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -127,6 +127,21 @@ fn human_secs(secs: i64) -> String {
     humantime::format_duration(Duration::from_secs(secs.max(0) as u64)).to_string()
 }
 
+/// Text from a request, safe to put on a terminal: newlines and tabs (the
+/// only control characters a task may hold) are shown escaped, so a task
+/// cannot forge lines of the approval prompt.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// The session, as text.
 pub fn describe(s: &SessionView) -> String {
     let mut t = String::new();
@@ -140,7 +155,7 @@ pub fn describe(s: &SessionView) -> String {
         let _ = writeln!(t, "tenant     {tenant}");
     }
     let _ = writeln!(t, "resource   {}", s.resource);
-    let _ = writeln!(t, "task       {}", s.task);
+    let _ = writeln!(t, "task       {}", printable(&s.task));
     let _ = writeln!(
         t,
         "duration   {} ({}s)",
@@ -418,6 +433,16 @@ pub fn revoke(args: RevokeArgs, out: Output) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tasks_cannot_forge_prompt_lines() {
+        assert_eq!(
+            printable("a\nresource   db:other"),
+            "a\\nresource   db:other"
+        );
+        assert_eq!(printable("tab\there"), "tab\\there");
+        assert_eq!(printable("plain ü"), "plain ü");
+    }
 
     #[test]
     fn durations_are_whole_positive_seconds() {

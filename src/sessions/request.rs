@@ -69,10 +69,10 @@ impl Request {
         if self
             .task
             .chars()
-            .any(|c| c.is_control() && c != '\n' && c != '\t')
+            .any(|c| (c.is_control() && c != '\n' && c != '\t') || is_bidi_control(c))
         {
             return Err(SessionError::InvalidRequest(
-                "task must not contain control characters (newlines and tabs are fine)".into(),
+                "task must not contain control or bidirectional-override characters (newlines and tabs are fine)".into(),
             ));
         }
         if let Some(d) = &self.request_digest {
@@ -109,6 +109,12 @@ impl Request {
         field(self.profile.as_str());
         h.finalize().into()
     }
+}
+
+/// Bidirectional overrides and isolates: they make text display in another
+/// order than it is stored, so an approver could be shown something else.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Formats a request hash the way approvers see and send it.
