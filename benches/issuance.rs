@@ -27,6 +27,7 @@ fn issuance(c: &mut Criterion) {
         profile: CertProfile::MtlsClient,
         not_after: now.plus_secs(3600),
         session: SessionEvidence::session("ses_bench"),
+        revocation: None,
     };
 
     let mut g = c.benchmark_group("issuance");

@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::api::ErrorBody;
 use crate::api::views::{
-    CertificateView, CsrBody, NewSessionBody, RevokeBody, SessionList, SessionView, VoteBody,
+    CertificateView, CsrBody, NewSessionBody, RevokeBody, SessionList, SessionView, TokenBody,
+    TokenView, VoteBody,
 };
 use crate::error::Error;
 use crate::net::{Trust, client};
@@ -170,11 +171,19 @@ impl Client {
     }
 
     /// `POST /v1/sessions/{id}/revoke`.
-    pub async fn revoke(&self, id: &str, reason: String) -> Result<SessionView, Error> {
+    pub async fn revoke(
+        &self,
+        id: &str,
+        reason: String,
+        reason_code: Option<crate::sessions::RevocationReason>,
+    ) -> Result<SessionView, Error> {
         self.call(
             Method::POST,
             &format!("/v1/sessions/{}/revoke", seg(id)),
-            Some(&RevokeBody { reason }),
+            Some(&RevokeBody {
+                reason,
+                reason_code,
+            }),
         )
         .await
     }
@@ -185,6 +194,18 @@ impl Client {
             Method::POST,
             &format!("/v1/sessions/{}/certificate", seg(id)),
             Some(&CsrBody { csr: csr_pem }),
+        )
+        .await
+    }
+}
+
+impl Client {
+    /// `POST /v1/sessions/{id}/token`.
+    pub async fn token(&self, id: &str, body: &TokenBody) -> Result<TokenView, Error> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/token", seg(id)),
+            Some(body),
         )
         .await
     }

@@ -34,6 +34,9 @@ pub struct Config {
     /// Where the policy file is.
     #[serde(default)]
     pub policy: Option<PolicyConfig>,
+    /// How revocation is published.
+    #[serde(default)]
+    pub revocation: RevocationConfig,
     /// How callers authenticate.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -65,8 +68,20 @@ impl BackendConfig {
 pub struct KeysConfig {
     /// The root CA key (absent when the root is external).
     pub root: KeyRef,
-    /// The issuing CA key: signs every certificate.
+    /// The issuing CA key: signs every certificate, CRL and OCSP answer.
     pub issuing: KeyRef,
+    /// The key that signs session-bound tokens (JWTs); tokens are
+    /// unavailable without it.
+    #[serde(default)]
+    pub token: Option<KeyRef>,
+}
+
+impl KeysConfig {
+    /// The keys of the service beside the CA (created by `init` when
+    /// missing).
+    pub fn service_keys(&self) -> Vec<(&'static str, &KeyRef)> {
+        self.token.iter().map(|k| ("token", k)).collect()
+    }
 }
 
 fn default_root_subject() -> SubjectName {
@@ -155,6 +170,62 @@ pub struct ServerConfig {
     /// `O` of the subject of session certificates.
     #[serde(default = "default_organization")]
     pub organization: String,
+    /// The URL relying parties reach the service at (token `iss`, CRL and
+    /// OCSP locations in certificates). Default: `https://` + the first
+    /// host name + the listening port.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+fn default_crl_validity() -> String {
+    "10m".into()
+}
+
+fn default_ocsp_validity() -> String {
+    "5m".into()
+}
+
+/// `[revocation]`: how long published revocation information is valid.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// A CRL's lifetime (`nextUpdate - thisUpdate`); it is rebuilt at half
+    /// of it, and at once when a certificate is revoked.
+    #[serde(default = "default_crl_validity")]
+    pub crl_validity: String,
+    /// An OCSP response's lifetime (`nextUpdate - thisUpdate`).
+    #[serde(default = "default_ocsp_validity")]
+    pub ocsp_validity: String,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self {
+            crl_validity: default_crl_validity(),
+            ocsp_validity: default_ocsp_validity(),
+        }
+    }
+}
+
+impl RevocationConfig {
+    /// The CRL validity in seconds.
+    pub fn crl_secs(&self) -> Result<i64, String> {
+        secs("crl_validity", &self.crl_validity)
+    }
+
+    /// The OCSP validity in seconds.
+    pub fn ocsp_secs(&self) -> Result<i64, String> {
+        secs("ocsp_validity", &self.ocsp_validity)
+    }
+}
+
+fn secs(name: &str, text: &str) -> Result<i64, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("[revocation] {name} `{text}`: {e}"))?;
+    if d.as_secs() < 10 || d.as_secs() > 7 * 86_400 {
+        return Err(format!("[revocation] {name} must be 10s to 7 days"));
+    }
+    Ok(d.as_secs() as i64)
 }
 
 /// `[store]`: where state is kept.
@@ -264,6 +335,13 @@ impl Config {
             if server.hostnames.is_empty() && server.certificate.is_none() {
                 return Err(invalid("[server] hostnames must not be empty".into()));
             }
+            if let Some(url) = &server.public_url
+                && !url.starts_with("https://")
+            {
+                return Err(invalid(format!(
+                    "[server] public_url `{url}` must start with https://"
+                )));
+            }
             if server.max_body_bytes < 1024 {
                 return Err(invalid(
                     "[server] max_body_bytes must be at least 1024".into(),
@@ -290,13 +368,24 @@ impl Config {
                 return Err(invalid(format!("[keys.{role}]: label must not be empty")));
             }
         }
-        if config.keys.root.label == config.keys.issuing.label
-            || (!config.keys.root.id.is_empty() && config.keys.root.id == config.keys.issuing.id)
-        {
-            return Err(invalid(
-                "[keys]: the root and issuing keys need different labels and ids".into(),
-            ));
+        let all_keys: Vec<&KeyRef> = [&config.keys.root, &config.keys.issuing]
+            .into_iter()
+            .chain(config.keys.token.iter())
+            .collect();
+        for (i, a) in all_keys.iter().enumerate() {
+            for b in &all_keys[i + 1..] {
+                if a.label == b.label
+                    || (!a.id.is_empty() && a.id == b.id)
+                    || (a.handle.is_some() && a.handle == b.handle)
+                {
+                    return Err(invalid(
+                        "[keys]: every key needs its own label, id and handle".into(),
+                    ));
+                }
+            }
         }
+        config.revocation.crl_secs().map_err(invalid)?;
+        config.revocation.ocsp_secs().map_err(invalid)?;
         for (name, subject) in [
             ("root_subject", &config.ca.root_subject),
             ("issuing_subject", &config.ca.issuing_subject),

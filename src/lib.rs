@@ -29,9 +29,11 @@ pub mod fsio;
 pub mod keys;
 pub mod net;
 pub mod policy;
+pub mod revocation;
 pub mod secret;
 pub mod service;
 pub mod store;
+pub mod tokens;
 pub mod x509;
 
 pub use error::Error;

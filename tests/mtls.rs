@@ -29,6 +29,7 @@ fn client_identity(
         profile,
         not_after,
         session: SessionEvidence::session(format!("ses_{name}")),
+        revocation: None,
     };
     let issued = ca.issuer.mint(&csr, &spec, SystemClock.now()).unwrap();
     // Leaf and issuing CA; the server holds the root.

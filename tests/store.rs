@@ -7,8 +7,9 @@ use lockstep::clock::Timestamp;
 use lockstep::sessions::{
     CloseReason, Event, Request, Rules, Session, SessionId, SessionOp, State,
 };
+use lockstep::sessions::{Conditions, Profile};
+use lockstep::store::{CredentialKind, NewCredential};
 use lockstep::store::{Finish, Finished, SessionFilter, SqliteStore, Store};
-use lockstep::x509::CertProfile;
 
 const T0: i64 = 1_900_000_000;
 
@@ -28,7 +29,7 @@ fn new_session(quorum: u32, credentials: u32, n_approvers: usize) -> (Session, E
         task: "maintenance".into(),
         request_digest: None,
         duration_secs: 120,
-        profile: CertProfile::MtlsClient,
+        profile: Profile::MtlsClient,
     };
     let rules = Rules {
         approvers: approvers(n_approvers),
@@ -37,8 +38,22 @@ fn new_session(quorum: u32, credentials: u32, n_approvers: usize) -> (Session, E
         pending_timeout_secs: 60,
         credentials,
         denials_to_close: 1,
+        tokens_allowed: true,
+        count_tokens: true,
+        audiences: Vec::new(),
+        conditions: Conditions::default(),
     };
     Session::new(SessionId::generate().unwrap(), request, rules, t(0)).unwrap()
+}
+
+/// A certificate credential with this serial.
+fn cert(serial: impl Into<String>) -> NewCredential {
+    NewCredential {
+        serial: serial.into(),
+        kind: CredentialKind::Certificate,
+        profile: Profile::MtlsClient,
+        counted: true,
+    }
 }
 
 fn open_store(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
@@ -141,7 +156,7 @@ async fn concurrent_reservations_never_pass_the_limit() {
             let id = s.id.clone();
             tokio::spawn(async move {
                 let (applied, reservation) = store
-                    .reserve_credential(&id, format!("{i:032x}"), CertProfile::MtlsClient, t(2))
+                    .reserve_credential(&id, cert(format!("{i:032x}")), t(2))
                     .await
                     .unwrap();
                 match reservation {
@@ -150,7 +165,7 @@ async fn concurrent_reservations_never_pass_the_limit() {
                             .finish_credential(
                                 &r,
                                 Finish::Issued {
-                                    der: vec![i as u8],
+                                    der: Some(vec![i as u8]),
                                     key_sha256: "k".into(),
                                 },
                                 t(2),
@@ -246,7 +261,7 @@ async fn a_session_closed_while_signing_withholds_the_credential() {
     store.create_session(s.clone(), ev, t(0)).await.unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     let (_, r) = store
-        .reserve_credential(&s.id, "aa".into(), CertProfile::MtlsClient, t(2))
+        .reserve_credential(&s.id, cert("aa"), t(2))
         .await
         .unwrap();
     let r = r.unwrap();
@@ -264,7 +279,7 @@ async fn a_session_closed_while_signing_withholds_the_credential() {
         .finish_credential(
             &r,
             Finish::Issued {
-                der: vec![1],
+                der: Some(vec![1]),
                 key_sha256: "k".into(),
             },
             t(3),
@@ -283,7 +298,7 @@ async fn a_mint_finishing_after_closes_at_is_withheld() {
     store.create_session(s.clone(), ev, t(0)).await.unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     let (_, r) = store
-        .reserve_credential(&s.id, "bb".into(), CertProfile::MtlsClient, t(120))
+        .reserve_credential(&s.id, cert("bb"), t(120))
         .await
         .unwrap();
     let r = r.unwrap();
@@ -291,7 +306,7 @@ async fn a_mint_finishing_after_closes_at_is_withheld() {
         .finish_credential(
             &r,
             Finish::Issued {
-                der: vec![1],
+                der: Some(vec![1]),
                 key_sha256: "k".into(),
             },
             t(121),
@@ -309,7 +324,7 @@ async fn failed_signing_gives_the_slot_back() {
     store.create_session(s.clone(), ev, t(0)).await.unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     let (_, r) = store
-        .reserve_credential(&s.id, "cc".into(), CertProfile::MtlsClient, t(2))
+        .reserve_credential(&s.id, cert("cc"), t(2))
         .await
         .unwrap();
     assert_eq!(
@@ -322,7 +337,7 @@ async fn failed_signing_gives_the_slot_back() {
     assert_eq!(store.session(&s.id, t(3)).await.unwrap().minted, 0);
     assert!(store.credentials(&s.id).await.unwrap().is_empty());
     let (_, r) = store
-        .reserve_credential(&s.id, "dd".into(), CertProfile::MtlsClient, t(3))
+        .reserve_credential(&s.id, cert("dd"), t(3))
         .await
         .unwrap();
     assert!(r.is_some());
@@ -337,7 +352,7 @@ async fn reservations_left_by_a_crash_are_voided_on_recovery() {
         store.create_session(s.clone(), ev, t(0)).await.unwrap();
         approve(&store, &s, "token:approver-0", 1).await.unwrap();
         store
-            .reserve_credential(&s.id, "ee".into(), CertProfile::MtlsClient, t(2))
+            .reserve_credential(&s.id, cert("ee"), t(2))
             .await
             .unwrap();
         // The process dies here.

@@ -27,6 +27,7 @@ fn spec(profile: CertProfile, not_after: Timestamp) -> LeafSpec {
                 opened_at: SystemClock.now(),
             }),
         },
+        revocation: None,
     }
 }
 

@@ -6,6 +6,7 @@
 mod error;
 mod health;
 mod openapi;
+mod published;
 mod sessions;
 pub mod setup;
 pub mod tls;
@@ -82,7 +83,13 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/v1/sessions/{id}/close", post(sessions::close))
         .route("/v1/sessions/{id}/revoke", post(sessions::revoke))
         .route("/v1/sessions/{id}/certificate", post(sessions::certificate))
+        .route("/v1/sessions/{id}/token", post(published::token))
         .route("/v1/ca", get(health::ca))
+        .route("/v1/crl", get(published::crl))
+        .route("/v1/ocsp", post(published::ocsp_post))
+        .route("/v1/ocsp/{request}", get(published::ocsp_get))
+        .route("/v1/introspect", post(published::introspect))
+        .route("/.well-known/jwks.json", get(published::jwks))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::document))

@@ -1,20 +1,19 @@
 //! The session and certificate endpoints.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::error::{ApiError, ErrorBody, JsonBody, bytes_rejection};
 use super::views::{
     CertificateView, CsrBody, NewSessionBody, RevokeBody, SessionList, SessionView, VoteBody,
 };
-use super::{AppState, Authenticated};
+use super::{AppState, Authenticated, Peer};
 use crate::service::NewSession;
-use crate::sessions::{Session, SessionId, State as SessionState, parse_hash};
-use crate::x509::CertProfile;
+use crate::sessions::{Profile, Session, SessionId, State as SessionState, parse_hash};
 
 /// Longest reason accepted with a denial or revocation.
 const MAX_REASON: usize = 500;
@@ -51,13 +50,13 @@ fn reason(text: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
-fn profile(text: &str) -> Result<CertProfile, ApiError> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+fn profile(text: &str) -> Result<Profile, ApiError> {
+    Profile::parse(text).ok_or_else(|| {
         ApiError::new(
             400,
             "invalid_request",
             format!(
-                "profile `{}` is not one of mtls-client, code-signing",
+                "profile `{}` is not one of mtls-client, code-signing, token",
                 text.chars().take(40).collect::<String>().escape_debug()
             ),
         )
@@ -230,7 +229,10 @@ pub async fn revoke(
 ) -> Result<Json<SessionView>, ApiError> {
     let id = session_id(&id)?;
     let note = reason(Some(body.reason))?.unwrap_or_default();
-    let s = app.service.revoke(&caller, &id, note).await?;
+    let s = app
+        .service
+        .revoke(&caller, &id, note, body.reason_code)
+        .await?;
     Ok(respond(&app, &caller, &s))
 }
 
@@ -283,10 +285,12 @@ pub async fn certificate(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
     Path(id): Path<String>,
+    peer: Option<Extension<Peer>>,
     CsrInput(csr): CsrInput,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = session_id(&id)?;
-    let issued = app.service.certificate(&caller, &id, csr).await?;
+    let peer = peer.map(|Extension(p)| p.0.ip());
+    let issued = app.service.certificate(&caller, &id, csr, peer).await?;
     let view = CertificateView {
         session: issued.session.to_string(),
         serial: issued.serial,

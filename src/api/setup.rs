@@ -17,8 +17,9 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
 use crate::policy::Policy;
-use crate::service::Service;
+use crate::service::{Service, ServiceParts};
 use crate::store::{SqliteStore, Store};
+use crate::tokens::TokenSigner;
 
 /// Everything needed to serve, built from the configuration.
 pub struct Prepared {
@@ -35,6 +36,10 @@ pub struct Prepared {
     /// The minted server identity, to renew as it ages (none when a
     /// certificate is configured).
     pub identity: Option<Arc<MintedIdentity>>,
+    /// `[server] public_url`, if configured.
+    pub public_url: Option<String>,
+    /// The host name to use in the default public URL.
+    pub public_host: String,
 }
 
 fn missing(section: &str) -> Error {
@@ -104,14 +109,35 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         tracing::warn!("no API tokens and no OIDC issuers are configured: nobody can call the API");
     }
 
-    let service = Arc::new(Service::new(
-        store as Arc<dyn Store>,
-        policy.clone(),
-        issuer.clone(),
+    let token_signer = match &config.keys.token {
+        None => None,
+        Some(key) => {
+            let key = key.clone();
+            let backend = backend.clone();
+            let opened = tokio::task::spawn_blocking(move || backend.open_key(&key))
+                .await
+                .map_err(|e| Error::InvalidArgument(format!("start-up task failed: {e}")))??;
+            Some(TokenSigner::new(opened))
+        }
+    };
+    let parts = ServiceParts {
+        store: store as Arc<dyn Store>,
+        policy: policy.clone(),
+        issuer: issuer.clone(),
         backend,
-        clock.clone(),
-        server.organization.clone(),
-    ));
+        clock: clock.clone(),
+        organization: server.organization.clone(),
+        tokens: token_signer,
+        crl_validity_secs: config
+            .revocation
+            .crl_secs()
+            .map_err(Error::InvalidArgument)?,
+        ocsp_validity_secs: config
+            .revocation
+            .ocsp_secs()
+            .map_err(Error::InvalidArgument)?,
+    };
+    let service = Arc::new(Service::new(parts).map_err(|e| Error::InvalidArgument(e.to_string()))?);
     let state = AppState {
         service,
         auth: Arc::new(Authenticator::new(tokens, oidc)),
@@ -150,6 +176,12 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         listen,
         sweep_interval,
         identity,
+        public_url: server.public_url.clone(),
+        public_host: server
+            .hostnames
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into()),
     })
 }
 
@@ -162,6 +194,18 @@ impl Prepared {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
         let service = self.state.service.clone();
+        let url = match &self.public_url {
+            Some(url) => url.clone(),
+            None => {
+                let port = listener.local_addr()?.port();
+                let host = match self.public_host.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+                    _ => self.public_host.clone(),
+                };
+                format!("https://{host}:{port}")
+            }
+        };
+        service.set_public_url(&url);
         let interval = self.sweep_interval.max(Duration::from_millis(100));
         let identity = self.identity.clone();
         let background = tokio::spawn(async move {

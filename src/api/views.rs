@@ -41,6 +41,12 @@ pub struct VoteBody {
 pub struct RevokeBody {
     /// Why the session is ended (recorded and returned).
     pub reason: String,
+    /// The reason code relying parties see for its certificates:
+    /// `unspecified`, `key-compromise`, `affiliation-changed`, `superseded`,
+    /// `cessation-of-operation` or `privilege-withdrawn` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub reason_code: Option<crate::sessions::RevocationReason>,
 }
 
 /// `POST /v1/sessions/{id}/certificate` with a JSON body (a raw
@@ -65,6 +71,46 @@ pub struct CertificateView {
     pub chain: String,
     /// `notAfter`, RFC 3339: the session's `closes_at`.
     pub not_after: String,
+}
+
+/// `POST /v1/sessions/{id}/token` (the body may be empty).
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    /// The audience (`aud`); default the session's resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// A certificate of this session (PEM) to bind the token to (`cnf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// Or that certificate's RFC 8705 thumbprint.
+    #[serde(default, rename = "x5t#S256", skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+}
+
+/// A token minted for a session.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    /// The session.
+    pub session: String,
+    /// The JWT.
+    pub token: String,
+    /// `Bearer`.
+    pub token_type: String,
+    /// Its `jti`.
+    pub jti: String,
+    /// Its `aud`.
+    pub audience: String,
+    /// Its `exp`, RFC 3339: the session's `closes_at`.
+    pub expires_at: String,
+}
+
+/// An RFC 7662 introspection answer: `active`, and the token's claims when
+/// active.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IntrospectionView {
+    /// Whether the token is valid now.
+    pub active: bool,
 }
 
 /// An approval or denial.

@@ -73,7 +73,8 @@ impl CertSummary {
 /// What `init` did.
 #[derive(Clone, Debug, Serialize)]
 pub struct InitReport {
-    /// `self-signed-root`, `external-root-csr` or `installed-chain`.
+    /// `self-signed-root`, `external-root-csr`, `installed-chain` or
+    /// `added-service-keys`.
     pub mode: &'static str,
     /// The device holding the keys.
     pub backend: String,
@@ -88,6 +89,8 @@ pub struct InitReport {
     pub csr: Option<PathBuf>,
     /// Files written.
     pub files: Vec<PathBuf>,
+    /// Service keys created beside the CA (`token`).
+    pub service_keys: Vec<String>,
 }
 
 /// Keys created during this `init`, destroyed again if it fails, so a
@@ -138,21 +141,55 @@ pub fn init(
     } else {
         vec![&config.keys.root, &config.keys.issuing]
     };
-    if !options.force {
-        for key in &roles {
-            if backend.key_exists(key)? {
-                return Err(crate::keys::KeyError::KeyExists {
-                    device: backend.describe(),
-                    key: key.to_string(),
-                }
-                .into());
-            }
-        }
-    }
     let mut created = Created {
         backend,
         keys: Vec::new(),
     };
+    if !options.force {
+        let mut existing = Vec::new();
+        for key in &roles {
+            if backend.key_exists(key)? {
+                existing.push(*key);
+            }
+        }
+        if let Some(first) = existing.first() {
+            // The CA is there already. Service keys added to the
+            // configuration since are created; nothing else changes.
+            let mut missing = Vec::new();
+            for (role, key) in config.keys.service_keys() {
+                if !backend.key_exists(key)? {
+                    missing.push((role, key));
+                }
+            }
+            if existing.len() < roles.len() || missing.is_empty() {
+                return Err(crate::keys::KeyError::KeyExists {
+                    device: backend.describe(),
+                    key: first.to_string(),
+                }
+                .into());
+            }
+            let mut service_keys = Vec::new();
+            for (role, key) in missing {
+                created.generate(key, false)?;
+                service_keys.push(role.to_owned());
+            }
+            created.keep();
+            return Ok(InitReport {
+                mode: "added-service-keys",
+                backend: backend.describe(),
+                root: None,
+                issuing: None,
+                csr: None,
+                files: Vec::new(),
+                service_keys,
+            });
+        }
+    }
+    let mut service_keys = Vec::new();
+    for (role, key) in config.keys.service_keys() {
+        created.generate(key, options.force)?;
+        service_keys.push(role.to_owned());
+    }
     let not_before = now.plus_secs(-CA_BACKDATE_SECS);
     if options.external_root {
         let issuing = created.generate(&config.keys.issuing, options.force)?;
@@ -166,6 +203,7 @@ pub fn init(
             issuing: None,
             csr: Some(path.clone()),
             files: vec![path],
+            service_keys,
         });
     }
     let root_key = created.generate(&config.keys.root, options.force)?;
@@ -200,6 +238,7 @@ pub fn init(
         issuing: Some(CertSummary::of(&chain[0])?),
         csr: None,
         files: written,
+        service_keys,
     })
 }
 
@@ -224,6 +263,7 @@ pub fn install_chain(
         issuing: Some(CertSummary::of(&chain[0])?),
         csr: None,
         files: written,
+        service_keys: Vec::new(),
     })
 }
 

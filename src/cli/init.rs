@@ -64,6 +64,12 @@ fn text(r: &InitReport) -> String {
             "Installed the external chain for the key on {}.",
             r.backend
         ),
+        "added-service-keys" => writeln!(
+            s,
+            "The CA was already initialised on {}; created the missing service keys: {}.",
+            r.backend,
+            r.service_keys.join(", ")
+        ),
         _ => writeln!(s, "CA initialised; keys generated on {}.", r.backend),
     };
     for (role, c) in [("root", &r.root), ("issuing", &r.issuing)] {
@@ -80,6 +86,13 @@ fn text(r: &InitReport) -> String {
     }
     for f in &r.files {
         let _ = writeln!(s, "  wrote    {}", f.display());
+    }
+    if r.mode != "added-service-keys" && !r.service_keys.is_empty() {
+        let _ = writeln!(
+            s,
+            "  keys     {} (generated on the device)",
+            r.service_keys.join(", ")
+        );
     }
     s
 }

@@ -9,6 +9,7 @@ mod keys;
 mod output;
 mod serve;
 mod session;
+mod token;
 
 use std::path::PathBuf;
 
@@ -69,6 +70,8 @@ pub enum Command {
     Revoke(session::RevokeArgs),
     /// Get a certificate for an open session.
     Cert(cert::CertArgs),
+    /// Get a session-bound token (JWT) for an open session.
+    Token(token::TokenArgs),
 }
 
 impl Cli {
@@ -88,6 +91,7 @@ impl Cli {
             Command::Close(args) => session::close(args, out),
             Command::Revoke(args) => session::revoke(args, out),
             Command::Cert(args) => cert::run(args, out),
+            Command::Token(args) => token::run(args, out),
         }
     }
 }

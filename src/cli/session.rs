@@ -105,6 +105,17 @@ pub struct RevokeArgs {
     /// Why (recorded).
     #[arg(long)]
     reason: String,
+    /// The reason code relying parties see: unspecified, key-compromise,
+    /// affiliation-changed, superseded, cessation-of-operation or
+    /// privilege-withdrawn (the default).
+    #[arg(long, value_parser = parse_reason_code)]
+    reason_code: Option<crate::sessions::RevocationReason>,
+}
+
+fn parse_reason_code(text: &str) -> Result<crate::sessions::RevocationReason, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        "one of unspecified, key-compromise, affiliation-changed, superseded, cessation-of-operation, privilege-withdrawn".to_owned()
+    })
 }
 
 fn parse_duration(text: &str) -> Result<u32, String> {
@@ -425,7 +436,7 @@ pub fn close(args: CloseArgs, out: Output) -> Result<(), Error> {
 /// Runs `revoke`.
 pub fn revoke(args: RevokeArgs, out: Output) -> Result<(), Error> {
     let client = args.client.client()?;
-    let s = runtime()?.block_on(client.revoke(&args.id, args.reason))?;
+    let s = runtime()?.block_on(client.revoke(&args.id, args.reason, args.reason_code))?;
     out.print(&s, || format!("revoked {}\n", s.id));
     Ok(())
 }

@@ -278,6 +278,46 @@ impl Signature {
     }
 }
 
+/// A software key for unit tests of code that signs through the boundary.
+#[cfg(test)]
+pub(crate) mod soft {
+    use super::*;
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+
+    /// An in-memory P-256 key (tests only).
+    #[derive(Debug)]
+    pub struct SoftKey {
+        key: p256::ecdsa::SigningKey,
+        public: PublicKey,
+    }
+
+    impl SoftKey {
+        /// A key derived from `seed` (deterministic, tests only).
+        pub fn new(seed: u8) -> Self {
+            let key = p256::ecdsa::SigningKey::from_slice(&[seed.max(1); 32]).unwrap();
+            let public =
+                PublicKey::from_p256_sec1(key.verifying_key().to_sec1_point(false).as_bytes())
+                    .unwrap();
+            Self { key, public }
+        }
+    }
+
+    impl DeviceKey for SoftKey {
+        fn name(&self) -> &str {
+            "soft"
+        }
+
+        fn public_key(&self) -> &PublicKey {
+            &self.public
+        }
+
+        fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, KeyError> {
+            let sig: p256::ecdsa::Signature = self.key.sign_prehash(digest).unwrap();
+            Signature::from_raw(&sig.to_bytes())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

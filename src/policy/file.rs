@@ -22,7 +22,15 @@
 //! credentials = 1                     # default 1 (one-shot)
 //! denials_to_close = 1                # default 1
 //! claims = { ref = "refs/heads/main" } # OIDC claims required of requesters
+//! audiences = ["payroll-api"]        # token audiences besides the resource
+//! count_tokens = true                 # tokens count against `credentials`
+//! conditions = { source_networks = ["10.0.0.0/8"], requester_token_valid = true }
 //! ```
+//!
+//! `profiles` may list `token` (session-bound JWTs): a session requested
+//! with profile `token` mints only tokens; a certificate session of such a
+//! resource may also mint tokens bound to its certificate. `conditions` are
+//! checked again at every mint, and a failed one revokes the session.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -32,8 +40,8 @@ use serde::Deserialize;
 
 use super::{Policy, ResourceMatch, ResourceRule, Tenant};
 use crate::identity;
-use crate::sessions::{Rules, validate_resource};
-use crate::x509::CertProfile;
+use crate::sessions::Profile;
+use crate::sessions::{Conditions, Rules, validate_resource};
 
 /// The longest session a policy may allow: 30 days.
 const MAX_SESSION_SECS: u64 = 30 * 86_400;
@@ -101,13 +109,32 @@ struct ResourceFile {
     max_duration: String,
     #[serde(default = "default_pending")]
     pending_timeout: String,
-    profiles: Vec<CertProfile>,
+    profiles: Vec<Profile>,
     #[serde(default = "one")]
     credentials: u32,
     #[serde(default = "one")]
     denials_to_close: u32,
     #[serde(default)]
     claims: BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    count_tokens: bool,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    conditions: ConditionsFile,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConditionsFile {
+    #[serde(default)]
+    source_networks: Vec<String>,
+    #[serde(default)]
+    requester_token_valid: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_pending() -> String {
@@ -248,6 +275,27 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
                 return Err(bad("claims need a name and a value pattern".into()));
             }
         }
+        for net in &r.conditions.source_networks {
+            net.parse::<ipnet::IpNet>().map_err(|_| {
+                bad(format!(
+                    "conditions.source_networks: `{net}` is not a network like 10.0.0.0/8 or ::1/128"
+                ))
+            })?;
+        }
+        for aud in &r.audiences {
+            if aud.is_empty() || aud.len() > 200 || !aud.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad(format!(
+                    "audience `{}` must be 1 to 200 printable ASCII characters",
+                    aud.escape_debug()
+                )));
+            }
+        }
+        if !r.audiences.is_empty() && !r.profiles.contains(&Profile::Token) {
+            return Err(bad(
+                "audiences are given but `token` is not among the profiles".into(),
+            ));
+        }
+        let tokens_allowed = r.profiles.contains(&Profile::Token);
         resources.push(ResourceRule {
             matches,
             tenant: r.tenant,
@@ -261,6 +309,13 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
                 pending_timeout_secs: pending,
                 credentials: r.credentials,
                 denials_to_close: r.denials_to_close,
+                tokens_allowed,
+                count_tokens: r.count_tokens,
+                audiences: r.audiences,
+                conditions: Conditions {
+                    source_networks: r.conditions.source_networks,
+                    requester_token_valid: r.conditions.requester_token_valid,
+                },
             },
         });
     }

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
 use crate::identity;
+use crate::sessions::Profile;
 use crate::sessions::Rules;
-use crate::x509::CertProfile;
 
 pub use file::PolicyError;
 
@@ -57,7 +57,7 @@ pub struct ResourceRule {
     /// OIDC claims a requester's token must carry (value patterns).
     pub claims: BTreeMap<String, String>,
     /// Which credential profiles may be asked for.
-    pub profiles: Vec<CertProfile>,
+    pub profiles: Vec<Profile>,
     /// The rules copied into each session.
     pub rules: Rules,
 }
@@ -185,7 +185,7 @@ impl Policy {
         &self,
         caller: &Caller,
         resource: &str,
-        profile: CertProfile,
+        profile: Profile,
     ) -> Result<&ResourceRule, Refusal> {
         let rule = self
             .rule(resource)

@@ -70,32 +70,27 @@ fn requests_are_authorized_by_identity_tenant_claims_and_profile() {
     let p = example();
     let alice = Caller::new("token:alice");
     assert!(
-        p.authorize_request(&alice, "db:payroll", CertProfile::MtlsClient)
+        p.authorize_request(&alice, "db:payroll", Profile::MtlsClient)
             .is_ok()
     );
-    let cases: Vec<(Caller, &str, CertProfile, &str)> = vec![
-        (
-            alice.clone(),
-            "db:other",
-            CertProfile::MtlsClient,
-            "no_policy",
-        ),
+    let cases: Vec<(Caller, &str, Profile, &str)> = vec![
+        (alice.clone(), "db:other", Profile::MtlsClient, "no_policy"),
         (
             alice.clone(),
             "db:payroll",
-            CertProfile::CodeSigning,
+            Profile::CodeSigning,
             "profile_not_allowed",
         ),
         (
             Caller::new("token:bob"),
             "db:payroll",
-            CertProfile::MtlsClient,
+            Profile::MtlsClient,
             "not_a_requester",
         ),
         (
             Caller::new("token:alicex"),
             "db:payroll",
-            CertProfile::MtlsClient,
+            Profile::MtlsClient,
             "not_a_requester",
         ),
         (
@@ -104,7 +99,7 @@ fn requests_are_authorized_by_identity_tenant_claims_and_profile() {
                 serde_json::json!({"ref": "refs/heads/dev", "repository_owner": "acme"}),
             ),
             "release:acme/app",
-            CertProfile::CodeSigning,
+            Profile::CodeSigning,
             "claim_mismatch",
         ),
         (
@@ -113,7 +108,7 @@ fn requests_are_authorized_by_identity_tenant_claims_and_profile() {
                 serde_json::json!({"ref": "refs/heads/main"}),
             ),
             "release:acme/app",
-            CertProfile::CodeSigning,
+            Profile::CodeSigning,
             "claim_mismatch",
         ),
         (
@@ -122,13 +117,13 @@ fn requests_are_authorized_by_identity_tenant_claims_and_profile() {
                 serde_json::json!({"ref": "refs/heads/main", "repository_owner": "acme"}),
             ),
             "release:acme/app",
-            CertProfile::CodeSigning,
+            Profile::CodeSigning,
             "not_a_requester",
         ),
         (
             Caller::new("token:ops"),
             "ot-gateway:plant7/line-1",
-            CertProfile::MtlsClient,
+            Profile::MtlsClient,
             "wrong_tenant",
         ),
     ];
@@ -141,12 +136,12 @@ fn requests_are_authorized_by_identity_tenant_claims_and_profile() {
         serde_json::json!({"ref": "refs/heads/main", "repository_owner": "acme"}),
     );
     assert!(
-        p.authorize_request(&ci, "release:acme/app", CertProfile::CodeSigning)
+        p.authorize_request(&ci, "release:acme/app", Profile::CodeSigning)
             .is_ok()
     );
     let vendor = Caller::new("token:vendor-support");
     let rule = p
-        .authorize_request(&vendor, "ot-gateway:plant7/line-1", CertProfile::MtlsClient)
+        .authorize_request(&vendor, "ot-gateway:plant7/line-1", Profile::MtlsClient)
         .unwrap();
     assert_eq!(rule.tenant.as_deref(), Some("plant7"));
 }

@@ -37,9 +37,26 @@ pub enum ServiceError {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// A condition of the policy no longer holds; the session was revoked.
+    #[error("condition failed: {0}; the session has been revoked")]
+    ConditionFailed(String),
+    /// The token audience is not allowed for the session's resource.
+    #[error(
+        "audience `{0}` is not allowed for this resource (ask for the resource itself or one the policy lists)"
+    )]
+    AudienceNotAllowed(String),
+    /// No token key is configured.
+    #[error("tokens are not configured: add [keys.token] and run `lockstep init`")]
+    TokensNotConfigured,
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<der::Error> for ServiceError {
+    fn from(e: der::Error) -> Self {
+        Self::Internal(format!("DER: {e}"))
+    }
 }
 
 impl ServiceError {
@@ -55,6 +72,9 @@ impl ServiceError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "session_not_found",
             Self::BadRequest(_) => "invalid_request",
+            Self::ConditionFailed(_) => "condition_failed",
+            Self::AudienceNotAllowed(_) => "audience_not_allowed",
+            Self::TokensNotConfigured => "tokens_not_configured",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -65,7 +85,11 @@ impl ServiceError {
             Self::Auth(AuthError::Unavailable(_)) => 503,
             Self::Auth(AuthError::Config(_)) => 500,
             Self::Auth(_) => 401,
-            Self::Policy(_) | Self::Forbidden(_) => 403,
+            Self::Policy(_)
+            | Self::Forbidden(_)
+            | Self::ConditionFailed(_)
+            | Self::AudienceNotAllowed(_) => 403,
+            Self::TokensNotConfigured => 409,
             Self::Session(e) => match e {
                 SessionError::InvalidRequest(_) | SessionError::InvalidDuration(_) => 400,
                 SessionError::SelfApproval

@@ -1,12 +1,14 @@
 //! The issuer service, independent of transport: who may do what to which
-//! session, and minting certificates for open sessions. The HTTP API is a
-//! thin layer over this.
+//! session, minting credentials for open sessions, and publishing their
+//! revocation. The HTTP API is a thin layer over this.
 //!
 //! Every refused call on a session is recorded as a `refused` event.
 
 mod error;
+mod mint;
+mod published;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
@@ -14,15 +16,20 @@ use crate::auth::Caller;
 use crate::clock::{Clock, Timestamp};
 use crate::keys::KeyBackend;
 use crate::policy::Policy;
-use crate::sessions::{Actor, Event, Request, Session, SessionError, SessionId, SessionOp, State};
-use crate::store::{Applied, Finish, Finished, SessionFilter, Store};
-use crate::x509::csr::{VerifiedCsr, parse_and_verify};
-use crate::x509::extension::ApprovalEvidence;
-use crate::x509::{
-    CertProfile, Issuer, LeafSpec, San, SessionEvidence, SubjectName, random_serial,
+use crate::revocation::CrlPublisher;
+use crate::revocation::ocsp::Responder;
+use crate::sessions::{
+    Actor, Event, Profile, Request, RevocationReason, Session, SessionError, SessionId, SessionOp,
+    State,
 };
+use crate::store::{Applied, SessionFilter, Store};
+use crate::tokens::TokenSigner;
+use crate::x509::csr::{VerifiedCsr, parse_and_verify};
+use crate::x509::{Issuer, RevocationUrls};
 
 pub use error::ServiceError;
+pub use mint::{IssuedToken, TokenRequest};
+pub use published::Introspection;
 
 /// What a requester asks for.
 #[derive(Clone, Debug)]
@@ -36,7 +43,7 @@ pub struct NewSession {
     /// Seconds the session stays open once approved.
     pub duration_secs: u32,
     /// Credential profile.
-    pub profile: CertProfile,
+    pub profile: Profile,
 }
 
 /// A certificate handed out for a session.
@@ -68,6 +75,28 @@ pub enum Relation {
     Auditor,
 }
 
+/// What a service is made of.
+pub struct ServiceParts {
+    /// Where state is kept.
+    pub store: Arc<dyn Store>,
+    /// Who may do what.
+    pub policy: Arc<Policy>,
+    /// The issuing CA.
+    pub issuer: Arc<Issuer>,
+    /// The key device (for readiness).
+    pub backend: Arc<dyn KeyBackend>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// `O` of session certificates' subjects.
+    pub organization: String,
+    /// The token signer, if tokens are configured.
+    pub tokens: Option<TokenSigner>,
+    /// CRL lifetime, seconds.
+    pub crl_validity_secs: i64,
+    /// OCSP response lifetime, seconds.
+    pub ocsp_validity_secs: i64,
+}
+
 /// The issuer service.
 pub struct Service {
     store: Arc<dyn Store>,
@@ -76,6 +105,11 @@ pub struct Service {
     backend: Arc<dyn KeyBackend>,
     clock: Arc<dyn Clock>,
     organization: String,
+    tokens: Option<TokenSigner>,
+    crl: CrlPublisher,
+    ocsp: Responder,
+    ocsp_validity_secs: i64,
+    public_url: RwLock<Option<String>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -87,24 +121,59 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// A service over its parts. `organization` is the `O` of session
-    /// certificates' subjects.
-    pub fn new(
-        store: Arc<dyn Store>,
-        policy: Arc<Policy>,
-        issuer: Arc<Issuer>,
-        backend: Arc<dyn KeyBackend>,
-        clock: Arc<dyn Clock>,
-        organization: String,
-    ) -> Self {
-        Self {
-            store,
-            policy,
-            issuer,
-            backend,
-            clock,
-            organization,
-        }
+    /// A service over its parts.
+    pub fn new(parts: ServiceParts) -> Result<Self, ServiceError> {
+        let issuing = parts
+            .issuer
+            .chain()
+            .first()
+            .ok_or_else(|| ServiceError::Internal("empty chain".into()))?;
+        let tbs = issuing.tbs_certificate();
+        let name = der::Encode::to_der(tbs.subject())?;
+        let spki = der::Encode::to_der(tbs.subject_public_key_info())?;
+        let ocsp =
+            Responder::new(&name, &spki).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(Self {
+            crl: CrlPublisher::new(
+                parts.issuer.clone(),
+                parts.store.clone(),
+                parts.crl_validity_secs,
+            ),
+            ocsp,
+            ocsp_validity_secs: parts.ocsp_validity_secs,
+            store: parts.store,
+            policy: parts.policy,
+            issuer: parts.issuer,
+            backend: parts.backend,
+            clock: parts.clock,
+            organization: parts.organization,
+            tokens: parts.tokens,
+            public_url: RwLock::new(None),
+        })
+    }
+
+    /// Sets the URL relying parties reach the service at; certificates
+    /// minted from now on name its CRL and OCSP locations, and tokens use it
+    /// as `iss`.
+    pub fn set_public_url(&self, url: &str) {
+        *self.public_url.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(url.trim_end_matches('/').to_owned());
+    }
+
+    /// The public URL, once set.
+    pub fn public_url(&self) -> Option<String> {
+        self.public_url
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The CRL and OCSP locations, once the public URL is known.
+    pub fn revocation_urls(&self) -> Option<RevocationUrls> {
+        self.public_url().map(|u| RevocationUrls {
+            crl: format!("{u}/v1/crl"),
+            ocsp: format!("{u}/v1/ocsp"),
+        })
     }
 
     /// Now, from the service's clock.
@@ -168,6 +237,11 @@ impl Service {
             Ok(rule) => rule.clone(),
             Err(refusal) => return self.refuse(caller, None, "request", refusal.into()).await,
         };
+        let requester_expires = caller
+            .claims
+            .get("exp")
+            .and_then(serde_json::Value::as_i64)
+            .map(Timestamp::from_unix);
         let request = Request {
             tenant: rule.tenant.clone(),
             requester: caller.identity.clone(),
@@ -179,10 +253,11 @@ impl Service {
         };
         let now = self.now();
         let id = SessionId::generate()?;
-        let (session, event) = match Session::new(id, request, rule.rules, now) {
+        let (mut session, event) = match Session::new(id, request, rule.rules, now) {
             Ok(created) => created,
             Err(e) => return self.refuse(caller, None, "request", e.into()).await,
         };
+        session.requester_credential_expires = requester_expires;
         self.store
             .create_session(session.clone(), event, now)
             .await?;
@@ -360,12 +435,15 @@ impl Service {
         Ok(s)
     }
 
-    /// An approver or operator ends a session (`revoked`), with a reason.
+    /// An approver or operator ends a session (`revoked`), with a reason
+    /// and optionally the reason code relying parties see (default
+    /// privilegeWithdrawn).
     pub async fn revoke(
         &self,
         caller: &Caller,
         id: &SessionId,
         reason: String,
+        code: Option<RevocationReason>,
     ) -> Result<Session, ServiceError> {
         let (_, relation) = self.visible(caller, id, "revoke").await?;
         let actor = match relation {
@@ -388,133 +466,12 @@ impl Service {
                     by: caller.identity.clone(),
                     actor,
                     note: reason,
+                    reason: code,
                 },
             )
             .await?;
         tracing::info!(session = %id, by = %caller.identity, "session revoked");
         Ok(s)
-    }
-
-    /// Mints a certificate for the CSR's key, for the requester of an open
-    /// session, under its credential limit.
-    pub async fn certificate(
-        &self,
-        caller: &Caller,
-        id: &SessionId,
-        csr: Vec<u8>,
-    ) -> Result<IssuedCredential, ServiceError> {
-        let (session, relation) = self.visible(caller, id, "certificate").await?;
-        if relation != Relation::Requester {
-            let err: ServiceError = SessionError::NotRequester("mint a credential for").into();
-            return self.refuse(caller, Some(id), "certificate", err).await;
-        }
-        // Check the CSR before taking a slot: a bad CSR costs nothing.
-        let csr = match tokio::task::spawn_blocking(move || parse_and_verify(&csr)).await {
-            Ok(Ok(csr)) => csr,
-            Ok(Err(e)) => return self.refuse(caller, Some(id), "certificate", e.into()).await,
-            Err(e) => return Err(ServiceError::Internal(format!("CSR task failed: {e}"))),
-        };
-        let serial = random_serial()?;
-        let serial_hex = hex::encode(serial.as_bytes());
-        let profile = session.request.profile;
-        let (applied, reservation) = match self
-            .store
-            .reserve_credential(id, serial_hex, profile, self.now())
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return self.refuse(caller, Some(id), "certificate", e.into()).await,
-        };
-        let reservation = match (applied.result, reservation) {
-            (Ok(_), Some(r)) => r,
-            (Err(e), _) => return self.refuse(caller, Some(id), "certificate", e.into()).await,
-            (Ok(_), None) => return Err(ServiceError::Internal("no reservation".into())),
-        };
-        let spec = self.leaf_spec(&applied.session, reservation.not_after);
-        let issuer = self.issuer.clone();
-        let now = self.now();
-        let minted =
-            tokio::task::spawn_blocking(move || issuer.mint_with_serial(&csr, &spec, serial, now))
-                .await
-                .map_err(|e| ServiceError::Internal(format!("signing task failed: {e}")))
-                .and_then(|r| r.map_err(ServiceError::from));
-        let issued = match minted {
-            Ok(issued) => issued,
-            Err(e) => {
-                // Nothing was issued: give the slot back.
-                self.store
-                    .finish_credential(&reservation, Finish::Failed, self.now())
-                    .await?;
-                return self.refuse(caller, Some(id), "certificate", e).await;
-            }
-        };
-        let finished = self
-            .store
-            .finish_credential(
-                &reservation,
-                Finish::Issued {
-                    der: issued.der.clone(),
-                    key_sha256: hex::encode(issued.key_fingerprint),
-                },
-                self.now(),
-            )
-            .await?;
-        if let Finished::Withheld(reason) = finished {
-            let err: ServiceError = SessionError::Closed(reason).into();
-            return self.refuse(caller, Some(id), "certificate", err).await;
-        }
-        tracing::info!(session = %id, serial = %issued.serial, not_after = %issued.not_after, "certificate issued");
-        Ok(IssuedCredential {
-            session: id.clone(),
-            certificate: issued.pem()?,
-            chain: self.issuer.chain_pem().to_owned(),
-            serial: issued.serial,
-            not_after: issued.not_after,
-        })
-    }
-
-    /// What a session's certificate says: subject and SANs from the
-    /// session, never from the CSR.
-    ///
-    /// - subject: `CN=<resource>` (or the session id when the resource is
-    ///   longer than 64 characters), `OU=<tenant>` when there is one,
-    ///   `O=<[server] organization>`;
-    /// - SANs: `urn:lockstep:session:<id>`, `urn:lockstep:resource:<resource>`
-    ///   and `urn:lockstep:requester:<identity>` (percent-encoded);
-    /// - the session extension with the request hash and the approvers.
-    fn leaf_spec(&self, session: &Session, not_after: Timestamp) -> LeafSpec {
-        let r = &session.request;
-        let common_name = if r.resource.chars().count() <= 64 {
-            r.resource.clone()
-        } else {
-            session.id.to_string()
-        };
-        LeafSpec {
-            subject: SubjectName {
-                common_name,
-                organization: Some(self.organization.clone()),
-                organizational_unit: r.tenant.clone(),
-                country: None,
-            },
-            sans: vec![
-                San::Uri(format!("urn:lockstep:session:{}", session.id)),
-                San::Uri(format!("urn:lockstep:resource:{}", urn_encode(&r.resource))),
-                San::Uri(format!(
-                    "urn:lockstep:requester:{}",
-                    urn_encode(&r.requester)
-                )),
-            ],
-            profile: r.profile,
-            not_after,
-            session: SessionEvidence {
-                session_id: session.id.to_string(),
-                approval: Some(ApprovalEvidence {
-                    request_hash: session.request_hash,
-                    approvers: session.approvals.iter().map(|v| v.by.clone()).collect(),
-                    opened_at: session.opened_at.unwrap_or(session.created_at),
-                }),
-            },
-        }
     }
 
     /// Closes due sessions; run periodically.
@@ -547,35 +504,5 @@ impl Service {
     /// Checks a CSR without minting (used by tests and tools).
     pub fn check_csr(csr: &[u8]) -> Result<VerifiedCsr, ServiceError> {
         Ok(parse_and_verify(csr)?)
-    }
-}
-
-/// Percent-encodes everything but unreserved characters and `:/@` for a
-/// URN's specific part.
-fn urn_encode(s: &str) -> String {
-    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~')
-        .remove(b':')
-        .remove(b'/')
-        .remove(b'@');
-    utf8_percent_encode(s, KEEP).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urns_keep_identities_readable_and_valid() {
-        assert_eq!(urn_encode("token:alice"), "token:alice");
-        assert_eq!(
-            urn_encode("oidc:https://idp.example:repo:acme/app ref"),
-            "oidc:https://idp.example:repo:acme/app%20ref"
-        );
-        assert_eq!(urn_encode("ü"), "%C3%BC");
     }
 }

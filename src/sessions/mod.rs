@@ -13,16 +13,21 @@
 
 mod event;
 mod id;
+mod profile;
 mod request;
 mod session;
 
 pub use event::Event;
 pub use id::SessionId;
+pub use profile::Profile;
 pub use request::{
     MAX_DIGEST_LEN, MAX_RESOURCE_LEN, MAX_TASK_LEN, Request, format_hash, parse_hash,
     validate_resource,
 };
-pub use session::{Actor, CloseReason, Closure, MintSlot, Rules, Session, SessionOp, State, Vote};
+pub use session::{
+    Actor, CloseReason, Closure, Conditions, MintSlot, RevocationReason, Rules, Session, SessionOp,
+    State, Vote,
+};
 
 /// Why a session operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -24,8 +24,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::Profile;
 use super::{SessionError, SessionId};
-use crate::x509::CertProfile;
 
 /// Longest resource name accepted.
 pub const MAX_RESOURCE_LEN: usize = 200;
@@ -51,7 +51,7 @@ pub struct Request {
     /// How long the session stays open once approved, in seconds.
     pub duration_secs: u32,
     /// Which credential it will mint.
-    pub profile: CertProfile,
+    pub profile: Profile,
 }
 
 impl Request {
@@ -200,7 +200,7 @@ mod tests {
             task: "sign release 1.2.3".into(),
             request_digest: Some(format!("sha256:{}", "ab".repeat(32))),
             duration_secs: 600,
-            profile: CertProfile::CodeSigning,
+            profile: Profile::CodeSigning,
         }
     }
 
@@ -234,7 +234,7 @@ mod tests {
                 ..request()
             },
             Request {
-                profile: CertProfile::MtlsClient,
+                profile: Profile::MtlsClient,
                 ..request()
             },
         ];

@@ -22,6 +22,83 @@ pub struct Rules {
     pub credentials: u32,
     /// Denials that close the session (1: one deny closes it).
     pub denials_to_close: u32,
+    /// Whether session-bound tokens may be minted (always for the `token`
+    /// profile; for certificate profiles when the policy allows tokens).
+    #[serde(default)]
+    pub tokens_allowed: bool,
+    /// Whether tokens count against `credentials`.
+    #[serde(default = "yes")]
+    pub count_tokens: bool,
+    /// Token audiences allowed besides the resource itself.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Conditions checked again at each mint; a failed one revokes the
+    /// session.
+    #[serde(default)]
+    pub conditions: Conditions,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Conditions a session must still meet each time it mints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conditions {
+    /// The minting caller's address must be in one of these networks
+    /// (CIDR); empty: any address.
+    #[serde(default)]
+    pub source_networks: Vec<String>,
+    /// The credential the requester asked with (an OIDC token) must not
+    /// have expired.
+    #[serde(default)]
+    pub requester_token_valid: bool,
+}
+
+/// The reason code given to relying parties (CRL, OCSP) for the
+/// credentials of a session that closed early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevocationReason {
+    /// No reason given.
+    Unspecified,
+    /// The credential's key may be compromised.
+    KeyCompromise,
+    /// The subject's relationship changed.
+    AffiliationChanged,
+    /// Replaced by another credential.
+    Superseded,
+    /// The work is done.
+    CessationOfOperation,
+    /// The privilege was withdrawn.
+    PrivilegeWithdrawn,
+}
+
+impl RevocationReason {
+    /// The RFC 5280 `CRLReason` code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Unspecified => 0,
+            Self::KeyCompromise => 1,
+            Self::AffiliationChanged => 3,
+            Self::Superseded => 4,
+            Self::CessationOfOperation => 5,
+            Self::PrivilegeWithdrawn => 9,
+        }
+    }
+
+    /// The reason for a `CRLReason` code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => Self::Unspecified,
+            1 => Self::KeyCompromise,
+            3 => Self::AffiliationChanged,
+            4 => Self::Superseded,
+            5 => Self::CessationOfOperation,
+            9 => Self::PrivilegeWithdrawn,
+            _ => return None,
+        })
+    }
 }
 
 /// Where a session is in its life.
@@ -107,6 +184,26 @@ pub struct Closure {
     /// The reason given with a revocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The reason code a revocation asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<RevocationReason>,
+}
+
+impl Closure {
+    /// Whether the credentials of a session that ended like this are
+    /// revoked, and why: closing, revoking or denying ends them early;
+    /// expiry and abandonment end nothing that is still valid.
+    pub fn revocation(&self) -> Option<RevocationReason> {
+        match self.reason {
+            CloseReason::Completed => Some(RevocationReason::CessationOfOperation),
+            CloseReason::Revoked => Some(
+                self.revocation_reason
+                    .unwrap_or(RevocationReason::PrivilegeWithdrawn),
+            ),
+            CloseReason::Denied => Some(RevocationReason::PrivilegeWithdrawn),
+            CloseReason::Expired | CloseReason::Abandoned => None,
+        }
+    }
 }
 
 /// Who may act on a session beyond its requester and approvers; decided
@@ -154,9 +251,15 @@ pub enum SessionOp {
         actor: Actor,
         /// Why.
         note: String,
+        /// The reason code for relying parties (default privilegeWithdrawn).
+        reason: Option<RevocationReason>,
     },
-    /// Take one credential slot before minting.
-    ReserveMint,
+    /// Take one credential slot before minting (`counted`), or only check
+    /// the session may mint (credentials that do not count).
+    ReserveMint {
+        /// Whether the credential counts against the limit.
+        counted: bool,
+    },
     /// Give back a slot whose minting failed before anything was issued.
     ReleaseMint,
 }
@@ -196,6 +299,10 @@ pub struct Session {
     pub closes_at: Option<Timestamp>,
     /// Credential slots taken.
     pub minted: u32,
+    /// When the credential the requester asked with expires (an OIDC
+    /// token's `exp`), for the `requester_token_valid` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester_credential_expires: Option<Timestamp>,
     /// How it ended.
     pub closure: Option<Closure>,
 }
@@ -258,6 +365,7 @@ impl Session {
             opened_at: None,
             closes_at: None,
             minted: 0,
+            requester_credential_expires: None,
             closure: None,
         };
         Ok((session, event))
@@ -316,11 +424,13 @@ impl Session {
                 events.push(e);
                 None
             }),
-            SessionOp::Revoke { by, note, .. } => self.revoke(by, note, now).map(|e| {
+            SessionOp::Revoke {
+                by, note, reason, ..
+            } => self.revoke(by, note, *reason, now).map(|e| {
                 events.push(e);
                 None
             }),
-            SessionOp::ReserveMint => self.reserve_mint().map(Some),
+            SessionOp::ReserveMint { counted } => self.reserve_mint(*counted).map(Some),
             SessionOp::ReleaseMint => {
                 self.minted = self.minted.saturating_sub(1);
                 Ok(None)
@@ -428,31 +538,43 @@ impl Session {
         Ok(self.close(CloseReason::Completed, now, Some(by.to_owned()), None))
     }
 
-    fn revoke(&mut self, by: &str, note: &str, now: Timestamp) -> Result<Event, SessionError> {
+    fn revoke(
+        &mut self,
+        by: &str,
+        note: &str,
+        reason: Option<RevocationReason>,
+        now: Timestamp,
+    ) -> Result<Event, SessionError> {
         if self.state == State::Closed {
             return Err(self.closed_error());
         }
-        Ok(self.close(
+        let event = self.close(
             CloseReason::Revoked,
             now,
             Some(by.to_owned()),
             Some(note.to_owned()),
-        ))
+        );
+        if let Some(c) = &mut self.closure {
+            c.revocation_reason = reason;
+        }
+        Ok(event)
     }
 
-    fn reserve_mint(&mut self) -> Result<MintSlot, SessionError> {
+    fn reserve_mint(&mut self, counted: bool) -> Result<MintSlot, SessionError> {
         match self.state {
             State::Open => {}
             State::Closed => return Err(self.closed_error()),
             State::Pending => return Err(SessionError::NotOpen("pending".into())),
         }
-        if self.minted >= self.rules.credentials {
+        if counted && self.minted >= self.rules.credentials {
             return Err(SessionError::LimitReached(self.rules.credentials));
         }
         let not_after = self
             .closes_at
             .ok_or_else(|| SessionError::NotOpen("open without closes_at".into()))?;
-        self.minted += 1;
+        if counted {
+            self.minted += 1;
+        }
         Ok(MintSlot { not_after })
     }
 
@@ -469,6 +591,7 @@ impl Session {
             at,
             by: by.clone(),
             note: note.clone(),
+            revocation_reason: None,
         });
         Event::Closed { reason, by, note }
     }

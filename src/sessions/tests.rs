@@ -1,9 +1,9 @@
 //! The session rules, table-driven: each case is a script of operations at
 //! given times with the expected outcome of each, and the final state.
 
+use super::Profile;
 use super::*;
 use crate::clock::Timestamp;
-use crate::x509::CertProfile;
 
 const T0: i64 = 1_900_000_000;
 const REQUESTER: &str = "token:req";
@@ -20,6 +20,10 @@ fn rules() -> Rules {
         pending_timeout_secs: 60,
         credentials: 1,
         denials_to_close: 1,
+        tokens_allowed: false,
+        count_tokens: true,
+        audiences: Vec::new(),
+        conditions: Conditions::default(),
     }
 }
 
@@ -31,7 +35,7 @@ fn request(duration: u32) -> Request {
         task: "rotate the payroll DB password".into(),
         request_digest: None,
         duration_secs: duration,
-        profile: CertProfile::MtlsClient,
+        profile: Profile::MtlsClient,
     }
 }
 
@@ -80,8 +84,9 @@ fn run(session: &mut Session, steps: Vec<Step>) -> Vec<Event> {
                 by: by.into(),
                 actor: Actor::Operator,
                 note: "ticket closed".into(),
+                reason: None,
             },
-            Op::Mint => SessionOp::ReserveMint,
+            Op::Mint => SessionOp::ReserveMint { counted: true },
             Op::Release => SessionOp::ReleaseMint,
             Op::Refresh => SessionOp::Refresh,
         };
@@ -415,7 +420,10 @@ fn mint_slot_carries_closes_at() {
         &mut s,
         vec![(1, Op::Approve(A), "ok"), (2, Op::Approve(B), "ok")],
     );
-    let (_, slot) = s.apply(&SessionOp::ReserveMint, Timestamp::from_unix(T0 + 3));
+    let (_, slot) = s.apply(
+        &SessionOp::ReserveMint { counted: true },
+        Timestamp::from_unix(T0 + 3),
+    );
     assert_eq!(slot.unwrap().unwrap().not_after, s.closes_at.unwrap());
 }
 

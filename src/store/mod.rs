@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
-use crate::sessions::{Event, MintSlot, Session, SessionError, SessionId, SessionOp, State};
-use crate::x509::CertProfile;
+use crate::sessions::{
+    Event, MintSlot, Profile, RevocationReason, Session, SessionError, SessionId, SessionOp, State,
+};
 
 pub use sqlite::SqliteStore;
 
@@ -55,6 +56,38 @@ pub struct Applied {
     pub result: Result<Option<MintSlot>, SessionError>,
 }
 
+/// What kind of credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialKind {
+    /// An X.509 certificate (identified by its serial).
+    Certificate,
+    /// A session-bound JWT (identified by its `jti`).
+    Token,
+}
+
+impl CredentialKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Certificate => "certificate",
+            Self::Token => "token",
+        }
+    }
+}
+
+/// A credential about to be minted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCredential {
+    /// Certificate serial (hex) or token `jti`.
+    pub serial: String,
+    /// What it is.
+    pub kind: CredentialKind,
+    /// The session's profile.
+    pub profile: Profile,
+    /// Whether it counts against the session's credential limit.
+    pub counted: bool,
+}
+
 /// A credential about to be signed: its slot is taken and its serial
 /// recorded before the device signs, so nothing is ever issued that the
 /// store does not know.
@@ -62,11 +95,15 @@ pub struct Applied {
 pub struct Reservation {
     /// The session.
     pub session: SessionId,
-    /// Serial, hex.
+    /// Serial (hex) or `jti`.
     pub serial: String,
+    /// What it is.
+    pub kind: CredentialKind,
     /// Profile.
-    pub profile: CertProfile,
-    /// `notAfter` (the session's `closes_at`).
+    pub profile: Profile,
+    /// Whether it counts against the limit.
+    pub counted: bool,
+    /// `notAfter` / `exp` (the session's `closes_at`).
     pub not_after: Timestamp,
 }
 
@@ -75,9 +112,10 @@ pub struct Reservation {
 pub enum Finish {
     /// Signed: here it is.
     Issued {
-        /// DER of the certificate.
-        der: Vec<u8>,
-        /// SHA-256 of its public key, hex.
+        /// DER of the certificate (none for tokens).
+        der: Option<Vec<u8>>,
+        /// SHA-256 of its public key (certificates) or of the certificate
+        /// it is bound to (tokens), hex; empty when there is none.
         key_sha256: String,
     },
     /// Signing failed: give the slot back.
@@ -99,12 +137,14 @@ pub enum Finished {
 /// A credential as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CredentialRecord {
-    /// Serial, hex.
+    /// Serial (hex) or `jti`.
     pub serial: String,
     /// Its session.
     pub session: SessionId,
+    /// What it is.
+    pub kind: CredentialKind,
     /// Profile.
-    pub profile: CertProfile,
+    pub profile: Profile,
     /// `reserved`, `issued`, `withheld` or `void`.
     pub state: String,
     /// `notAfter`.
@@ -113,6 +153,19 @@ pub struct CredentialRecord {
     pub key_sha256: Option<String>,
     /// When it was issued.
     pub issued_at: Option<Timestamp>,
+    /// When and why it was revoked, if it was.
+    pub revoked: Option<(Timestamp, RevocationReason)>,
+}
+
+/// One entry of the CRL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokedEntry {
+    /// Serial, hex.
+    pub serial: String,
+    /// When.
+    pub revoked_at: Timestamp,
+    /// Why.
+    pub reason: RevocationReason,
 }
 
 /// An event as stored.
@@ -165,8 +218,7 @@ pub trait Store: Send + Sync {
     async fn reserve_credential(
         &self,
         id: &SessionId,
-        serial: String,
-        profile: CertProfile,
+        credential: NewCredential,
         now: Timestamp,
     ) -> Result<(Applied, Option<Reservation>), StoreError>;
 
@@ -198,6 +250,22 @@ pub trait Store: Send + Sync {
 
     /// A session's credentials.
     async fn credentials(&self, id: &SessionId) -> Result<Vec<CredentialRecord>, StoreError>;
+
+    /// One credential by serial (or `jti`), with its revocation.
+    async fn credential(&self, serial: &str) -> Result<Option<CredentialRecord>, StoreError>;
+
+    /// The DER of a session's issued certificates, by serial.
+    async fn certificates(&self, id: &SessionId) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Revoked certificates whose `notAfter` is after `now`: what the CRL
+    /// lists. Bounded by live credentials, not by history.
+    async fn live_revocations(&self, now: Timestamp) -> Result<Vec<RevokedEntry>, StoreError>;
+
+    /// A number that changes whenever a revocation is recorded.
+    async fn revocation_version(&self) -> Result<u64, StoreError>;
+
+    /// The next CRL number (persistently increasing).
+    async fn next_crl_number(&self) -> Result<u64, StoreError>;
 
     /// A session's events, oldest first.
     async fn events(&self, id: &SessionId) -> Result<Vec<EventRecord>, StoreError>;

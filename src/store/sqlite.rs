@@ -14,12 +14,11 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{
-    Applied, CredentialRecord, EventRecord, Finish, Finished, Reservation, SessionFilter, Store,
-    StoreError,
+    Applied, CredentialKind, CredentialRecord, EventRecord, Finish, Finished, NewCredential,
+    Reservation, RevokedEntry, SessionFilter, Store, StoreError,
 };
 use crate::clock::Timestamp;
-use crate::sessions::{Event, Session, SessionId, SessionOp, State};
-use crate::x509::CertProfile;
+use crate::sessions::{Event, Profile, RevocationReason, Session, SessionId, SessionOp, State};
 
 /// Schema migrations, applied in order; `user_version` counts those done.
 const MIGRATIONS: &[&str] = &[
@@ -62,6 +61,26 @@ const MIGRATIONS: &[&str] = &[
         body        TEXT NOT NULL
     ) STRICT;
     CREATE INDEX events_session ON events(session_id);
+    "#,
+    // 2: tokens beside certificates, revocations, counters.
+    r#"
+    ALTER TABLE credentials ADD COLUMN kind TEXT NOT NULL DEFAULT 'certificate';
+    ALTER TABLE credentials ADD COLUMN counted INTEGER NOT NULL DEFAULT 1;
+
+    CREATE TABLE revocations (
+        serial      TEXT PRIMARY KEY REFERENCES credentials(serial),
+        session_id  TEXT NOT NULL,
+        revoked_at  INTEGER NOT NULL,
+        reason      INTEGER NOT NULL,
+        not_after   INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX revocations_live ON revocations(not_after);
+
+    CREATE TABLE counters (
+        name   TEXT PRIMARY KEY,
+        value  INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO counters (name, value) VALUES ('crl_number', 0), ('revocations', 0);
     "#,
 ];
 
@@ -230,6 +249,9 @@ fn apply_in(
     let (events, result) = s.apply(op, now);
     if s != before {
         save(tx, &s)?;
+        if before.state != State::Closed && s.state == State::Closed {
+            revoke_credentials(tx, &s)?;
+        }
     }
     for e in &events {
         append(tx, now, Some(id), e)?;
@@ -237,8 +259,118 @@ fn apply_in(
     Ok(Applied { session: s, result })
 }
 
-fn parse_profile(text: &str) -> Result<CertProfile, StoreError> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(corrupt)
+/// When a session closes early (closed, revoked, denied), every
+/// certificate it minted or is minting is revoked, in the transaction that
+/// closes it: relying parties see the revocation as soon as the close is
+/// acknowledged.
+fn revoke_credentials(tx: &Connection, s: &Session) -> Result<(), StoreError> {
+    let Some(closure) = &s.closure else {
+        return Ok(());
+    };
+    let Some(reason) = closure.revocation() else {
+        return Ok(());
+    };
+    let revoked = tx
+        .execute(
+            "INSERT OR IGNORE INTO revocations (serial, session_id, revoked_at, reason, not_after)
+             SELECT serial, session_id, ?2, ?3, not_after FROM credentials
+             WHERE session_id = ?1 AND kind = 'certificate' AND not_after > ?2",
+            params![s.id.as_str(), closure.at.unix(), reason.code()],
+        )
+        .map_err(unavailable)?;
+    if revoked > 0 {
+        bump(tx, "revocations")?;
+    }
+    Ok(())
+}
+
+fn bump(tx: &Connection, counter: &str) -> Result<u64, StoreError> {
+    let value: i64 = tx
+        .query_row(
+            "UPDATE counters SET value = value + 1 WHERE name = ?1 RETURNING value",
+            params![counter],
+            |r| r.get(0),
+        )
+        .map_err(unavailable)?;
+    Ok(value as u64)
+}
+
+fn parse_profile(text: &str) -> Result<Profile, StoreError> {
+    Profile::parse(text).ok_or_else(|| corrupt(format!("unknown profile `{text}`")))
+}
+
+fn parse_kind(text: &str) -> Result<CredentialKind, StoreError> {
+    match text {
+        "certificate" => Ok(CredentialKind::Certificate),
+        "token" => Ok(CredentialKind::Token),
+        other => Err(corrupt(format!("unknown credential kind `{other}`"))),
+    }
+}
+
+type CredentialRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<i64>,
+    String,
+    Option<i64>,
+    Option<i64>,
+);
+
+const CREDENTIAL_COLUMNS: &str = "c.serial, c.session_id, c.profile, c.state, c.not_after, c.key_sha256, c.issued_at, c.kind, r.revoked_at, r.reason";
+
+fn credential_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CredentialRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
+}
+
+fn credential_record(row: CredentialRow) -> Result<CredentialRecord, StoreError> {
+    let (
+        serial,
+        session,
+        profile,
+        state,
+        not_after,
+        key_sha256,
+        issued_at,
+        kind,
+        revoked_at,
+        reason,
+    ) = row;
+    let revoked = match (revoked_at, reason) {
+        (Some(at), Some(code)) => Some((
+            Timestamp::from_unix(at),
+            u8::try_from(code)
+                .ok()
+                .and_then(RevocationReason::from_code)
+                .ok_or_else(|| corrupt(format!("unknown revocation reason {code}")))?,
+        )),
+        _ => None,
+    };
+    Ok(CredentialRecord {
+        serial,
+        session: SessionId::parse(&session).map_err(corrupt)?,
+        kind: parse_kind(&kind)?,
+        profile: parse_profile(&profile)?,
+        state,
+        not_after: Timestamp::from_unix(not_after),
+        key_sha256,
+        issued_at: issued_at.map(Timestamp::from_unix),
+        revoked,
+    })
 }
 
 #[async_trait]
@@ -295,26 +427,38 @@ impl Store for SqliteStore {
     async fn reserve_credential(
         &self,
         id: &SessionId,
-        serial: String,
-        profile: CertProfile,
+        credential: NewCredential,
         now: Timestamp,
     ) -> Result<(Applied, Option<Reservation>), StoreError> {
         let id = id.clone();
         self.write(move |tx| {
-            let applied = apply_in(tx, &id, &SessionOp::ReserveMint, now)?;
+            let op = SessionOp::ReserveMint {
+                counted: credential.counted,
+            };
+            let applied = apply_in(tx, &id, &op, now)?;
             let Ok(Some(slot)) = &applied.result else {
                 return Ok((applied, None));
             };
             tx.execute(
-                "INSERT INTO credentials (serial, session_id, profile, state, not_after, created_at)
-                 VALUES (?1, ?2, ?3, 'reserved', ?4, ?5)",
-                params![serial, id.as_str(), profile.as_str(), slot.not_after.unix(), now.unix()],
+                "INSERT INTO credentials (serial, session_id, profile, state, not_after, created_at, kind, counted)
+                 VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?6, ?7)",
+                params![
+                    credential.serial,
+                    id.as_str(),
+                    credential.profile.as_str(),
+                    slot.not_after.unix(),
+                    now.unix(),
+                    credential.kind.as_str(),
+                    credential.counted
+                ],
             )
             .map_err(unavailable)?;
             let reservation = Reservation {
                 session: id.clone(),
-                serial,
-                profile,
+                serial: credential.serial,
+                kind: credential.kind,
+                profile: credential.profile,
+                counted: credential.counted,
                 not_after: slot.not_after,
             };
             Ok((applied, Some(reservation)))
@@ -331,12 +475,18 @@ impl Store for SqliteStore {
         let r = reservation.clone();
         self.write(move |tx| match finish {
             Finish::Failed => {
+                // A revocation recorded while it was in flight goes too:
+                // nothing was issued.
+                tx.execute("DELETE FROM revocations WHERE serial = ?1", params![r.serial])
+                    .map_err(unavailable)?;
                 tx.execute(
                     "DELETE FROM credentials WHERE serial = ?1 AND state = 'reserved'",
                     params![r.serial],
                 )
                 .map_err(unavailable)?;
-                apply_in(tx, &r.session, &SessionOp::ReleaseMint, now)?;
+                if r.counted {
+                    apply_in(tx, &r.session, &SessionOp::ReleaseMint, now)?;
+                }
                 Ok(Finished::Released)
             }
             Finish::Issued { der, key_sha256 } => {
@@ -357,6 +507,9 @@ impl Store for SqliteStore {
                     .map_err(unavailable)?;
                 if changed != 1 {
                     return Err(corrupt(format!("credential {} was not reserved", r.serial)));
+                }
+                if finished != Finished::Issued && r.kind == CredentialKind::Certificate {
+                    revoke_credentials(tx, &applied.session)?;
                 }
                 append(
                     tx,
@@ -429,7 +582,16 @@ impl Store for SqliteStore {
                     params![serial],
                 )
                 .map_err(unavailable)?;
-                apply_in(tx, &id, &SessionOp::ReleaseMint, now)?;
+                let counted: bool = tx
+                    .query_row(
+                        "SELECT counted FROM credentials WHERE serial = ?1",
+                        params![serial],
+                        |r| r.get(0),
+                    )
+                    .map_err(unavailable)?;
+                if counted {
+                    apply_in(tx, &id, &SessionOp::ReleaseMint, now)?;
+                }
                 append(
                     tx,
                     now,
@@ -471,43 +633,101 @@ impl Store for SqliteStore {
     async fn credentials(&self, id: &SessionId) -> Result<Vec<CredentialRecord>, StoreError> {
         let id = id.clone();
         self.run(move |c| {
+            let sql = format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM credentials c LEFT JOIN revocations r USING (serial)
+                 WHERE c.session_id = ?1 ORDER BY c.created_at, c.serial"
+            );
+            let mut stmt = c.prepare_cached(&sql).map_err(unavailable)?;
+            let rows: Vec<CredentialRow> = stmt
+                .query_map(params![id.as_str()], credential_row)
+                .map_err(unavailable)?
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)?;
+            rows.into_iter().map(credential_record).collect()
+        })
+        .await
+    }
+
+    async fn credential(&self, serial: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        let serial = serial.to_owned();
+        self.run(move |c| {
+            let sql = format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM credentials c LEFT JOIN revocations r USING (serial)
+                 WHERE c.serial = ?1"
+            );
+            let row = c
+                .prepare_cached(&sql)
+                .map_err(unavailable)?
+                .query_row(params![serial], credential_row)
+                .optional()
+                .map_err(unavailable)?;
+            row.map(credential_record).transpose()
+        })
+        .await
+    }
+
+    async fn certificates(&self, id: &SessionId) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let id = id.clone();
+        self.run(move |c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT serial, profile, state, not_after, key_sha256, issued_at
-                     FROM credentials WHERE session_id = ?1 ORDER BY created_at, serial",
+                    "SELECT serial, der FROM credentials
+                     WHERE session_id = ?1 AND kind = 'certificate' AND state = 'issued' AND der IS NOT NULL",
                 )
                 .map_err(unavailable)?;
-            let rows: Vec<(String, String, String, i64, Option<String>, Option<i64>)> = stmt
-                .query_map(params![id.as_str()], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                })
+            let rows: Vec<(String, Vec<u8>)> = stmt
+                .query_map(params![id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(unavailable)?
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn live_revocations(&self, now: Timestamp) -> Result<Vec<RevokedEntry>, StoreError> {
+        self.run(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT serial, revoked_at, reason FROM revocations WHERE not_after > ?1 ORDER BY serial",
+                )
+                .map_err(unavailable)?;
+            let rows: Vec<(String, i64, i64)> = stmt
+                .query_map(params![now.unix()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .map_err(unavailable)?
                 .collect::<Result<_, _>>()
                 .map_err(unavailable)?;
             rows.into_iter()
-                .map(
-                    |(serial, profile, state, not_after, key_sha256, issued_at)| {
-                        Ok(CredentialRecord {
-                            serial,
-                            session: id.clone(),
-                            profile: parse_profile(&profile)?,
-                            state,
-                            not_after: Timestamp::from_unix(not_after),
-                            key_sha256,
-                            issued_at: issued_at.map(Timestamp::from_unix),
-                        })
-                    },
-                )
+                .map(|(serial, at, code)| {
+                    Ok(RevokedEntry {
+                        serial,
+                        revoked_at: Timestamp::from_unix(at),
+                        reason: u8::try_from(code)
+                            .ok()
+                            .and_then(RevocationReason::from_code)
+                            .ok_or_else(|| corrupt(format!("unknown revocation reason {code}")))?,
+                    })
+                })
                 .collect()
         })
         .await
+    }
+
+    async fn revocation_version(&self) -> Result<u64, StoreError> {
+        self.run(|c| {
+            c.query_row(
+                "SELECT value FROM counters WHERE name = 'revocations'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v as u64)
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn next_crl_number(&self) -> Result<u64, StoreError> {
+        self.write(|tx| bump(tx, "crl_number")).await
     }
 
     async fn events(&self, id: &SessionId) -> Result<Vec<EventRecord>, StoreError> {

@@ -10,9 +10,12 @@ use der::{Decode, Encode, EncodePem};
 use serde::{Deserialize, Serialize};
 use x509_cert::Certificate;
 use x509_cert::builder::CertificateBuilder;
+use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
-    SubjectAltName, SubjectKeyIdentifier,
+    AccessDescription, AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints,
+    CrlDistributionPoints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+    SubjectKeyIdentifier,
 };
 use x509_cert::ext::{Extension, ToExtension};
 use x509_cert::name::Name;
@@ -70,6 +73,17 @@ pub struct LeafSpec {
     pub not_after: Timestamp,
     /// The session the certificate belongs to.
     pub session: SessionEvidence,
+    /// Where relying parties check revocation, if published.
+    pub revocation: Option<RevocationUrls>,
+}
+
+/// The CRL and OCSP locations written into certificates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationUrls {
+    /// CRL distribution point (HTTP(S) URL of the DER CRL).
+    pub crl: String,
+    /// OCSP responder URL (Authority Information Access).
+    pub ocsp: String,
 }
 
 /// A freshly minted certificate.
@@ -103,6 +117,7 @@ struct Leaf<'a> {
     sans: &'a [San],
     eku: der::asn1::ObjectIdentifier,
     session: Option<&'a SessionEvidence>,
+    revocation: Option<&'a RevocationUrls>,
     not_after: Timestamp,
 }
 
@@ -185,6 +200,16 @@ impl Issuer {
         &self.key
     }
 
+    /// The issuing CA's subject (the issuer of what it signs).
+    pub fn subject_name(&self) -> &Name {
+        &self.subject
+    }
+
+    /// The issuing CA's key identifier (its SKI).
+    pub fn key_id(&self) -> &[u8] {
+        &self.key_id
+    }
+
     /// Mints a certificate for the CSR's key, valid from `now` until
     /// exactly `spec.not_after`, with a fresh random serial.
     pub fn mint(
@@ -211,6 +236,7 @@ impl Issuer {
             sans: &spec.sans,
             eku: spec.profile.eku(),
             session: Some(&spec.session),
+            revocation: spec.revocation.as_ref(),
             not_after: spec.not_after,
         };
         self.build(leaf, serial, now)
@@ -232,6 +258,7 @@ impl Issuer {
             sans,
             eku: oids::KP_SERVER_AUTH,
             session: None,
+            revocation: None,
             not_after,
         };
         self.build(leaf, random_serial()?, now)
@@ -311,6 +338,24 @@ impl Issuer {
                 .map(San::to_general_name)
                 .collect::<Result<Vec<_>, _>>()?;
             let ext = (&SubjectAltName(names)).to_extension(subject, &exts)?;
+            exts.push(ext);
+        }
+        if let Some(urls) = leaf.revocation {
+            let uri = |u: &str| -> Result<GeneralName, X509Error> {
+                San::Uri(u.to_owned()).to_general_name()
+            };
+            let dp = CrlDistributionPoints(vec![DistributionPoint {
+                distribution_point: Some(DistributionPointName::FullName(vec![uri(&urls.crl)?])),
+                reasons: None,
+                crl_issuer: None,
+            }]);
+            let ext = (&dp).to_extension(subject, &exts)?;
+            exts.push(ext);
+            let aia = AuthorityInfoAccessSyntax(vec![AccessDescription {
+                access_method: oids::AD_OCSP,
+                access_location: uri(&urls.ocsp)?,
+            }]);
+            let ext = (&aia).to_extension(subject, &exts)?;
             exts.push(ext);
         }
         if let Some(session) = leaf.session {

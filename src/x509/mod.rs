@@ -5,6 +5,7 @@
 
 mod authority;
 mod build;
+pub mod crl;
 pub mod csr;
 pub mod extension;
 mod leaf;
@@ -17,7 +18,7 @@ pub use authority::{
 };
 pub use build::{certificate_time, random_serial};
 pub use extension::SessionEvidence;
-pub use leaf::{CertProfile, IssuedCertificate, Issuer, LeafSpec};
+pub use leaf::{CertProfile, IssuedCertificate, Issuer, LeafSpec, RevocationUrls};
 pub use names::{San, SubjectName};
 
 use crate::keys::KeyError;

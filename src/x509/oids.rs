@@ -38,6 +38,8 @@ pub const RSA_SHA384: Oid = Oid::new_unwrap("1.2.840.113549.1.1.12");
 /// `sha512WithRSAEncryption`.
 pub const RSA_SHA512: Oid = Oid::new_unwrap("1.2.840.113549.1.1.13");
 
+/// `id-ad-ocsp` (Authority Information Access).
+pub const AD_OCSP: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.48.1");
 /// `id-kp-serverAuth`.
 pub const KP_SERVER_AUTH: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.1");
 /// `id-kp-clientAuth`.

@@ -242,6 +242,10 @@ id = "{root_id:04x}"
 label = "{name}-issuing"
 id = "{issuing_id:04x}"
 
+[keys.token]
+label = "{name}-token"
+id = "{token_id:04x}"
+
 [ca]
 dir = "ca"
 root_subject = {{ common_name = "{name} Root CA", organization = "lockstep tests" }}
@@ -250,8 +254,9 @@ root_validity_days = {root_days}
 issuing_validity_days = {issuing_days}
 "#,
         pin = hsm.pin_file.display(),
-        root_id = 0x1000 + 2 * n,
-        issuing_id = 0x1001 + 2 * n,
+        root_id = 0x1000 + 3 * n,
+        issuing_id = 0x1001 + 3 * n,
+        token_id = 0x1002 + 3 * n,
     )
 }
 

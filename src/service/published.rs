@@ -1,0 +1,135 @@
+//! What relying parties consult: the CRL, OCSP, the token keys and token
+//! introspection (RFC 7662).
+
+use serde::Serialize;
+
+use super::{Service, ServiceError};
+use crate::auth::Caller;
+use crate::revocation::ocsp::{OcspError, Status};
+use crate::sessions::{SessionId, State};
+use crate::store::CredentialKind;
+use crate::tokens::TokenClaims;
+
+/// An RFC 7662 introspection answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Introspection {
+    /// Whether the token is valid now: signed by lockstep, within its
+    /// times, and its session still open.
+    pub active: bool,
+    /// The token's claims, when active.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<TokenClaims>,
+    /// `Bearer`, when active.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
+}
+
+impl Introspection {
+    fn inactive() -> Self {
+        Self {
+            active: false,
+            claims: None,
+            token_type: None,
+        }
+    }
+}
+
+impl Service {
+    /// The current CRL (DER).
+    pub async fn crl(&self) -> Result<std::sync::Arc<Vec<u8>>, ServiceError> {
+        self.crl.current(self.now()).await.map_err(|e| match e {
+            crate::revocation::RevocationError::Store(s) => ServiceError::Store(s),
+            crate::revocation::RevocationError::X509(x) => ServiceError::X509(x),
+            crate::revocation::RevocationError::Task(t) => ServiceError::Internal(t),
+        })
+    }
+
+    /// Answers a DER OCSP request with a DER OCSP response (errors are
+    /// OCSP error responses, as RFC 6960 wants).
+    pub async fn ocsp(&self, request: &[u8]) -> Vec<u8> {
+        match self.ocsp_inner(request).await {
+            Ok(der) => der,
+            Err(e) => {
+                tracing::debug!(error = %e, "OCSP request not answered");
+                e.response()
+            }
+        }
+    }
+
+    async fn ocsp_inner(&self, request: &[u8]) -> Result<Vec<u8>, OcspError> {
+        let parsed = self.ocsp.parse(request)?;
+        let mut statuses = Vec::new();
+        for serial in parsed.serials() {
+            let status = match serial {
+                None => Status::Unknown,
+                Some(serial) => match self.store.credential(&serial).await {
+                    Err(e) => return Err(OcspError::TryLater(e.to_string())),
+                    Ok(None) => Status::Unknown,
+                    Ok(Some(c)) if c.kind != CredentialKind::Certificate => Status::Unknown,
+                    Ok(Some(c)) => match (c.revoked, c.state.as_str()) {
+                        (Some((at, reason)), _) => Status::Revoked(at, reason),
+                        (None, "issued") => Status::Good,
+                        (None, _) => Status::Unknown,
+                    },
+                },
+            };
+            statuses.push(status);
+        }
+        let now = self.now();
+        let next = now.plus_secs(self.ocsp_validity_secs);
+        let key = self.issuer.key().clone();
+        let responder = self.ocsp.clone();
+        tokio::task::spawn_blocking(move || {
+            responder.respond(&parsed, &statuses, now, next, key.as_ref())
+        })
+        .await
+        .map_err(|e| OcspError::Internal(e.to_string()))?
+    }
+
+    /// The JWK Set of the token key, if tokens are configured.
+    pub fn jwks(&self) -> Option<serde_json::Value> {
+        self.tokens.as_ref().map(|t| t.jwks())
+    }
+
+    /// RFC 7662 introspection for an authenticated caller: active only if
+    /// the token is lockstep's, within its times, recorded as issued, and
+    /// its session is still open.
+    pub async fn introspect(
+        &self,
+        caller: &Caller,
+        token: &str,
+    ) -> Result<Introspection, ServiceError> {
+        let Some(signer) = &self.tokens else {
+            return Ok(Introspection::inactive());
+        };
+        let Some(claims) = signer.verify(token) else {
+            return Ok(Introspection::inactive());
+        };
+        let now = self.now().unix();
+        if now >= claims.exp || now < claims.nbf {
+            return Ok(Introspection::inactive());
+        }
+        let recorded = self.store.credential(&claims.jti).await?;
+        let issued = recorded.is_some_and(|c| {
+            c.kind == CredentialKind::Token
+                && c.state == "issued"
+                && c.session.as_str() == claims.sid
+        });
+        if !issued {
+            return Ok(Introspection::inactive());
+        }
+        let Ok(sid) = SessionId::parse(&claims.sid) else {
+            return Ok(Introspection::inactive());
+        };
+        let session = self.store.session(&sid, self.now()).await?;
+        if session.state != State::Open {
+            return Ok(Introspection::inactive());
+        }
+        tracing::debug!(caller = %caller.identity, jti = %claims.jti, "token introspected: active");
+        Ok(Introspection {
+            active: true,
+            claims: Some(claims),
+            token_type: Some("Bearer"),
+        })
+    }
+}
