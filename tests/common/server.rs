@@ -52,7 +52,7 @@ impl TestServer {
         }
         std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
         let text = format!(
-            "{}\n[server]\nlisten = \"127.0.0.1:0\"\nsweep_interval = \"200ms\"\nmax_body_bytes = 65536\n\n[store]\nsqlite = \"lockstep.db\"\n\n[policy]\nfile = \"policy.toml\"\n\n{auth}{extra_config}",
+            "{}\n[server]\nlisten = \"127.0.0.1:0\"\nhostnames = [\"127.0.0.1\", \"localhost\"]\nsweep_interval = \"200ms\"\nmax_body_bytes = 65536\n\n[store]\nsqlite = \"lockstep.db\"\n\n[policy]\nfile = \"policy.toml\"\n\n{auth}{extra_config}",
             ca_config_text(hsm, &hsm.token, name, 3650, 1095)
         );
         let config_path = dir.path().join("lockstep.toml");
