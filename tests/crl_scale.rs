@@ -32,7 +32,9 @@ fn rules() -> Rules {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_closed_sessions_leave_only_live_certificates_on_the_crl() {
-    let ca = tokio::task::spawn_blocking(|| test_ca("crl-scale")).await.unwrap();
+    let ca = tokio::task::spawn_blocking(|| test_ca("crl-scale"))
+        .await
+        .unwrap();
     // fsync on tmpfs is free: this test is about the CRL, not the disk.
     let dir = match tempfile::tempdir_in("/dev/shm") {
         Ok(d) => d,
@@ -56,17 +58,47 @@ async fn ten_thousand_closed_sessions_leave_only_live_certificates_on_the_crl() 
             duration_secs: duration,
             profile: Profile::MtlsClient,
         };
-        let (s, event) = Session::new(SessionId::generate().unwrap(), request, rules(), t(0)).unwrap();
+        let (s, event) =
+            Session::new(SessionId::generate().unwrap(), request, rules(), t(0)).unwrap();
         let id = s.id.clone();
         store.create_session(s.clone(), event, t(0)).await.unwrap();
-        let op = SessionOp::Approve { by: "token:bob".into(), request_hash: s.request_hash };
+        let op = SessionOp::Approve {
+            by: "token:bob".into(),
+            request_hash: s.request_hash,
+        };
         assert!(store.apply(&id, op, t(1)).await.unwrap().result.is_ok());
-        let serial = format!("{:032x}", 0x4000_0000_0000_0000_0000_0000_0000_0000u128 + i as u128);
-        let credential = NewCredential { serial: serial.clone(), kind: CredentialKind::Certificate, profile: Profile::MtlsClient, counted: true };
-        let (_, r) = store.reserve_credential(&id, credential, t(2)).await.unwrap();
-        let finish = Finish::Issued { der: Some(vec![0x30, 0x00]), key_sha256: String::new() };
-        store.finish_credential(&r.unwrap(), finish, t(2)).await.unwrap();
-        let closed = store.apply(&id, SessionOp::Close { by: "token:alice".into() }, t(10)).await.unwrap();
+        let serial = format!(
+            "{:032x}",
+            0x4000_0000_0000_0000_0000_0000_0000_0000u128 + i as u128
+        );
+        let credential = NewCredential {
+            serial: serial.clone(),
+            kind: CredentialKind::Certificate,
+            profile: Profile::MtlsClient,
+            counted: true,
+        };
+        let (_, r) = store
+            .reserve_credential(&id, credential, t(2))
+            .await
+            .unwrap();
+        let finish = Finish::Issued {
+            der: Some(vec![0x30, 0x00]),
+            key_sha256: String::new(),
+        };
+        store
+            .finish_credential(&r.unwrap(), finish, t(2))
+            .await
+            .unwrap();
+        let closed = store
+            .apply(
+                &id,
+                SessionOp::Close {
+                    by: "token:alice".into(),
+                },
+                t(10),
+            )
+            .await
+            .unwrap();
         assert!(closed.result.is_ok());
         if duration == 1800 {
             live.push(serial);
@@ -85,15 +117,41 @@ async fn ten_thousand_closed_sessions_leave_only_live_certificates_on_the_crl() 
     let der = publisher.current(now).await.unwrap();
     let path = write(ca.dir.path(), "scale.crl", der.as_slice());
     let chain = ca.config.ca.dir.join("chain.pem");
-    let (ok, text) = openssl(&["crl", "-inform", "DER", "-in", path.to_str().unwrap(), "-noout", "-verify", "-CAfile", chain.to_str().unwrap()]);
+    let (ok, text) = openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        path.to_str().unwrap(),
+        "-noout",
+        "-verify",
+        "-CAfile",
+        chain.to_str().unwrap(),
+    ]);
     assert!(ok && text.contains("verify OK"), "{text}");
-    let (_, text) = openssl(&["crl", "-inform", "DER", "-in", path.to_str().unwrap(), "-noout", "-text"]);
+    let (_, text) = openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        path.to_str().unwrap(),
+        "-noout",
+        "-text",
+    ]);
     assert_eq!(text.matches("Serial Number:").count(), total / 2);
     // Once every certificate has expired, the CRL is empty.
     let later = t(3600);
     assert!(store.live_revocations(later).await.unwrap().is_empty());
     let der = publisher.current(later).await.unwrap();
     let path = write(ca.dir.path(), "empty.crl", der.as_slice());
-    let (_, text) = openssl(&["crl", "-inform", "DER", "-in", path.to_str().unwrap(), "-noout", "-text"]);
+    let (_, text) = openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        path.to_str().unwrap(),
+        "-noout",
+        "-text",
+    ]);
     assert!(text.contains("No Revoked Certificates"), "{text}");
 }

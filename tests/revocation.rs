@@ -82,17 +82,34 @@ async fn certificate(srv: &TestServer, s: &Value, name: &str) -> PathBuf {
         )
         .await;
     assert_eq!(status, 201, "{cert}");
-    write(srv.dir.path(), &format!("{name}.pem"), cert["certificate"].as_str().unwrap())
+    write(
+        srv.dir.path(),
+        &format!("{name}.pem"),
+        cert["certificate"].as_str().unwrap(),
+    )
 }
 
 async fn download_crl(srv: &TestServer, name: &str) -> PathBuf {
-    let resp = srv.http.get(format!("{}/v1/crl", srv.url)).send().await.unwrap();
+    let resp = srv
+        .http
+        .get(format!("{}/v1/crl", srv.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/pkix-crl");
     let der = resp.bytes().await.unwrap();
     let der_path = write(srv.dir.path(), &format!("{name}.der"), &der);
     let pem = srv.dir.path().join(format!("{name}.pem"));
-    let (ok, text) = openssl(&["crl", "-inform", "DER", "-in", s(&der_path), "-out", s(&pem)]);
+    let (ok, text) = openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        s(&der_path),
+        "-out",
+        s(&pem),
+    ]);
     assert!(ok, "{text}");
     pem
 }
@@ -104,7 +121,10 @@ fn s(p: &Path) -> &str {
 fn crl_number(srv: &TestServer, crl: &Path) -> u64 {
     let (ok, text) = openssl(&["crl", "-in", s(crl), "-noout", "-crlnumber"]);
     assert!(ok, "{text}");
-    let hex = text.trim().trim_start_matches("crlNumber=0x").trim_start_matches("crlNumber=");
+    let hex = text
+        .trim()
+        .trim_start_matches("crlNumber=0x")
+        .trim_start_matches("crlNumber=");
     let _ = srv;
     u64::from_str_radix(hex, 16).unwrap()
 }
@@ -113,8 +133,15 @@ fn crl_number(srv: &TestServer, crl: &Path) -> u64 {
 fn verify_with_crl(srv: &TestServer, leaf: &Path, crl: &Path) -> (bool, String) {
     let issuing = srv.dir.path().join("ca/issuing.pem");
     openssl(&[
-        "verify", "-crl_check", "-CAfile", s(&srv.root_pem()), "-untrusted", s(&issuing),
-        "-CRLfile", s(crl), s(leaf),
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        s(&srv.root_pem()),
+        "-untrusted",
+        s(&issuing),
+        "-CRLfile",
+        s(crl),
+        s(leaf),
     ])
 }
 
@@ -122,8 +149,16 @@ fn verify_with_crl(srv: &TestServer, leaf: &Path, crl: &Path) -> (bool, String) 
 fn ocsp(srv: &TestServer, leaf: &Path) -> String {
     let issuing = srv.dir.path().join("ca/issuing.pem");
     let (ok, text) = openssl(&[
-        "ocsp", "-issuer", s(&issuing), "-cert", s(leaf), "-url", &format!("{}/v1/ocsp", srv.url),
-        "-CAfile", s(&srv.root_pem()), "-resp_text",
+        "ocsp",
+        "-issuer",
+        s(&issuing),
+        "-cert",
+        s(leaf),
+        "-url",
+        &format!("{}/v1/ocsp", srv.url),
+        "-CAfile",
+        s(&srv.root_pem()),
+        "-resp_text",
     ]);
     assert!(ok, "openssl ocsp failed: {text}");
     assert!(text.contains("Response verify OK"), "{text}");
@@ -139,11 +174,22 @@ async fn closing_revokes_at_once_on_the_crl_and_in_ocsp() {
     // The certificate names where to check.
     let (_, text) = openssl(&["x509", "-in", s(&leaf), "-noout", "-text"]);
     assert!(text.contains(&format!("URI:{}/v1/crl", srv.url)), "{text}");
-    assert!(text.contains(&format!("OCSP - URI:{}/v1/ocsp", srv.url)), "{text}");
+    assert!(
+        text.contains(&format!("OCSP - URI:{}/v1/ocsp", srv.url)),
+        "{text}"
+    );
 
     // Before the close: the CRL verifies and does not list it; OCSP says good.
     let crl = download_crl(&srv, "crl-before").await;
-    let (ok, text) = openssl(&["crl", "-in", s(&crl), "-noout", "-verify", "-CAfile", s(&srv.dir.path().join("ca/chain.pem"))]);
+    let (ok, text) = openssl(&[
+        "crl",
+        "-in",
+        s(&crl),
+        "-noout",
+        "-verify",
+        "-CAfile",
+        s(&srv.dir.path().join("ca/chain.pem")),
+    ]);
     assert!(ok && text.contains("verify OK"), "{text}");
     let (ok, text) = verify_with_crl(&srv, &leaf, &crl);
     assert!(ok, "verify -crl_check before close: {text}");
@@ -153,11 +199,21 @@ async fn closing_revokes_at_once_on_the_crl_and_in_ocsp() {
 
     // The requester closes: revoked before the close call returned.
     let id = session["id"].as_str().unwrap();
-    let (status, _) = srv.call("POST", &format!("/v1/sessions/{id}/close"), Some("alice"), None).await;
+    let (status, _) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/close"),
+            Some("alice"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     let crl = download_crl(&srv, "crl-after").await;
     let (ok, text) = verify_with_crl(&srv, &leaf, &crl);
-    assert!(!ok && text.contains("certificate revoked"), "verify -crl_check after close: {text}");
+    assert!(
+        !ok && text.contains("certificate revoked"),
+        "verify -crl_check after close: {text}"
+    );
     assert!(crl_number(&srv, &crl) > before, "CRL number increases");
     let (_, text) = openssl(&["crl", "-in", s(&crl), "-noout", "-text"]);
     assert!(text.contains("Cessation Of Operation"), "{text}");
@@ -173,16 +229,28 @@ async fn revocation_carries_the_reason_given() {
     let leaf = certificate(&srv, &session, "reason-leaf").await;
     let id = session["id"].as_str().unwrap();
     let (status, body) = srv
-        .call("POST", &format!("/v1/sessions/{id}/revoke"), Some("ops"),
-            Some(json!({"reason": "laptop stolen", "reason_code": "key-compromise"})))
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/revoke"),
+            Some("ops"),
+            Some(json!({"reason": "laptop stolen", "reason_code": "key-compromise"})),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let text = ocsp(&srv, &leaf);
     assert!(text.contains("Reason: keyCompromise"), "{text}");
     let (status, body) = srv
-        .call("POST", &format!("/v1/sessions/{id}/revoke"), Some("ops"), Some(json!({"reason": "x", "reason_code": "because"})))
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/revoke"),
+            Some("ops"),
+            Some(json!({"reason": "x", "reason_code": "because"})),
+        )
         .await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,18 +259,51 @@ async fn ocsp_answers_unknown_and_malformed() {
     // A certificate from another CA: unknown to this responder.
     let dir = srv.dir.path();
     let p = |n: &str| dir.join(n).to_str().unwrap().to_owned();
-    let (ok, text) = openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", &p("other.key"), "-out", &p("other.pem"), "-days", "1", "-subj", "/CN=other"]);
+    let (ok, text) = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p("other.key"),
+        "-out",
+        &p("other.pem"),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=other",
+    ]);
     assert!(ok, "{text}");
     let issuing = dir.join("ca/issuing.pem");
-    let (_, text) = openssl(&["ocsp", "-issuer", s(&issuing), "-cert", &p("other.pem"), "-url",
-        &format!("{}/v1/ocsp", srv.url), "-CAfile", s(&srv.root_pem())]);
+    let (_, text) = openssl(&[
+        "ocsp",
+        "-issuer",
+        s(&issuing),
+        "-cert",
+        &p("other.pem"),
+        "-url",
+        &format!("{}/v1/ocsp", srv.url),
+        "-CAfile",
+        s(&srv.root_pem()),
+    ]);
     assert!(text.contains(": unknown"), "{text}");
     // Garbage: an OCSP malformedRequest status, not an HTTP error or a crash.
-    let resp = srv.http.post(format!("{}/v1/ocsp", srv.url)).header("content-type", "application/ocsp-request")
-        .body(b"not an ocsp request".to_vec()).send().await.unwrap();
+    let resp = srv
+        .http
+        .post(format!("{}/v1/ocsp", srv.url))
+        .header("content-type", "application/ocsp-request")
+        .body(b"not an ocsp request".to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.bytes().await.unwrap().as_ref(), &[0x30, 0x03, 0x0a, 0x01, 0x01]);
+    assert_eq!(
+        resp.bytes().await.unwrap().as_ref(),
+        &[0x30, 0x03, 0x0a, 0x01, 0x01]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,42 +314,74 @@ async fn tokens_are_verified_by_jsonwebtoken_and_die_with_their_session() {
     let leaf = certificate(&srv, &session, "tok-leaf").await;
     let leaf_pem = std::fs::read_to_string(&leaf).unwrap();
     let (status, tok) = srv
-        .call("POST", &format!("/v1/sessions/{id}/token"), Some("alice"),
-            Some(json!({"audience": "payroll-api", "certificate": leaf_pem})))
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/token"),
+            Some("alice"),
+            Some(json!({"audience": "payroll-api", "certificate": leaf_pem})),
+        )
         .await;
     assert_eq!(status, 201, "{tok}");
     assert_eq!(tok["expires_at"], session["closes_at"]);
     let token = tok["token"].as_str().unwrap();
 
     // An independent JWT library verifies it against the published JWKS.
-    let jwks: jsonwebtoken::jwk::JwkSet = srv.http.get(format!("{}/.well-known/jwks.json", srv.url))
-        .send().await.unwrap().json().await.unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = srv
+        .http
+        .get(format!("{}/.well-known/jwks.json", srv.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let header = jsonwebtoken::decode_header(token).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
-    let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("kid published");
+    let jwk = jwks
+        .find(header.kid.as_deref().unwrap())
+        .expect("kid published");
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
     validation.set_audience(&["payroll-api"]);
     validation.set_issuer(&[srv.url.as_str()]);
-    let data = jsonwebtoken::decode::<Value>(token, &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(), &validation)
-        .expect("jsonwebtoken accepts the token");
+    let data = jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        &validation,
+    )
+    .expect("jsonwebtoken accepts the token");
     let claims = data.claims;
     let closes = Timestamp::parse_rfc3339(session["closes_at"].as_str().unwrap()).unwrap();
-    assert_eq!(claims["exp"].as_i64(), Some(closes.unix()), "exp == closes_at");
+    assert_eq!(
+        claims["exp"].as_i64(),
+        Some(closes.unix()),
+        "exp == closes_at"
+    );
     assert_eq!(claims["sub"], "token:alice");
     assert_eq!(claims["sid"], id);
     assert_eq!(claims["request_hash"], session["request_hash"]);
     assert_eq!(claims["approvers"], json!(["token:bob"]));
-    let der = std::process::Command::new("openssl").args(["x509", "-in", s(&leaf), "-outform", "DER"]).output().unwrap().stdout;
+    let der = std::process::Command::new("openssl")
+        .args(["x509", "-in", s(&leaf), "-outform", "DER"])
+        .output()
+        .unwrap()
+        .stdout;
     use base64::Engine;
-    let thumb = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(&der));
+    let thumb = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(<sha2::Sha256 as sha2::Digest>::digest(&der));
     assert_eq!(claims["cnf"]["x5t#S256"], thumb, "bound to the certificate");
 
     // Introspection: active while open, inactive after the close.
     let introspect = |t: String| {
         let srv = &srv;
         async move {
-            let resp = srv.http.post(format!("{}/v1/introspect", srv.url)).bearer_auth(srv.token("ops"))
-                .form(&[("token", t)]).send().await.unwrap();
+            let resp = srv
+                .http
+                .post(format!("{}/v1/introspect", srv.url))
+                .bearer_auth(srv.token("ops"))
+                .form(&[("token", t)])
+                .send()
+                .await
+                .unwrap();
             assert_eq!(resp.status(), 200);
             resp.json::<Value>().await.unwrap()
         }
@@ -256,32 +389,84 @@ async fn tokens_are_verified_by_jsonwebtoken_and_die_with_their_session() {
     let answer = introspect(token.to_owned()).await;
     assert_eq!(answer["active"], true, "{answer}");
     assert_eq!(answer["sid"], id);
-    assert_eq!(introspect("eyJhbGciOiJFUzI1NiJ9.e30.AAAA".into()).await["active"], false);
-    let resp = srv.http.post(format!("{}/v1/introspect", srv.url)).form(&[("token", token)]).send().await.unwrap();
+    assert_eq!(
+        introspect("eyJhbGciOiJFUzI1NiJ9.e30.AAAA".into()).await["active"],
+        false
+    );
+    let resp = srv
+        .http
+        .post(format!("{}/v1/introspect", srv.url))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401, "introspection needs a caller");
 
     // Binding to a certificate of another session is refused; other audiences too.
     let other = open(&srv, "db:other", "mtls-client").await;
     let other_leaf = certificate(&srv, &other, "other-leaf").await;
     let (status, body) = srv
-        .call("POST", &format!("/v1/sessions/{id}/token"), Some("alice"),
-            Some(json!({"certificate": std::fs::read_to_string(&other_leaf).unwrap()})))
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/token"),
+            Some("alice"),
+            Some(json!({"certificate": std::fs::read_to_string(&other_leaf).unwrap()})),
+        )
         .await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
     let (status, body) = srv
-        .call("POST", &format!("/v1/sessions/{id}/token"), Some("alice"), Some(json!({"audience": "elsewhere"})))
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/token"),
+            Some("alice"),
+            Some(json!({"audience": "elsewhere"})),
+        )
         .await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("audience_not_allowed")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("audience_not_allowed"))
+    );
     // Tokens count against the limit (3): cert + token + one more, then refused.
-    let (status, _) = srv.call("POST", &format!("/v1/sessions/{id}/token"), Some("alice"), None).await;
+    let (status, _) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/token"),
+            Some("alice"),
+            None,
+        )
+        .await;
     assert_eq!(status, 201);
-    let (status, body) = srv.call("POST", &format!("/v1/sessions/{id}/token"), Some("alice"), None).await;
-    assert_eq!((status, body["error"].as_str()), (409, Some("credential_limit_reached")));
+    let (status, body) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/token"),
+            Some("alice"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("credential_limit_reached"))
+    );
 
-    let (status, _) = srv.call("POST", &format!("/v1/sessions/{id}/close"), Some("alice"), None).await;
+    let (status, _) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/close"),
+            Some("alice"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     let answer = introspect(token.to_owned()).await;
-    assert_eq!(answer, json!({"active": false}), "a token of a closed session is inactive");
+    assert_eq!(
+        answer,
+        json!({"active": false}),
+        "a token of a closed session is inactive"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,13 +480,27 @@ async fn a_failed_condition_revokes_the_session() {
     let id = fenced["id"].as_str().unwrap();
     let (_, pem) = openssl_csr(srv.dir.path(), "cond-bad", "ec:P-256");
     let (status, body) = srv
-        .call("POST", &format!("/v1/sessions/{id}/certificate"), Some("alice"), Some(json!({"csr": String::from_utf8(pem).unwrap()})))
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/certificate"),
+            Some("alice"),
+            Some(json!({"csr": String::from_utf8(pem).unwrap()})),
+        )
         .await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("condition_failed")), "{body}");
-    let (_, view) = srv.call("GET", &format!("/v1/sessions/{id}"), Some("alice"), None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("condition_failed")),
+        "{body}"
+    );
+    let (_, view) = srv
+        .call("GET", &format!("/v1/sessions/{id}"), Some("alice"), None)
+        .await;
     assert_eq!(view["close_reason"], "revoked");
     assert_eq!(view["closed_by"], "lockstep:policy");
-    assert!(view["close_note"].as_str().unwrap().contains("127.0.0.1"), "{view}");
+    assert!(
+        view["close_note"].as_str().unwrap().contains("127.0.0.1"),
+        "{view}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,14 +508,33 @@ async fn token_sessions_mint_tokens_only() {
     let srv = start("rev-tokonly").await;
     let s = open(&srv, "db:reports", "token").await;
     let id = s["id"].as_str().unwrap();
-    let (status, body) = srv.call("POST", &format!("/v1/sessions/{id}/token"), Some("alice"), None).await;
+    let (status, body) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/token"),
+            Some("alice"),
+            None,
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     let (_, pem) = openssl_csr(srv.dir.path(), "tokonly", "ec:P-256");
     let (status, body) = srv
-        .call("POST", &format!("/v1/sessions/{id}/certificate"), Some("alice"), Some(json!({"csr": String::from_utf8(pem).unwrap()})))
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/certificate"),
+            Some("alice"),
+            Some(json!({"csr": String::from_utf8(pem).unwrap()})),
+        )
         .await;
     assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
     // mallory cannot mint on alice's session.
-    let (status, _) = srv.call("POST", &format!("/v1/sessions/{id}/token"), Some("mallory"), None).await;
+    let (status, _) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/token"),
+            Some("mallory"),
+            None,
+        )
+        .await;
     assert_eq!(status, 404);
 }
