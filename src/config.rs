@@ -37,6 +37,9 @@ pub struct Config {
     /// How revocation is published.
     #[serde(default)]
     pub revocation: RevocationConfig,
+    /// How the audit trail is checkpointed.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// How callers authenticate.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -74,13 +77,21 @@ pub struct KeysConfig {
     /// unavailable without it.
     #[serde(default)]
     pub token: Option<KeyRef>,
+    /// The key that signs audit checkpoints; the trail is chained but not
+    /// signed without it.
+    #[serde(default)]
+    pub audit: Option<KeyRef>,
 }
 
 impl KeysConfig {
     /// The keys of the service beside the CA (created by `init` when
     /// missing).
     pub fn service_keys(&self) -> Vec<(&'static str, &KeyRef)> {
-        self.token.iter().map(|k| ("token", k)).collect()
+        self.token
+            .iter()
+            .map(|k| ("token", k))
+            .chain(self.audit.iter().map(|k| ("audit", k)))
+            .collect()
     }
 }
 
@@ -175,6 +186,50 @@ pub struct ServerConfig {
     /// host name + the listening port.
     #[serde(default)]
     pub public_url: Option<String>,
+}
+
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+
+fn default_checkpoint_interval() -> String {
+    "30s".into()
+}
+
+/// `[audit]`: when checkpoints of the audit trail are signed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Sign a checkpoint after this many new entries...
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// ...or when this long has passed with unsigned entries (and always at
+    /// shutdown).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The interval in seconds.
+    pub fn interval_secs(&self) -> Result<i64, String> {
+        let d = humantime::parse_duration(&self.checkpoint_interval)
+            .map_err(|e| format!("[audit] checkpoint_interval: {e}"))?;
+        if d.as_secs() == 0 || self.checkpoint_every == 0 {
+            return Err(
+                "[audit] checkpoint_interval and checkpoint_every must be at least 1".into(),
+            );
+        }
+        Ok(d.as_secs() as i64)
+    }
 }
 
 fn default_crl_validity() -> String {
@@ -371,6 +426,7 @@ impl Config {
         let all_keys: Vec<&KeyRef> = [&config.keys.root, &config.keys.issuing]
             .into_iter()
             .chain(config.keys.token.iter())
+            .chain(config.keys.audit.iter())
             .collect();
         for (i, a) in all_keys.iter().enumerate() {
             for b in &all_keys[i + 1..] {
@@ -386,6 +442,7 @@ impl Config {
         }
         config.revocation.crl_secs().map_err(invalid)?;
         config.revocation.ocsp_secs().map_err(invalid)?;
+        config.audit.interval_secs().map_err(invalid)?;
         for (name, subject) in [
             ("root_subject", &config.ca.root_subject),
             ("issuing_subject", &config.ca.issuing_subject),

@@ -35,6 +35,9 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// The audit trail failed verification.
+    #[error("{0}")]
+    AuditFailed(String),
     /// The session being waited for closed without opening.
     #[error("{0}")]
     SessionEnded(String),
@@ -65,6 +68,7 @@ impl Error {
             Self::Remote { code, .. } => code,
             Self::Connection(_) => "connection_failed",
             Self::SessionEnded(_) => "session_closed",
+            Self::AuditFailed(_) => "audit_verification_failed",
         }
     }
 

@@ -89,6 +89,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/v1/ocsp", post(published::ocsp_post))
         .route("/v1/ocsp/{request}", get(published::ocsp_get))
         .route("/v1/introspect", post(published::introspect))
+        .route("/v1/audit", get(published::audit))
         .route("/.well-known/jwks.json", get(published::jwks))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

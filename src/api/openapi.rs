@@ -33,7 +33,7 @@ impl Modify for BearerAuth {
         sessions::create, sessions::list, sessions::get, sessions::approve, sessions::deny,
         sessions::close, sessions::revoke, sessions::certificate,
         published::token, published::crl, published::ocsp_post, published::ocsp_get,
-        published::jwks, published::introspect,
+        published::jwks, published::introspect, published::audit,
         health::ca, health::healthz, health::readyz,
     ),
     components(schemas(

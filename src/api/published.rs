@@ -90,6 +90,47 @@ pub async fn jwks(State(app): State<AppState>) -> Result<Json<serde_json::Value>
     })
 }
 
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this session's entries.
+    pub session: Option<String>,
+    /// Entries after this sequence number (paging).
+    pub after: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// The audit trail, for auditors named by the policy (tenants apart).
+#[utoipa::path(get, path = "/v1/audit", params(AuditQuery), security(("bearer" = [])),
+    responses((status = 200, description = "entries with their chain hashes, and the cursor of the next page"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn audit(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<crate::service::AuditPage>, ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::new(400, "invalid_request", e.body_text()))?;
+    let session = q
+        .session
+        .as_deref()
+        .map(SessionId::parse)
+        .transpose()
+        .map_err(|e| ApiError::new(404, "session_not_found", e.to_string()))?;
+    let page = app
+        .service
+        .audit(
+            &caller,
+            session.as_ref(),
+            q.after.unwrap_or(0),
+            q.limit.unwrap_or(100),
+        )
+        .await?;
+    Ok(Json(page))
+}
+
 /// The body of an introspection request.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct IntrospectBody {

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use super::tls::{self, MintedIdentity};
 use super::{AppState, router, serve};
+use crate::audit::AuditSigner;
 use crate::auth::Authenticator;
 use crate::auth::oidc::OidcVerifier;
 use crate::auth::tokens::StaticTokens;
@@ -120,6 +121,28 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             Some(TokenSigner::new(opened))
         }
     };
+    let audit = match &config.keys.audit {
+        None => {
+            tracing::warn!(
+                "no [keys.audit]: the audit trail is chained but checkpoints are not signed"
+            );
+            None
+        }
+        Some(key) => {
+            let key = key.clone();
+            let backend = backend.clone();
+            let issuer = issuer.clone();
+            let path = config.ca.dir.join("audit.pem");
+            let signer = tokio::task::spawn_blocking(move || {
+                let key = backend.open_key(&key)?;
+                let cert = crate::audit::certificate_for(&issuer, key.as_ref(), &path, now)?;
+                Ok::<_, Error>(AuditSigner::new(key, cert))
+            })
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("start-up task failed: {e}")))??;
+            Some(signer)
+        }
+    };
     let parts = ServiceParts {
         store: store as Arc<dyn Store>,
         policy: policy.clone(),
@@ -136,8 +159,18 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             .revocation
             .ocsp_secs()
             .map_err(Error::InvalidArgument)?,
+        audit,
+        checkpoint_every: config.audit.checkpoint_every,
+        checkpoint_interval_secs: config
+            .audit
+            .interval_secs()
+            .map_err(Error::InvalidArgument)?,
     };
     let service = Arc::new(Service::new(parts).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+    service
+        .started()
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("cannot record the start: {e}")))?;
     let state = AppState {
         service,
         auth: Arc::new(Authenticator::new(tokens, oidc)),
@@ -217,6 +250,9 @@ impl Prepared {
                 if let Err(e) = service.sweep().await {
                     tracing::warn!(error = %e, "sweeping due sessions failed");
                 }
+                if let Err(e) = service.checkpoint(false).await {
+                    tracing::warn!(error = %e, "signing an audit checkpoint failed");
+                }
                 if let Some(identity) = &identity
                     && last_renewal_check.elapsed() > Duration::from_secs(60)
                 {
@@ -235,6 +271,9 @@ impl Prepared {
         });
         let result = serve(listener, self.tls, self.app, shutdown).await;
         background.abort();
+        if let Err(e) = self.state.service.stopped().await {
+            tracing::error!(error = %e, "could not record the stop or sign the last checkpoint");
+        }
         result
     }
 }

@@ -127,7 +127,14 @@ fn mint(
     let not_after = now
         .plus_secs(i64::from(days.max(1)) * DAY_SECS)
         .min(issuer.not_after());
-    let issued = issuer.mint_server(&spki, &subject, &sans, not_after, now)?;
+    let issued = issuer.mint_service(
+        &spki,
+        &subject,
+        &sans,
+        crate::x509::oids::KP_SERVER_AUTH,
+        not_after,
+        now,
+    )?;
     let pkcs8 = secret.to_pkcs8_der().map_err(tls_error)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec()));
     let signing = rustls::crypto::ring::sign::any_ecdsa_type(&key).map_err(tls_error)?;

@@ -89,8 +89,21 @@ pub struct InitReport {
     pub csr: Option<PathBuf>,
     /// Files written.
     pub files: Vec<PathBuf>,
-    /// Service keys created beside the CA (`token`).
+    /// Service keys created beside the CA (`token`, `audit`).
     pub service_keys: Vec<String>,
+    /// Every key generated on the device.
+    pub generated: Vec<GeneratedKey>,
+}
+
+/// A key `init` generated on the device.
+#[derive(Clone, Debug, Serialize)]
+pub struct GeneratedKey {
+    /// Its role: `root`, `issuing`, `token`, `audit`.
+    pub role: String,
+    /// Its reference.
+    pub key: String,
+    /// SHA-256 of its public key, hex.
+    pub key_sha256: String,
 }
 
 /// Keys created during this `init`, destroyed again if it fails, so a
@@ -98,20 +111,33 @@ pub struct InitReport {
 struct Created<'a> {
     backend: &'a dyn KeyBackend,
     keys: Vec<KeyRef>,
+    generated: Vec<GeneratedKey>,
 }
 
 impl Created<'_> {
-    fn generate(&mut self, key: &KeyRef, force: bool) -> Result<Arc<dyn DeviceKey>, Error> {
+    fn generate(
+        &mut self,
+        role: &str,
+        key: &KeyRef,
+        force: bool,
+    ) -> Result<Arc<dyn DeviceKey>, Error> {
         let existed = self.backend.key_exists(key)?;
         let k = self.backend.generate_key(key, force)?;
+        self.generated.push(GeneratedKey {
+            role: role.to_owned(),
+            key: key.to_string(),
+            key_sha256: hex::encode(k.public_key().fingerprint()),
+        });
         if !existed {
             self.keys.push(key.clone());
         }
         Ok(k)
     }
 
-    fn keep(mut self) {
+    /// Keeps the keys created; returns what was generated.
+    fn keep(mut self) -> Vec<GeneratedKey> {
         self.keys.clear();
+        std::mem::take(&mut self.generated)
     }
 }
 
@@ -144,6 +170,7 @@ pub fn init(
     let mut created = Created {
         backend,
         keys: Vec::new(),
+        generated: Vec::new(),
     };
     if !options.force {
         let mut existing = Vec::new();
@@ -170,11 +197,12 @@ pub fn init(
             }
             let mut service_keys = Vec::new();
             for (role, key) in missing {
-                created.generate(key, false)?;
+                created.generate(role, key, false)?;
                 service_keys.push(role.to_owned());
             }
-            created.keep();
+            let generated = created.keep();
             return Ok(InitReport {
+                generated,
                 mode: "added-service-keys",
                 backend: backend.describe(),
                 root: None,
@@ -187,16 +215,17 @@ pub fn init(
     }
     let mut service_keys = Vec::new();
     for (role, key) in config.keys.service_keys() {
-        created.generate(key, options.force)?;
+        created.generate(role, key, options.force)?;
         service_keys.push(role.to_owned());
     }
     let not_before = now.plus_secs(-CA_BACKDATE_SECS);
     if options.external_root {
-        let issuing = created.generate(&config.keys.issuing, options.force)?;
+        let issuing = created.generate("issuing", &config.keys.issuing, options.force)?;
         let csr = issuing_csr(issuing.as_ref(), &config.ca.issuing_subject)?;
         let path = files.write_csr(&csr)?;
-        created.keep();
+        let generated = created.keep();
         return Ok(InitReport {
+            generated,
             mode: "external-root-csr",
             backend: backend.describe(),
             root: None,
@@ -206,8 +235,8 @@ pub fn init(
             service_keys,
         });
     }
-    let root_key = created.generate(&config.keys.root, options.force)?;
-    let issuing_key = created.generate(&config.keys.issuing, options.force)?;
+    let root_key = created.generate("root", &config.keys.root, options.force)?;
+    let issuing_key = created.generate("issuing", &config.keys.issuing, options.force)?;
     let root_validity = CaValidity {
         not_before,
         not_after: now.plus_secs(i64::from(config.ca.root_validity_days) * DAY_SECS),
@@ -230,8 +259,9 @@ pub fn init(
     check_chain(&chain, now)?;
     Issuer::new(issuing_key, chain.clone())?;
     let written = files.write_chain(&chain)?;
-    created.keep();
+    let generated = created.keep();
     Ok(InitReport {
+        generated,
         mode: "self-signed-root",
         backend: backend.describe(),
         root: Some(CertSummary::of(&chain[1])?),
@@ -264,6 +294,7 @@ pub fn install_chain(
         csr: None,
         files: written,
         service_keys: Vec::new(),
+        generated: Vec::new(),
     })
 }
 

@@ -9,7 +9,7 @@ use der::{DecodePem, EncodePem};
 use x509_cert::Certificate;
 use x509_cert::request::CertReq;
 
-pub use init::{CertSummary, InitOptions, InitReport, init, install_chain};
+pub use init::{CertSummary, GeneratedKey, InitOptions, InitReport, init, install_chain};
 
 use crate::clock::Timestamp;
 use crate::config::Config;

@@ -47,8 +47,42 @@ pub fn run(config: &Config, args: InitArgs, out: Output) -> Result<(), Error> {
             now,
         )?,
     };
+    record(config, &report, now)?;
     out.print(&report, || text(&report));
     Ok(())
+}
+
+/// Puts the keys generated on the record, when the configuration has a
+/// store.
+fn record(config: &Config, report: &InitReport, now: crate::clock::Timestamp) -> Result<(), Error> {
+    let Some(store) = &config.store else {
+        return Ok(());
+    };
+    if report.generated.is_empty() {
+        return Ok(());
+    }
+    use crate::store::Store;
+    let fail = |e: crate::store::StoreError| {
+        Error::InvalidArgument(format!(
+            "the keys were created but could not be recorded: {e}"
+        ))
+    };
+    let store = crate::store::SqliteStore::open(&store.sqlite).map_err(fail)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    runtime.block_on(async {
+        for k in &report.generated {
+            let event = crate::sessions::Event::KeyInitialised {
+                role: k.role.clone(),
+                key: k.key.clone(),
+                key_sha256: k.key_sha256.clone(),
+            };
+            store.record(None, event, now).await.map_err(fail)?;
+        }
+        Ok(())
+    })
 }
 
 fn text(r: &InitReport) -> String {

@@ -1,6 +1,7 @@
 //! The `lockstep` command line. The binary only parses arguments, sets up
 //! logging and calls into here; each subcommand lives in its own module.
 
+mod audit;
 mod auth;
 mod cert;
 mod client_args;
@@ -49,6 +50,9 @@ pub enum Command {
     /// Inspect the keys held by the configured device.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Verify or export the audit trail (offline).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Run the issuer service (HTTPS).
     Serve(serve::ServeArgs),
     /// Manage API tokens.
@@ -82,6 +86,7 @@ impl Cli {
             Command::Init(args) => init::run(&load(&self.config)?, args, out),
             Command::Keys(cmd) => keys::run(&load(&self.config)?, cmd, out),
             Command::Serve(args) => serve::run(&load(&self.config)?, args),
+            Command::Audit(cmd) => audit::run(&self.config, cmd, out),
             Command::Auth(cmd) => auth::run(&load(&self.config)?, cmd, out),
             Command::Request(args) => session::request(args, out),
             Command::Approve(args) => session::approve(args, out),

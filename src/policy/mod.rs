@@ -237,6 +237,13 @@ impl Policy {
         }
     }
 
+    /// Whether `identity` audits the sessions of at least one tenant.
+    pub fn audits_any_tenant(&self, identity: &str) -> bool {
+        self.tenants
+            .values()
+            .any(|t| identity::matches_any(&t.auditors, identity))
+    }
+
     /// Whether `identity` audits sessions of `tenant` (same scoping as
     /// operators).
     pub fn is_auditor(&self, tenant: Option<&str>, identity: &str) -> bool {

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
+use crate::audit::AuditSigner;
 use crate::auth::Caller;
 use crate::clock::{Clock, Timestamp};
 use crate::keys::KeyBackend;
@@ -29,7 +30,7 @@ use crate::x509::{Issuer, RevocationUrls};
 
 pub use error::ServiceError;
 pub use mint::{IssuedToken, TokenRequest};
-pub use published::Introspection;
+pub use published::{AuditPage, Introspection};
 
 /// What a requester asks for.
 #[derive(Clone, Debug)]
@@ -95,6 +96,12 @@ pub struct ServiceParts {
     pub crl_validity_secs: i64,
     /// OCSP response lifetime, seconds.
     pub ocsp_validity_secs: i64,
+    /// The audit signer, if checkpoints are signed.
+    pub audit: Option<AuditSigner>,
+    /// Sign a checkpoint after this many entries...
+    pub checkpoint_every: u64,
+    /// ...or after this many seconds.
+    pub checkpoint_interval_secs: i64,
 }
 
 /// The issuer service.
@@ -110,6 +117,10 @@ pub struct Service {
     ocsp: Responder,
     ocsp_validity_secs: i64,
     public_url: RwLock<Option<String>>,
+    audit: Option<AuditSigner>,
+    checkpoint_every: u64,
+    checkpoint_interval_secs: i64,
+    checkpointing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Service {
@@ -149,6 +160,10 @@ impl Service {
             organization: parts.organization,
             tokens: parts.tokens,
             public_url: RwLock::new(None),
+            audit: parts.audit,
+            checkpoint_every: parts.checkpoint_every.max(1),
+            checkpoint_interval_secs: parts.checkpoint_interval_secs.max(1),
+            checkpointing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -472,6 +487,73 @@ impl Service {
             .await?;
         tracing::info!(session = %id, by = %caller.identity, "session revoked");
         Ok(s)
+    }
+
+    /// Signs a checkpoint of the audit trail if one is due (`force`: if
+    /// there is anything unsigned). Returns the checkpoint number signed.
+    pub async fn checkpoint(&self, force: bool) -> Result<Option<u64>, ServiceError> {
+        let Some(signer) = self.audit.clone() else {
+            return Ok(None);
+        };
+        let _one_at_a_time = self.checkpointing.lock().await;
+        let Some((upto, head)) = self.store.audit_head().await? else {
+            return Ok(None);
+        };
+        let last = self.store.last_checkpoint().await?;
+        let (last_upto, last_at, number) = match &last {
+            Some(c) => (c.upto, c.at, c.number + 1),
+            None => (0, i64::MIN, 1),
+        };
+        if upto <= last_upto {
+            return Ok(None);
+        }
+        let now = self.now();
+        let due = force
+            || last.is_none()
+            || upto - last_upto >= self.checkpoint_every
+            || now.unix().saturating_sub(last_at) >= self.checkpoint_interval_secs;
+        if !due {
+            return Ok(None);
+        }
+        let checkpoint = tokio::task::spawn_blocking(move || signer.sign(number, upto, &head, now))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("checkpoint task failed: {e}")))??;
+        self.store.add_checkpoint(checkpoint).await?;
+        tracing::debug!(number, upto, "audit checkpoint signed");
+        Ok(Some(number))
+    }
+
+    /// Records the start of the service, with the policy's hash.
+    pub async fn started(&self) -> Result<(), ServiceError> {
+        use sha2::Digest;
+        if let Some(signer) = &self.audit {
+            self.store
+                .add_audit_certificate(signer.certificate().to_vec(), self.now())
+                .await?;
+            for cert in self.issuer.chain() {
+                self.store
+                    .add_audit_certificate(der::Encode::to_der(cert)?, self.now())
+                    .await?;
+            }
+        }
+        let event = Event::ServiceStarted {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            policy_sha256: hex::encode(self.policy.sha256()),
+            issuer_key_sha256: hex::encode(sha2::Sha256::digest(
+                self.issuer.key().public_key().spki_der(),
+            )),
+        };
+        self.store.record(None, event, self.now()).await?;
+        Ok(())
+    }
+
+    /// Records a graceful stop and signs a last checkpoint.
+    pub async fn stopped(&self) -> Result<(), ServiceError> {
+        self.store
+            .record(None, Event::ServiceStopped, self.now())
+            .await?;
+        self.checkpoint(true).await?;
+        Ok(())
     }
 
     /// Closes due sessions; run periodically.

@@ -34,7 +34,84 @@ impl Introspection {
     }
 }
 
+/// A page of the audit trail.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditPage {
+    /// Entries the caller may read, oldest first.
+    pub entries: Vec<crate::audit::Entry>,
+    /// Pass as `after` for the next page; none at the end.
+    pub next_after: Option<u64>,
+}
+
 impl Service {
+    /// Audit entries for an auditor: of one session, or of every session it
+    /// audits (global auditors also see entries of no session). Tenants
+    /// stay apart: an auditor of one tenant never sees another's.
+    pub async fn audit(
+        &self,
+        caller: &Caller,
+        session: Option<&SessionId>,
+        after: u64,
+        limit: usize,
+    ) -> Result<AuditPage, ServiceError> {
+        let global = self.policy.is_auditor(None, &caller.identity);
+        if let Some(id) = session {
+            let (_, relation) = self.visible(caller, id, "audit").await?;
+            if relation != super::Relation::Auditor {
+                let err = ServiceError::Forbidden(
+                    "only auditors named by the policy read the audit trail".into(),
+                );
+                return self.refuse(caller, Some(id), "audit", err).await;
+            }
+        } else if !global && !self.policy.audits_any_tenant(&caller.identity) {
+            let err = ServiceError::Forbidden(
+                "only auditors named by the policy read the audit trail".into(),
+            );
+            return self.refuse(caller, None, "audit", err).await;
+        }
+        let limit = limit.clamp(1, 1000);
+        let mut tenants: std::collections::HashMap<String, Option<String>> = Default::default();
+        let mut entries = Vec::new();
+        let mut cursor = after;
+        let mut exhausted = false;
+        while entries.len() < limit && !exhausted {
+            let batch = self.store.audit_entries(cursor, limit, session).await?;
+            exhausted = batch.len() < limit;
+            for e in batch {
+                cursor = e.seq;
+                let allowed = match &e.session {
+                    None => global,
+                    Some(sid) => {
+                        if !tenants.contains_key(sid) {
+                            let tenant = match SessionId::parse(sid) {
+                                Ok(id) => self
+                                    .store
+                                    .session(&id, self.now())
+                                    .await
+                                    .ok()
+                                    .and_then(|s| s.request.tenant),
+                                Err(_) => None,
+                            };
+                            tenants.insert(sid.clone(), tenant);
+                        }
+                        let tenant = tenants.get(sid).cloned().flatten();
+                        self.policy.is_auditor(tenant.as_deref(), &caller.identity)
+                    }
+                };
+                if allowed {
+                    entries.push(e);
+                    if entries.len() == limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(AuditPage {
+            next_after: (!exhausted || entries.len() == limit).then_some(cursor),
+            entries,
+        })
+    }
+
     /// The current CRL (DER).
     pub async fn crl(&self) -> Result<std::sync::Arc<Vec<u8>>, ServiceError> {
         self.crl.current(self.now()).await.map_err(|e| match e {

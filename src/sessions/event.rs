@@ -72,6 +72,26 @@ pub enum Event {
         /// The reason given with a revocation.
         note: Option<String>,
     },
+    /// The service started.
+    ServiceStarted {
+        /// lockstep's version.
+        version: String,
+        /// SHA-256 of the policy file in force, hex.
+        policy_sha256: String,
+        /// SHA-256 of the issuing CA's public key, hex.
+        issuer_key_sha256: String,
+    },
+    /// The service stopped (gracefully).
+    ServiceStopped,
+    /// A key was generated on the device by `lockstep init`.
+    KeyInitialised {
+        /// Its role (`root`, `issuing`, `token`, `audit`).
+        role: String,
+        /// Its reference (label, id or handle).
+        key: String,
+        /// SHA-256 of its public key, hex.
+        key_sha256: String,
+    },
     /// A call was refused.
     Refused {
         /// The caller, if authenticated.
@@ -95,6 +115,9 @@ impl Event {
             Self::Voided { .. } => "voided",
             Self::Closed { .. } => "closed",
             Self::Refused { .. } => "refused",
+            Self::ServiceStarted { .. } => "service_started",
+            Self::ServiceStopped => "service_stopped",
+            Self::KeyInitialised { .. } => "key_initialised",
         }
     }
 }

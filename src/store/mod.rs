@@ -267,6 +267,28 @@ pub trait Store: Send + Sync {
     /// The next CRL number (persistently increasing).
     async fn next_crl_number(&self) -> Result<u64, StoreError>;
 
+    /// The last audit entry: its sequence number and hash.
+    async fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+
+    /// The last checkpoint.
+    async fn last_checkpoint(&self) -> Result<Option<crate::audit::Checkpoint>, StoreError>;
+
+    /// Appends a signed checkpoint (its number must follow the last one).
+    async fn add_checkpoint(&self, checkpoint: crate::audit::Checkpoint) -> Result<(), StoreError>;
+
+    /// Records an audit signer certificate or one of its chain (DER;
+    /// recording one twice is harmless).
+    async fn add_audit_certificate(&self, der: Vec<u8>, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Audit entries after sequence number `after`, oldest first, at most
+    /// `limit`, only those of `session` when given.
+    async fn audit_entries(
+        &self,
+        after: u64,
+        limit: usize,
+        session: Option<&SessionId>,
+    ) -> Result<Vec<crate::audit::Entry>, StoreError>;
+
     /// A session's events, oldest first.
     async fn events(&self, id: &SessionId) -> Result<Vec<EventRecord>, StoreError>;
 

@@ -242,13 +242,15 @@ impl Issuer {
         self.build(leaf, serial, now)
     }
 
-    /// A TLS server certificate (EKU serverAuth) for lockstep's own
-    /// service, for `public_key` and the given host names and addresses.
-    pub fn mint_server(
+    /// A certificate for one of lockstep's own keys (its TLS server key:
+    /// EKU serverAuth; its audit signer: the lockstep audit EKU), for
+    /// `public_key` with the given names.
+    pub fn mint_service(
         &self,
         public_key: &SubjectPublicKeyInfoOwned,
         subject: &SubjectName,
         sans: &[San],
+        eku: der::asn1::ObjectIdentifier,
         not_after: Timestamp,
         now: Timestamp,
     ) -> Result<IssuedCertificate, X509Error> {
@@ -256,7 +258,7 @@ impl Issuer {
             spki: public_key,
             subject,
             sans,
-            eku: oids::KP_SERVER_AUTH,
+            eku,
             session: None,
             revocation: None,
             not_after,

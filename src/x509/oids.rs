@@ -65,6 +65,9 @@ pub const COUNTRY: Oid = Oid::new_unwrap("2.5.4.6");
 /// no registration, but its 128-bit arc breaks common X.509 parsers, Go's
 /// and RustCrypto's among them.)
 pub const LOCKSTEP_ARC: Oid = Oid::new_unwrap("1.3.6.1.4.1.32473.7683");
+/// The extended key usage of lockstep's audit signer (checkpoint
+/// signatures): `{ lockstep-arc 2 1 }`.
+pub const KP_LOCKSTEP_AUDIT: Oid = Oid::new_unwrap("1.3.6.1.4.1.32473.7683.2.1");
 /// The certificate extension carrying a certificate's lockstep session
 /// (see [`super::extension`]): `{ lockstep-arc 1 1 }`.
 pub const LOCKSTEP_SESSION_EXT: Oid = Oid::new_unwrap("1.3.6.1.4.1.32473.7683.1.1");

@@ -246,6 +246,10 @@ id = "{issuing_id:04x}"
 label = "{name}-token"
 id = "{token_id:04x}"
 
+[keys.audit]
+label = "{name}-audit"
+id = "{audit_id:04x}"
+
 [ca]
 dir = "ca"
 root_subject = {{ common_name = "{name} Root CA", organization = "lockstep tests" }}
@@ -254,9 +258,10 @@ root_validity_days = {root_days}
 issuing_validity_days = {issuing_days}
 "#,
         pin = hsm.pin_file.display(),
-        root_id = 0x1000 + 3 * n,
-        issuing_id = 0x1001 + 3 * n,
-        token_id = 0x1002 + 3 * n,
+        root_id = 0x1000 + 4 * n,
+        issuing_id = 0x1001 + 4 * n,
+        token_id = 0x1002 + 4 * n,
+        audit_id = 0x1003 + 4 * n,
     )
 }
 

@@ -20,69 +20,11 @@ use super::{
 use crate::clock::Timestamp;
 use crate::sessions::{Event, Profile, RevocationReason, Session, SessionId, SessionOp, State};
 
-/// Schema migrations, applied in order; `user_version` counts those done.
-const MIGRATIONS: &[&str] = &[
-    // 1: sessions, credentials, events.
-    r#"
-    CREATE TABLE sessions (
-        id            TEXT PRIMARY KEY,
-        state         TEXT NOT NULL,
-        tenant        TEXT,
-        requester     TEXT NOT NULL,
-        resource      TEXT NOT NULL,
-        created_at    INTEGER NOT NULL,
-        pending_until INTEGER NOT NULL,
-        closes_at     INTEGER,
-        body          TEXT NOT NULL
-    ) STRICT;
-    CREATE INDEX sessions_due_pending ON sessions(pending_until) WHERE state = 'pending';
-    CREATE INDEX sessions_due_open ON sessions(closes_at) WHERE state = 'open';
-    CREATE INDEX sessions_created ON sessions(created_at);
+mod schema;
 
-    CREATE TABLE credentials (
-        serial      TEXT PRIMARY KEY,
-        session_id  TEXT NOT NULL REFERENCES sessions(id),
-        profile     TEXT NOT NULL,
-        state       TEXT NOT NULL CHECK (state IN ('reserved', 'issued', 'withheld', 'void')),
-        not_after   INTEGER NOT NULL,
-        key_sha256  TEXT,
-        der         BLOB,
-        created_at  INTEGER NOT NULL,
-        issued_at   INTEGER
-    ) STRICT;
-    CREATE INDEX credentials_session ON credentials(session_id);
-    CREATE INDEX credentials_reserved ON credentials(state) WHERE state = 'reserved';
+use schema::migrate;
 
-    CREATE TABLE events (
-        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-        at          INTEGER NOT NULL,
-        session_id  TEXT,
-        kind        TEXT NOT NULL,
-        body        TEXT NOT NULL
-    ) STRICT;
-    CREATE INDEX events_session ON events(session_id);
-    "#,
-    // 2: tokens beside certificates, revocations, counters.
-    r#"
-    ALTER TABLE credentials ADD COLUMN kind TEXT NOT NULL DEFAULT 'certificate';
-    ALTER TABLE credentials ADD COLUMN counted INTEGER NOT NULL DEFAULT 1;
-
-    CREATE TABLE revocations (
-        serial      TEXT PRIMARY KEY REFERENCES credentials(serial),
-        session_id  TEXT NOT NULL,
-        revoked_at  INTEGER NOT NULL,
-        reason      INTEGER NOT NULL,
-        not_after   INTEGER NOT NULL
-    ) STRICT;
-    CREATE INDEX revocations_live ON revocations(not_after);
-
-    CREATE TABLE counters (
-        name   TEXT PRIMARY KEY,
-        value  INTEGER NOT NULL
-    ) STRICT;
-    INSERT INTO counters (name, value) VALUES ('crl_number', 0), ('revocations', 0);
-    "#,
-];
+use crate::audit::{GENESIS, entry_hash};
 
 /// The SQLite store.
 #[derive(Clone)]
@@ -166,28 +108,6 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let done: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(unavailable)?;
-    if done as usize > MIGRATIONS.len() {
-        return Err(corrupt(format!(
-            "the store has schema version {done}, newer than this lockstep ({}); upgrade lockstep",
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
-        tx.execute_batch(sql).map_err(unavailable)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
-            .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
-    }
-    Ok(())
-}
-
 fn load(tx: &Connection, id: &SessionId) -> Result<Session, StoreError> {
     let body: Option<String> = tx
         .query_row(
@@ -223,15 +143,37 @@ fn append(
     event: &Event,
 ) -> Result<(), StoreError> {
     let body = serde_json::to_string(event).map_err(corrupt)?;
-    tx.execute(
-        "INSERT INTO events (at, session_id, kind, body) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            now.unix(),
-            session.map(SessionId::as_str),
-            event.kind(),
-            body
-        ],
+    // Chain to the entry before: read the head inside this transaction.
+    let head: Option<(i64, Vec<u8>)> = tx
+        .prepare_cached("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        .map_err(unavailable)?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(unavailable)?;
+    let (seq, prev) = match head {
+        None => (1, GENESIS),
+        Some((seq, hash)) => (
+            seq + 1,
+            hash.try_into()
+                .map_err(|_| corrupt(format!("audit entry {seq} has no valid hash")))?,
+        ),
+    };
+    let session = session.map(SessionId::as_str);
+    let hash = entry_hash(&prev, seq as u64, now.unix(), session, event.kind(), &body);
+    tx.prepare_cached(
+        "INSERT INTO events (seq, at, session_id, kind, body, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
+    .map_err(unavailable)?
+    .execute(params![
+        seq,
+        now.unix(),
+        session,
+        event.kind(),
+        body,
+        prev.to_vec(),
+        hash.to_vec()
+    ])
     .map_err(unavailable)?;
     Ok(())
 }
@@ -728,6 +670,137 @@ impl Store for SqliteStore {
 
     async fn next_crl_number(&self) -> Result<u64, StoreError> {
         self.write(|tx| bump(tx, "crl_number")).await
+    }
+
+    async fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.run(|c| {
+            let head: Option<(i64, Vec<u8>)> = c
+                .query_row(
+                    "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            head.map(|(seq, hash)| {
+                let hash: [u8; 32] = hash
+                    .try_into()
+                    .map_err(|_| corrupt(format!("audit entry {seq} has no valid hash")))?;
+                Ok((seq as u64, hash))
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn last_checkpoint(&self) -> Result<Option<crate::audit::Checkpoint>, StoreError> {
+        self.run(|c| {
+            c.query_row(
+                "SELECT number, upto, head, at, signer, signature FROM checkpoints
+                 ORDER BY number DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(crate::audit::Checkpoint {
+                        number: r.get::<_, i64>(0)? as u64,
+                        upto: r.get::<_, i64>(1)? as u64,
+                        head: hex::encode(r.get::<_, Vec<u8>>(2)?),
+                        at: r.get(3)?,
+                        signer: hex::encode(r.get::<_, Vec<u8>>(4)?),
+                        signature: hex::encode(r.get::<_, Vec<u8>>(5)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn add_checkpoint(&self, cp: crate::audit::Checkpoint) -> Result<(), StoreError> {
+        let bytes = |h: &str| hex::decode(h).map_err(|e| corrupt(format!("checkpoint: {e}")));
+        let (head, signer, signature) =
+            (bytes(&cp.head)?, bytes(&cp.signer)?, bytes(&cp.signature)?);
+        self.write(move |tx| {
+            let last: Option<i64> = tx
+                .query_row("SELECT MAX(number) FROM checkpoints", [], |r| r.get(0))
+                .map_err(unavailable)?;
+            if last.unwrap_or(0) as u64 + 1 != cp.number {
+                return Err(corrupt(format!(
+                    "checkpoint {} does not follow checkpoint {}",
+                    cp.number,
+                    last.unwrap_or(0)
+                )));
+            }
+            tx.execute(
+                "INSERT INTO checkpoints (number, upto, head, at, signer, signature)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    cp.number as i64,
+                    cp.upto as i64,
+                    head,
+                    cp.at,
+                    signer,
+                    signature
+                ],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_audit_certificate(&self, der: Vec<u8>, now: Timestamp) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            let id = crate::audit::signer_id(&der).to_vec();
+            tx.execute(
+                "INSERT OR IGNORE INTO audit_certificates (id, der, added_at) VALUES (?1, ?2, ?3)",
+                params![id, der, now.unix()],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_entries(
+        &self,
+        after: u64,
+        limit: usize,
+        session: Option<&SessionId>,
+    ) -> Result<Vec<crate::audit::Entry>, StoreError> {
+        let session = session.map(|s| s.to_string());
+        self.run(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seq, at, session_id, kind, body, prev_hash, hash FROM events
+                     WHERE seq > ?1 AND (?2 IS NULL OR session_id = ?2) ORDER BY seq LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![after as i64, session, limit.min(10_000) as i64],
+                    |r| {
+                        Ok(crate::audit::Entry {
+                            seq: r.get::<_, i64>(0)? as u64,
+                            at: r.get(1)?,
+                            session: r.get(2)?,
+                            kind: r.get(3)?,
+                            body: r.get(4)?,
+                            prev_hash: r
+                                .get::<_, Option<Vec<u8>>>(5)?
+                                .map(hex::encode)
+                                .unwrap_or_default(),
+                            hash: r
+                                .get::<_, Option<Vec<u8>>>(6)?
+                                .map(hex::encode)
+                                .unwrap_or_default(),
+                        })
+                    },
+                )
+                .map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)
+        })
+        .await
     }
 
     async fn events(&self, id: &SessionId) -> Result<Vec<EventRecord>, StoreError> {

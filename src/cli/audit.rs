@@ -1,0 +1,136 @@
+//! `lockstep audit verify | export`: offline, from the store file or an
+//! export, with only the CA root.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use der::DecodePem;
+use x509_cert::Certificate;
+
+use super::Output;
+use crate::audit::{Trail, verify};
+use crate::clock::Timestamp;
+use crate::config::Config;
+use crate::error::Error;
+
+/// Check or extract the audit trail.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chain and the signed checkpoints; exit 1 naming
+    /// every edited, deleted, inserted or reordered entry, truncation or
+    /// forged checkpoint.
+    Verify {
+        /// The store file (default: `[store] sqlite` of the configuration).
+        #[arg(long, conflicts_with = "export")]
+        db: Option<PathBuf>,
+        /// Verify an export (JSON lines) instead of a store file.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// The trusted root certificate (default: `[ca] dir`/root.pem).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Print the trail as JSON lines: certificates, entries, checkpoints.
+    Export {
+        /// The store file (default: `[store] sqlite` of the configuration).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Only the entries of this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only entries at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+fn store_path(config: &Path, db: Option<PathBuf>) -> Result<PathBuf, Error> {
+    if let Some(db) = db {
+        return Ok(db);
+    }
+    let config = Config::load(config)?;
+    config
+        .store
+        .map(|s| s.sqlite)
+        .ok_or_else(|| Error::InvalidArgument("no --db and no [store] in the configuration".into()))
+}
+
+fn read_trail(config: &Path, db: Option<PathBuf>) -> Result<Trail, Error> {
+    let path = store_path(config, db)?;
+    if !path.exists() {
+        return Err(Error::InvalidArgument(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    Trail::from_sqlite(&path).map_err(Error::InvalidArgument)
+}
+
+/// Runs an `audit` subcommand.
+pub fn run(config_path: &Path, cmd: AuditCommand, out: Output) -> Result<(), Error> {
+    match cmd {
+        AuditCommand::Verify { db, export, root } => {
+            let trail = match &export {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+                    Trail::from_export(&text).map_err(Error::InvalidArgument)?
+                }
+                None => read_trail(config_path, db)?,
+            };
+            let root = match root {
+                Some(r) => r,
+                None => Config::load(config_path)?.ca.dir.join("root.pem"),
+            };
+            let pem = std::fs::read_to_string(&root).map_err(|e| Error::io(&root, e))?;
+            let roots = vec![Certificate::from_pem(&pem).map_err(|e| {
+                Error::InvalidArgument(format!("{}: not a PEM certificate: {e}", root.display()))
+            })?];
+            let report = verify(
+                trail.entries,
+                &trail.checkpoints,
+                &trail.certificates,
+                &roots,
+            );
+            out.print(&report, || {
+                let mut t = String::new();
+                if report.ok() {
+                    t.push_str(&format!(
+                        "audit trail OK: {} entries, {} checkpoints, signed up to entry {}",
+                        report.entries, report.checkpoints, report.signed_upto
+                    ));
+                    if report.unsigned_tail > 0 {
+                        t.push_str(&format!(
+                            "; {} entries after the last checkpoint (chained, not yet signed)",
+                            report.unsigned_tail
+                        ));
+                    }
+                    t.push('\n');
+                } else {
+                    for p in &report.problems {
+                        t.push_str(&format!("{}: {}\n", p.place, p.what));
+                    }
+                }
+                t
+            });
+            if report.ok() {
+                Ok(())
+            } else {
+                Err(Error::AuditFailed(format!(
+                    "the audit trail failed verification ({} problem(s))",
+                    report.problems.len()
+                )))
+            }
+        }
+        AuditCommand::Export { db, session, since } => {
+            let trail = read_trail(config_path, db)?;
+            let since = since
+                .map(|s| Timestamp::parse_rfc3339(&s).map_err(Error::InvalidArgument))
+                .transpose()?;
+            let text = trail
+                .export(session.as_deref(), since.map(Timestamp::unix))
+                .map_err(Error::InvalidArgument)?;
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
