@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::{
     Applied, CredentialKind, CredentialRecord, EventRecord, Finish, Finished, NewCredential,
@@ -21,15 +21,18 @@ use crate::clock::Timestamp;
 use crate::sessions::{Event, Profile, RevocationReason, Session, SessionId, SessionOp, State};
 
 mod schema;
+mod writer;
 
 use schema::migrate;
+use writer::Writer;
 
 use crate::audit::{GENESIS, entry_hash};
 
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    writer: Writer,
+    readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
 }
 
@@ -68,45 +71,63 @@ impl SqliteStore {
             .map_err(unavailable)?;
         migrate(&mut conn)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: Writer::start(conn)?,
+            readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_owned(),
         })
     }
 
-    /// Runs `f` on the connection, on the blocking pool.
+    /// A read-only connection from the pool (WAL lets readers run beside
+    /// the writer and see every committed transaction).
+    fn reader(path: &Path, pool: &Mutex<Vec<Connection>>) -> Result<Connection, StoreError> {
+        if let Some(c) = pool.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(c);
+        }
+        let c = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        c.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(unavailable)?;
+        Ok(c)
+    }
+
+    /// Runs the read `f` on a pooled read-only connection, on the blocking
+    /// pool.
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let pool = self.readers.clone();
+        let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            // A panic inside a transaction rolls it back (the transaction
-            // is dropped), so a poisoned connection is still consistent.
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut c)
+            let mut c = Self::reader(&path, &pool)?;
+            let out = f(&mut c);
+            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < MAX_READERS {
+                pool.push(c);
+            }
+            out
         })
         .await
         .map_err(|e| unavailable(format!("store task failed: {e}")))?
     }
 
-    /// Runs `f` in an immediate (write-locked) transaction and commits.
+    /// Runs `f` in a write transaction (grouped with other writes waiting
+    /// at the same moment) and returns once it is committed to disk.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        self.run(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(unavailable)?;
-            Ok(out)
-        })
-        .await
+        self.writer.write(f).await
     }
 }
+
+/// Read-only connections kept open.
+const MAX_READERS: usize = 8;
 
 fn load(tx: &Connection, id: &SessionId) -> Result<Session, StoreError> {
     let body: Option<String> = tx

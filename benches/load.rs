@@ -1,0 +1,346 @@
+//! The load harness behind `scripts/bench`: the service (`lockstep serve`,
+//! SoftHSM2 key, durable SQLite store) on loopback, driven over HTTPS with
+//! keep-alive by 1, 8 and 64 concurrent clients, compared with the
+//! in-process minting rate measured in the same run.
+//!
+//! `cargo bench --bench load -- [--quick] [--json PATH]`
+
+#![allow(missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::server::TestServer;
+use lockstep::clock::{Clock, SystemClock};
+use lockstep::x509::csr::parse_and_verify;
+use lockstep::x509::{CertProfile, LeafSpec, San, SessionEvidence, SubjectName};
+use serde_json::{Value, json};
+
+const POLICY: &str = r#"
+[[resource]]
+match = "bench:*"
+requesters = ["token:load"]
+approvers = ["token:a1", "token:a2"]
+quorum = 1
+max_duration = "1h"
+profiles = ["mtls-client"]
+credentials = 1000
+pending_timeout = "1h"
+
+[[resource]]
+match = "life:*"
+requesters = ["token:load"]
+approvers = ["token:a1", "token:a2"]
+quorum = 2
+max_duration = "1h"
+profiles = ["mtls-client"]
+"#;
+
+struct Options {
+    quick: bool,
+    json: Option<String>,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    Options {
+        quick: args.iter().any(|a| a == "--quick"),
+        json: args
+            .iter()
+            .position(|a| a == "--json")
+            .and_then(|i| args.get(i + 1).cloned()),
+    }
+}
+
+/// Runs `f` on `threads` threads for `secs`; returns operations per second.
+fn rate(threads: usize, secs: f64, f: impl Fn() + Send + Sync + 'static) -> f64 {
+    let f = Arc::new(f);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (f, stop, count) = (f.clone(), stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    f();
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn client(srv: &TestServer) -> reqwest::Client {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(srv.root_pem())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(lockstep::api::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    // HTTP/1.1 with keep-alive: each client holds one connection.
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap()
+}
+
+async fn call(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = http.post(format!("{url}{path}")).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn open_session(http: &reqwest::Client, srv: &TestServer, resource: &str) -> String {
+    let (status, s) = call(http, &srv.url, srv.token("load"), "/v1/sessions",
+        Some(json!({"resource": resource, "task": "bench", "duration_secs": 3000, "profile": "mtls-client"}))).await;
+    assert_eq!(status, 201, "{s}");
+    let id = s["id"].as_str().unwrap().to_owned();
+    let (status, s) = call(http, &srv.url, srv.token("a1"), &format!("/v1/sessions/{id}/approve"),
+        Some(json!({"request_hash": s["request_hash"]}))).await;
+    assert_eq!(status, 200, "{s}");
+    id
+}
+
+struct Level {
+    clients: usize,
+    certs_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// `clients` concurrent clients, each on its own open session, minting for
+/// `secs` seconds.
+async fn certificate_load(srv: &Arc<TestServer>, csr: &Arc<String>, clients: usize, secs: f64) -> Level {
+    let mut sessions = Vec::new();
+    let setup = client(srv);
+    for i in 0..clients {
+        sessions.push((i, open_session(&setup, srv, &format!("bench:{i}")).await));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = sessions
+        .into_iter()
+        .map(|(i, id)| {
+            let (srv, csr, stop, errors) = (srv.clone(), csr.clone(), stop.clone(), errors.clone());
+            tokio::spawn(async move {
+                let http = client(&srv);
+                let mut path = format!("/v1/sessions/{id}/certificate");
+                let body = json!({ "csr": csr.as_str() });
+                let mut latencies = Vec::new();
+                let mut minted = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    if minted == 1000 {
+                        // The session's credentials are used up: the next one.
+                        let id = open_session(&http, &srv, &format!("bench:{i}")).await;
+                        path = format!("/v1/sessions/{id}/certificate");
+                        minted = 0;
+                    }
+                    let t = Instant::now();
+                    let (status, _) = call(&http, &srv.url, srv.token("load"), &path, Some(body.clone())).await;
+                    latencies.push(t.elapsed());
+                    minted += 1;
+                    if status != 201 {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Level {
+        clients,
+        certs_per_sec: all.len() as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+/// Full sessions per second: request, two approvals, certificate, close.
+async fn lifecycle(srv: &Arc<TestServer>, csr: &Arc<String>, clients: usize, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let (srv, csr, stop, done) = (srv.clone(), csr.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let http = client(&srv);
+                let url = srv.url.clone();
+                while !stop.load(Ordering::Relaxed) {
+                    let (_, s) = call(&http, &url, srv.token("load"), "/v1/sessions",
+                        Some(json!({"resource": format!("life:{i}"), "task": "bench", "duration_secs": 300, "profile": "mtls-client"}))).await;
+                    let id = s["id"].as_str().unwrap().to_owned();
+                    for approver in ["a1", "a2"] {
+                        call(&http, &url, srv.token(approver), &format!("/v1/sessions/{id}/approve"),
+                            Some(json!({"request_hash": s["request_hash"]}))).await;
+                    }
+                    let (status, _) = call(&http, &url, srv.token("load"), &format!("/v1/sessions/{id}/certificate"),
+                        Some(json!({"csr": csr.as_str()}))).await;
+                    assert_eq!(status, 201);
+                    call(&http, &url, srv.token("load"), &format!("/v1/sessions/{id}/close"), None).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let opts = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(run(opts));
+}
+
+async fn run(opts: Options) {
+    let secs = if opts.quick { 1.0 } else { 5.0 };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut srv = TestServer::start("bench", POLICY, &["load", "a1", "a2"], "").await;
+    srv.stop().await;
+
+    // In-process figures, same machine, same run.
+    let config = lockstep::config::Config::load(&srv.config_path).unwrap();
+    let backend = config.backend.open().unwrap();
+    let issuer = Arc::new(lockstep::ca::load_issuer(&config, backend.as_ref(), SystemClock.now()).unwrap());
+    let (_, csr_pem) = common::openssl_csr(srv.dir.path(), "bench", "ec:P-256");
+    let key = issuer.key().clone();
+    let raw_sign = rate(threads, secs, move || {
+        key.sign_digest(&[7u8; 32]).unwrap();
+    });
+    let (i2, c2) = (issuer.clone(), csr_pem.clone());
+    let not_after = SystemClock.now().plus_secs(3600);
+    let mint = rate(threads, secs, move || {
+        let csr = parse_and_verify(&c2).unwrap();
+        let spec = LeafSpec {
+            subject: SubjectName::cn("bench:x"),
+            sans: vec![San::Uri("urn:lockstep:requester:token:load".into())],
+            profile: CertProfile::MtlsClient,
+            not_after,
+            session: SessionEvidence::session("ses_bench"),
+            revocation: None,
+        };
+        i2.mint(&csr, &spec, SystemClock.now()).unwrap();
+    });
+    drop(issuer);
+
+    // The service in its own process.
+    let cfg = srv.config_path.to_str().unwrap().to_owned();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["--config", &cfg, "serve", "--listen", "127.0.0.1:0"])
+        .env("SOFTHSM2_CONF", &common::softhsm().conf)
+        .env("LOCKSTEP_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    srv.url = loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "serve exited");
+        if let Some(rest) = line.trim().strip_prefix("lockstep serving on ") {
+            break rest.to_owned();
+        }
+    };
+    let pid = child.id();
+    eprintln!("server pid {pid}");
+    let srv = Arc::new(srv);
+    let csr = Arc::new(String::from_utf8(csr_pem).unwrap());
+    let rss_start = rss_kib(pid);
+
+    let levels: &[usize] = if opts.quick { &[1, 8] } else { &[1, 8, 64] };
+    let mut results = Vec::new();
+    for &c in levels {
+        results.push(certificate_load(&srv, &csr, c, secs).await);
+    }
+    let life = lifecycle(&srv, &csr, 8, secs).await;
+    let rss_end = rss_kib(pid);
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    child.wait().unwrap();
+
+    println!("lockstep bench — SoftHSM2 key, SQLite store (synchronous=FULL), HTTPS keep-alive on loopback, {threads} cores{}", if opts.quick { " (quick)" } else { "" });
+    println!("in-process: raw SoftHSM2 sign {raw_sign:.0}/s, mint (CSR verify + build + sign) {mint:.0}/s on {threads} threads");
+    println!("{:>8} {:>10} {:>8} {:>8} {:>16} {:>7}", "clients", "certs/s", "p50 ms", "p99 ms", "÷ in-process", "errors");
+    for l in &results {
+        println!("{:>8} {:>10.0} {:>8.2} {:>8.2} {:>16.2} {:>7}", l.clients, l.certs_per_sec, l.p50_ms, l.p99_ms, l.certs_per_sec / mint, l.errors);
+    }
+    println!("full lifecycle (request, 2 approvals, certificate, close), 8 clients: {life:.0} sessions/s");
+    println!("server RSS: {} MiB at start, {} MiB after the run", rss_start / 1024, rss_end / 1024);
+    let report = json!({
+        "threads": threads,
+        "quick": opts.quick,
+        "in_process": { "raw_sign_per_sec": raw_sign, "mint_per_sec": mint },
+        "https": results.iter().map(|l| json!({
+            "clients": l.clients, "certs_per_sec": l.certs_per_sec, "p50_ms": l.p50_ms,
+            "p99_ms": l.p99_ms, "ratio_to_in_process": l.certs_per_sec / mint, "errors": l.errors,
+        })).collect::<Vec<_>>(),
+        "lifecycle_sessions_per_sec": life,
+        "server_rss_kib": { "start": rss_start, "end": rss_end },
+    });
+    if let Some(path) = opts.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+        println!("JSON: {path}");
+    }
+}
