@@ -139,8 +139,14 @@ async fn open_session(http: &reqwest::Client, srv: &TestServer, resource: &str) 
         Some(json!({"resource": resource, "task": "bench", "duration_secs": 3000, "profile": "mtls-client"}))).await;
     assert_eq!(status, 201, "{s}");
     let id = s["id"].as_str().unwrap().to_owned();
-    let (status, s) = call(http, &srv.url, srv.token("a1"), &format!("/v1/sessions/{id}/approve"),
-        Some(json!({"request_hash": s["request_hash"]}))).await;
+    let (status, s) = call(
+        http,
+        &srv.url,
+        srv.token("a1"),
+        &format!("/v1/sessions/{id}/approve"),
+        Some(json!({"request_hash": s["request_hash"]})),
+    )
+    .await;
     assert_eq!(status, 200, "{s}");
     id
 }
@@ -155,7 +161,12 @@ struct Level {
 
 /// `clients` concurrent clients, each on its own open session, minting for
 /// `secs` seconds.
-async fn certificate_load(srv: &Arc<TestServer>, csr: &Arc<String>, clients: usize, secs: f64) -> Level {
+async fn certificate_load(
+    srv: &Arc<TestServer>,
+    csr: &Arc<String>,
+    clients: usize,
+    secs: f64,
+) -> Level {
     let mut sessions = Vec::new();
     let setup = client(srv);
     for i in 0..clients {
@@ -182,7 +193,14 @@ async fn certificate_load(srv: &Arc<TestServer>, csr: &Arc<String>, clients: usi
                         minted = 0;
                     }
                     let t = Instant::now();
-                    let (status, _) = call(&http, &srv.url, srv.token("load"), &path, Some(body.clone())).await;
+                    let (status, _) = call(
+                        &http,
+                        &srv.url,
+                        srv.token("load"),
+                        &path,
+                        Some(body.clone()),
+                    )
+                    .await;
                     latencies.push(t.elapsed());
                     minted += 1;
                     if status != 201 {
@@ -212,6 +230,68 @@ async fn certificate_load(srv: &Arc<TestServer>, csr: &Arc<String>, clients: usi
         p99_ms: pct(0.99),
         errors: errors.load(Ordering::Relaxed),
     }
+}
+
+/// The service's own minting path without HTTP: session check, CSR check,
+/// slot in the store, device signature, durable record, on `clients`
+/// concurrent tasks.
+async fn in_process_service(
+    config: &lockstep::config::Config,
+    csr: &[u8],
+    clients: usize,
+    secs: f64,
+) -> f64 {
+    use lockstep::auth::Caller;
+    use lockstep::service::NewSession;
+    use lockstep::sessions::Profile;
+    let prepared = lockstep::api::setup::prepare(config, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let service = prepared.state.service.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let (service, stop, done, csr) =
+                (service.clone(), stop.clone(), done.clone(), csr.to_vec());
+            tokio::spawn(async move {
+                let requester = Caller::new("token:load");
+                let approver = Caller::new("token:a1");
+                while !stop.load(Ordering::Relaxed) {
+                    let new = NewSession {
+                        resource: format!("bench:in-process-{i}"),
+                        task: "bench".into(),
+                        request_digest: None,
+                        duration_secs: 3000,
+                        profile: Profile::MtlsClient,
+                    };
+                    let s = service.request(&requester, new).await.unwrap();
+                    service
+                        .approve(&approver, &s.id, s.request_hash)
+                        .await
+                        .unwrap();
+                    // Up to the session's credential limit (1000).
+                    for _ in 0..1000 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        service
+                            .certificate(&requester, &s.id, csr.clone(), None)
+                            .await
+                            .unwrap();
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Full sessions per second: request, two approvals, certificate, close.
@@ -252,7 +332,10 @@ async fn lifecycle(srv: &Arc<TestServer>, csr: &Arc<String>, clients: usize, sec
 
 fn main() {
     let opts = options();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(run(opts));
 }
 
@@ -265,7 +348,8 @@ async fn run(opts: Options) {
     // In-process figures, same machine, same run.
     let config = lockstep::config::Config::load(&srv.config_path).unwrap();
     let backend = config.backend.open().unwrap();
-    let issuer = Arc::new(lockstep::ca::load_issuer(&config, backend.as_ref(), SystemClock.now()).unwrap());
+    let issuer =
+        Arc::new(lockstep::ca::load_issuer(&config, backend.as_ref(), SystemClock.now()).unwrap());
     let (_, csr_pem) = common::openssl_csr(srv.dir.path(), "bench", "ec:P-256");
     let key = issuer.key().clone();
     let raw_sign = rate(threads, secs, move || {
@@ -286,6 +370,8 @@ async fn run(opts: Options) {
         i2.mint(&csr, &spec, SystemClock.now()).unwrap();
     });
     drop(issuer);
+    let service_clients = if opts.quick { 8 } else { 64 };
+    let service = in_process_service(&config, &csr_pem, service_clients, secs).await;
 
     // The service in its own process.
     let cfg = srv.config_path.to_str().unwrap().to_owned();
@@ -299,7 +385,10 @@ async fn run(opts: Options) {
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     srv.url = loop {
         let mut line = String::new();
-        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "serve exited");
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "serve exited"
+        );
         if let Some(rest) = line.trim().strip_prefix("lockstep serving on ") {
             break rest.to_owned();
         }
@@ -317,24 +406,52 @@ async fn run(opts: Options) {
     }
     let life = lifecycle(&srv, &csr, 8, secs).await;
     let rss_end = rss_kib(pid);
-    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     child.wait().unwrap();
 
-    println!("lockstep bench — SoftHSM2 key, SQLite store (synchronous=FULL), HTTPS keep-alive on loopback, {threads} cores{}", if opts.quick { " (quick)" } else { "" });
-    println!("in-process: raw SoftHSM2 sign {raw_sign:.0}/s, mint (CSR verify + build + sign) {mint:.0}/s on {threads} threads");
-    println!("{:>8} {:>10} {:>8} {:>8} {:>16} {:>7}", "clients", "certs/s", "p50 ms", "p99 ms", "÷ in-process", "errors");
+    println!(
+        "lockstep bench — SoftHSM2 key, SQLite store (synchronous=FULL), HTTPS keep-alive on loopback, {threads} cores{}",
+        if opts.quick { " (quick)" } else { "" }
+    );
+    println!(
+        "in-process: raw SoftHSM2 sign {raw_sign:.0}/s and CSR verify + build + sign {mint:.0}/s on {threads} threads;"
+    );
+    println!(
+        "            service mint (no HTTP, durable store) {service:.0}/s with {service_clients} tasks"
+    );
+    println!(
+        "{:>8} {:>10} {:>8} {:>8} {:>16} {:>7}",
+        "clients", "certs/s", "p50 ms", "p99 ms", "÷ in-process", "errors"
+    );
     for l in &results {
-        println!("{:>8} {:>10.0} {:>8.2} {:>8.2} {:>16.2} {:>7}", l.clients, l.certs_per_sec, l.p50_ms, l.p99_ms, l.certs_per_sec / mint, l.errors);
+        println!(
+            "{:>8} {:>10.0} {:>8.2} {:>8.2} {:>16.2} {:>7}",
+            l.clients,
+            l.certs_per_sec,
+            l.p50_ms,
+            l.p99_ms,
+            l.certs_per_sec / service,
+            l.errors
+        );
     }
-    println!("full lifecycle (request, 2 approvals, certificate, close), 8 clients: {life:.0} sessions/s");
-    println!("server RSS: {} MiB at start, {} MiB after the run", rss_start / 1024, rss_end / 1024);
+    println!(
+        "full lifecycle (request, 2 approvals, certificate, close), 8 clients: {life:.0} sessions/s"
+    );
+    println!(
+        "server RSS: {} MiB at start, {} MiB after the run",
+        rss_start / 1024,
+        rss_end / 1024
+    );
     let report = json!({
         "threads": threads,
         "quick": opts.quick,
-        "in_process": { "raw_sign_per_sec": raw_sign, "mint_per_sec": mint },
+        "in_process": { "raw_sign_per_sec": raw_sign, "crypto_mint_per_sec": mint, "service_mint_per_sec": service, "service_tasks": service_clients },
         "https": results.iter().map(|l| json!({
             "clients": l.clients, "certs_per_sec": l.certs_per_sec, "p50_ms": l.p50_ms,
-            "p99_ms": l.p99_ms, "ratio_to_in_process": l.certs_per_sec / mint, "errors": l.errors,
+            "p99_ms": l.p99_ms, "ratio_to_in_process": l.certs_per_sec / service, "errors": l.errors,
         })).collect::<Vec<_>>(),
         "lifecycle_sessions_per_sec": life,
         "server_rss_kib": { "start": rss_start, "end": rss_end },

@@ -28,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod fsio;
 pub mod keys;
+pub mod lane;
 pub mod net;
 pub mod policy;
 pub mod revocation;

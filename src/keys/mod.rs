@@ -24,7 +24,8 @@ pub use error::{DeviceCode, KeyError};
 /// A signing key held by a device. Object-safe; held as `Arc<dyn DeviceKey>`.
 ///
 /// Implementations are safe to call from many threads at once. Calls block
-/// on the device; async code calls them from `spawn_blocking`.
+/// on the device; async code calls them through a [`crate::lane::Lane`] as
+/// wide as [`DeviceKey::concurrency`].
 pub trait DeviceKey: Send + Sync + fmt::Debug {
     /// A short, non-secret name for logs and errors, e.g.
     /// `pkcs11:token=lockstep;object=lockstep-issuing`.
@@ -32,6 +33,12 @@ pub trait DeviceKey: Send + Sync + fmt::Debug {
 
     /// The public half of the key.
     fn public_key(&self) -> &PublicKey;
+
+    /// How many calls the device works on at once (its session limit);
+    /// more callers than this only queue.
+    fn concurrency(&self) -> usize {
+        1
+    }
 
     /// Signs a SHA-256 digest computed by the caller.
     fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, KeyError>;

@@ -59,6 +59,12 @@ impl From<der::Error> for ServiceError {
     }
 }
 
+impl From<crate::lane::LaneError> for ServiceError {
+    fn from(e: crate::lane::LaneError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
 impl ServiceError {
     /// The machine-readable code.
     pub fn code(&self) -> &'static str {

@@ -16,6 +16,7 @@ use crate::audit::AuditSigner;
 use crate::auth::Caller;
 use crate::clock::{Clock, Timestamp};
 use crate::keys::KeyBackend;
+use crate::lane::Lane;
 use crate::policy::Policy;
 use crate::revocation::CrlPublisher;
 use crate::revocation::ocsp::Responder;
@@ -121,6 +122,8 @@ pub struct Service {
     checkpoint_every: u64,
     checkpoint_interval_secs: i64,
     checkpointing: tokio::sync::Mutex<()>,
+    /// The way to the signing device, as wide as its session limit.
+    device: Lane,
 }
 
 impl std::fmt::Debug for Service {
@@ -145,6 +148,7 @@ impl Service {
         let ocsp =
             Responder::new(&name, &spki).map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(Self {
+            device: Lane::new(parts.issuer.key().concurrency()),
             crl: CrlPublisher::new(
                 parts.issuer.clone(),
                 parts.store.clone(),
@@ -515,9 +519,10 @@ impl Service {
         if !due {
             return Ok(None);
         }
-        let checkpoint = tokio::task::spawn_blocking(move || signer.sign(number, upto, &head, now))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("checkpoint task failed: {e}")))??;
+        let checkpoint = self
+            .device
+            .run(move || signer.sign(number, upto, &head, now))
+            .await??;
         self.store.add_checkpoint(checkpoint).await?;
         tracing::debug!(number, upto, "audit checkpoint signed");
         Ok(Some(number))
@@ -567,20 +572,20 @@ impl Service {
         self.store.check().await?;
         let key = self.issuer.key().clone();
         let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || {
-            backend.check()?;
-            let probe = [0x5au8; 32];
-            let sig = key.sign_digest(&probe)?;
-            if key.public_key().verify_digest(&probe, &sig) {
-                Ok(())
-            } else {
-                Err(ServiceError::Internal(
-                    "the issuing key returned a signature that does not verify".into(),
-                ))
-            }
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(format!("readiness task failed: {e}")))?
+        self.device
+            .run(move || {
+                backend.check()?;
+                let probe = [0x5au8; 32];
+                let sig = key.sign_digest(&probe)?;
+                if key.public_key().verify_digest(&probe, &sig) {
+                    Ok(())
+                } else {
+                    Err(ServiceError::Internal(
+                        "the issuing key returned a signature that does not verify".into(),
+                    ))
+                }
+            })
+            .await?
     }
 
     /// Checks a CSR without minting (used by tests and tools).

@@ -156,11 +156,10 @@ impl Service {
         let next = now.plus_secs(self.ocsp_validity_secs);
         let key = self.issuer.key().clone();
         let responder = self.ocsp.clone();
-        tokio::task::spawn_blocking(move || {
-            responder.respond(&parsed, &statuses, now, next, key.as_ref())
-        })
-        .await
-        .map_err(|e| OcspError::Internal(e.to_string()))?
+        self.device
+            .run(move || responder.respond(&parsed, &statuses, now, next, key.as_ref()))
+            .await
+            .map_err(|e| OcspError::Internal(e.to_string()))?
     }
 
     /// The JWK Set of the token key, if tokens are configured.

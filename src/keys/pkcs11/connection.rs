@@ -342,6 +342,11 @@ impl Gate {
         }
     }
 
+    /// How many sessions may be in use at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     pub fn enter(&self) -> GatePass<'_> {
         let mut n = lock(&self.in_use);
         while *n >= self.limit {

@@ -508,6 +508,10 @@ impl DeviceKey for Pkcs11Key {
         &self.public
     }
 
+    fn concurrency(&self) -> usize {
+        self.shared.gate.limit()
+    }
+
     fn sign_digest(&self, digest: &[u8; 32]) -> Result<Signature, KeyError> {
         let raw = self
             .shared

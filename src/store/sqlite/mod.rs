@@ -18,12 +18,15 @@ use super::{
     Reservation, RevokedEntry, SessionFilter, Store, StoreError,
 };
 use crate::clock::Timestamp;
+use crate::lane::Lane;
 use crate::sessions::{Event, Profile, RevocationReason, Session, SessionId, SessionOp, State};
 
 mod schema;
+mod sql;
 mod writer;
 
 use schema::migrate;
+use sql::Cached;
 use writer::Writer;
 
 use crate::audit::{GENESIS, entry_hash};
@@ -33,6 +36,7 @@ use crate::audit::{GENESIS, entry_hash};
 pub struct SqliteStore {
     writer: Writer,
     readers: Arc<Mutex<Vec<Connection>>>,
+    reads: Lane,
     path: PathBuf,
 }
 
@@ -70,9 +74,11 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(unavailable)?;
         migrate(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self {
             writer: Writer::start(conn)?,
             readers: Arc::new(Mutex::new(Vec::new())),
+            reads: Lane::new(MAX_READERS),
             path: path.to_owned(),
         })
     }
@@ -90,6 +96,7 @@ impl SqliteStore {
         .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
         c.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(unavailable)?;
+        c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(c)
     }
 
@@ -102,17 +109,18 @@ impl SqliteStore {
     {
         let pool = self.readers.clone();
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut c = Self::reader(&path, &pool)?;
-            let out = f(&mut c);
-            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < MAX_READERS {
-                pool.push(c);
-            }
-            out
-        })
-        .await
-        .map_err(|e| unavailable(format!("store task failed: {e}")))?
+        self.reads
+            .run(move || {
+                let mut c = Self::reader(&path, &pool)?;
+                let out = f(&mut c);
+                let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < MAX_READERS {
+                    pool.push(c);
+                }
+                out
+            })
+            .await
+            .map_err(unavailable)?
     }
 
     /// Runs `f` in a write transaction (grouped with other writes waiting
@@ -129,9 +137,12 @@ impl SqliteStore {
 /// Read-only connections kept open.
 const MAX_READERS: usize = 8;
 
+/// Prepared statements kept per connection (more than the hot paths use).
+const STATEMENT_CACHE: usize = 64;
+
 fn load(tx: &Connection, id: &SessionId) -> Result<Session, StoreError> {
     let body: Option<String> = tx
-        .query_row(
+        .one(
             "SELECT body FROM sessions WHERE id = ?1",
             params![id.as_str()],
             |r| r.get(0),
@@ -144,7 +155,7 @@ fn load(tx: &Connection, id: &SessionId) -> Result<Session, StoreError> {
 
 fn save(tx: &Connection, s: &Session) -> Result<(), StoreError> {
     let body = serde_json::to_string(s).map_err(corrupt)?;
-    tx.execute(
+    tx.exec(
         "UPDATE sessions SET state = ?2, closes_at = ?3, body = ?4 WHERE id = ?1",
         params![
             s.id.as_str(),
@@ -234,7 +245,7 @@ fn revoke_credentials(tx: &Connection, s: &Session) -> Result<(), StoreError> {
         return Ok(());
     };
     let revoked = tx
-        .execute(
+        .exec(
             "INSERT OR IGNORE INTO revocations (serial, session_id, revoked_at, reason, not_after)
              SELECT serial, session_id, ?2, ?3, not_after FROM credentials
              WHERE session_id = ?1 AND kind = 'certificate' AND not_after > ?2",
@@ -249,7 +260,7 @@ fn revoke_credentials(tx: &Connection, s: &Session) -> Result<(), StoreError> {
 
 fn bump(tx: &Connection, counter: &str) -> Result<u64, StoreError> {
     let value: i64 = tx
-        .query_row(
+        .one(
             "UPDATE counters SET value = value + 1 WHERE name = ?1 RETURNING value",
             params![counter],
             |r| r.get(0),
@@ -346,7 +357,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.write(move |tx| {
             let body = serde_json::to_string(&session).map_err(corrupt)?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO sessions (id, state, tenant, requester, resource, created_at, pending_until, closes_at, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
@@ -402,7 +413,7 @@ impl Store for SqliteStore {
             let Ok(Some(slot)) = &applied.result else {
                 return Ok((applied, None));
             };
-            tx.execute(
+            tx.exec(
                 "INSERT INTO credentials (serial, session_id, profile, state, not_after, created_at, kind, counted)
                  VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?6, ?7)",
                 params![
@@ -440,9 +451,9 @@ impl Store for SqliteStore {
             Finish::Failed => {
                 // A revocation recorded while it was in flight goes too:
                 // nothing was issued.
-                tx.execute("DELETE FROM revocations WHERE serial = ?1", params![r.serial])
+                tx.exec("DELETE FROM revocations WHERE serial = ?1", params![r.serial])
                     .map_err(unavailable)?;
-                tx.execute(
+                tx.exec(
                     "DELETE FROM credentials WHERE serial = ?1 AND state = 'reserved'",
                     params![r.serial],
                 )
@@ -462,7 +473,7 @@ impl Store for SqliteStore {
                     (_, None) => ("withheld", Finished::Withheld(crate::sessions::CloseReason::Revoked)),
                 };
                 let changed = tx
-                    .execute(
+                    .exec(
                         "UPDATE credentials SET state = ?2, der = ?3, key_sha256 = ?4, issued_at = ?5
                          WHERE serial = ?1 AND state = 'reserved'",
                         params![r.serial, state, der, key_sha256, now.unix()],
@@ -540,13 +551,13 @@ impl Store for SqliteStore {
             };
             for (serial, session) in &stale {
                 let id = SessionId::parse(session).map_err(corrupt)?;
-                tx.execute(
+                tx.exec(
                     "UPDATE credentials SET state = 'void' WHERE serial = ?1",
                     params![serial],
                 )
                 .map_err(unavailable)?;
                 let counted: bool = tx
-                    .query_row(
+                    .one(
                         "SELECT counted FROM credentials WHERE serial = ?1",
                         params![serial],
                         |r| r.get(0),
@@ -678,7 +689,7 @@ impl Store for SqliteStore {
 
     async fn revocation_version(&self) -> Result<u64, StoreError> {
         self.run(|c| {
-            c.query_row(
+            c.one(
                 "SELECT value FROM counters WHERE name = 'revocations'",
                 [],
                 |r| r.get::<_, i64>(0),
@@ -696,7 +707,7 @@ impl Store for SqliteStore {
     async fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         self.run(|c| {
             let head: Option<(i64, Vec<u8>)> = c
-                .query_row(
+                .one(
                     "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?)),
@@ -716,7 +727,7 @@ impl Store for SqliteStore {
 
     async fn last_checkpoint(&self) -> Result<Option<crate::audit::Checkpoint>, StoreError> {
         self.run(|c| {
-            c.query_row(
+            c.one(
                 "SELECT number, upto, head, at, signer, signature FROM checkpoints
                  ORDER BY number DESC LIMIT 1",
                 [],
@@ -743,7 +754,7 @@ impl Store for SqliteStore {
             (bytes(&cp.head)?, bytes(&cp.signer)?, bytes(&cp.signature)?);
         self.write(move |tx| {
             let last: Option<i64> = tx
-                .query_row("SELECT MAX(number) FROM checkpoints", [], |r| r.get(0))
+                .one("SELECT MAX(number) FROM checkpoints", [], |r| r.get(0))
                 .map_err(unavailable)?;
             if last.unwrap_or(0) as u64 + 1 != cp.number {
                 return Err(corrupt(format!(
@@ -752,7 +763,7 @@ impl Store for SqliteStore {
                     last.unwrap_or(0)
                 )));
             }
-            tx.execute(
+            tx.exec(
                 "INSERT INTO checkpoints (number, upto, head, at, signer, signature)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
@@ -773,7 +784,7 @@ impl Store for SqliteStore {
     async fn add_audit_certificate(&self, der: Vec<u8>, now: Timestamp) -> Result<(), StoreError> {
         self.write(move |tx| {
             let id = crate::audit::signer_id(&der).to_vec();
-            tx.execute(
+            tx.exec(
                 "INSERT OR IGNORE INTO audit_certificates (id, der, added_at) VALUES (?1, ?2, ?3)",
                 params![id, der, now.unix()],
             )
@@ -854,7 +865,7 @@ impl Store for SqliteStore {
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        self.run(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
+        self.run(|c| c.one("SELECT 1", [], |_| Ok(())).map_err(unavailable))
             .await
     }
 }
