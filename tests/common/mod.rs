@@ -8,6 +8,7 @@
 pub mod oidc;
 pub mod server;
 pub mod tls;
+pub mod tpm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
