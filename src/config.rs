@@ -563,4 +563,16 @@ dir = "ca"
             "{err}"
         );
     }
+
+    #[test]
+    fn example_tpm_configurations_parse() {
+        for name in ["swtpm.toml", "tpm-device.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("hsm-config")
+                .join(name);
+            let c = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(matches!(c.backend, BackendConfig::Tpm(_)), "{name}");
+            assert_eq!(c.keys.issuing.handle, Some(0x8100_0011), "{name}");
+        }
+    }
 }

@@ -38,7 +38,7 @@ use tss_esapi::tcti_ldr::TctiNameConf;
 use zeroize::Zeroizing;
 
 use super::rc::{self, Recovery};
-use crate::keys::KeyError;
+use crate::keys::{DeviceCode, KeyError};
 use crate::secret::SecretRef;
 
 /// A failure inside a job: a TPM/TSS error of a named command (which may be
@@ -74,6 +74,8 @@ pub(super) struct Conn {
     /// Persistent handle → its ESYS_TR in this context, with the auth
     /// reference whose value was set on it.
     keys: HashMap<u32, (ObjectHandle, Option<SecretRef>)>,
+    /// Set after an eviction: make a new context after this job.
+    renew: bool,
 }
 
 impl Conn {
@@ -112,16 +114,14 @@ impl Conn {
         Ok(object)
     }
 
-    /// Forgets and closes the ESYS_TR of `handle`, after it was evicted or
-    /// replaced. Evicting a persistent object does not remove it from the
-    /// ESAPI's object table, and `Esys_TR_FromTPMPublic` would later compare
-    /// a new key at the same handle against the old one's name and fail.
+    /// Forgets the ESYS_TR of `handle` after the object there was evicted
+    /// or replaced, and has the context made anew after this job: the ESAPI
+    /// keeps an evicted persistent object in its object table, and
+    /// `Esys_TR_FromTPMPublic` would compare a new key at the same handle
+    /// against the old one's name and fail.
     pub fn forget(&mut self, handle: u32) {
-        if let Some((mut object, _)) = self.keys.remove(&handle) {
-            // tss-esapi already counts an evicted object as closed and says
-            // so after the ESAPI closed it: nothing to handle.
-            let _ = self.ctx.tr_close(&mut object);
-        }
+        self.keys.remove(&handle);
+        self.renew = true;
     }
 }
 
@@ -172,27 +172,24 @@ impl Line {
     fn connect(&mut self) -> Result<(&mut Conn, bool), KeyError> {
         let fresh = self.conn.is_none();
         if fresh {
-            let ctx = Context::new(self.tcti.clone())
-                .map_err(|e| rc::to_key_error(&self.device, "Esys_Initialize", e))
-                .map_err(|e| match e {
-                    // Connecting failed: whatever the code, the TPM is
-                    // not reachable now.
-                    KeyError::Unavailable { .. } => e,
-                    KeyError::Device { device, code, .. } => KeyError::Unavailable {
-                        device,
-                        reason: format!("cannot connect: {code}"),
-                        code: Some(code),
+            // Whatever the code, a failed connect means the TPM is not
+            // reachable now.
+            let ctx = Context::new(self.tcti.clone()).map_err(|e| {
+                let code = rc::raw(&e).map(DeviceCode::Tpm);
+                KeyError::Unavailable {
+                    device: self.device.clone(),
+                    reason: match code {
+                        Some(code) => format!("cannot connect to the TPM ({code})"),
+                        None => format!("cannot connect to the TPM: {e}"),
                     },
-                    other => KeyError::Unavailable {
-                        device: self.device.clone(),
-                        reason: format!("cannot connect: {other}"),
-                        code: None,
-                    },
-                })?;
+                    code,
+                }
+            })?;
             tracing::debug!(device = %self.device, "tpm connected");
             self.conn = Some(Conn {
                 ctx,
                 keys: HashMap::new(),
+                renew: false,
             });
         }
         match self.conn.as_mut() {
@@ -216,8 +213,15 @@ impl Line {
         let device = self.device.clone();
         let mut last = None;
         for attempt in 0..3 {
-            let (conn, fresh) = self.connect()?;
-            let (operation, err) = match f(conn) {
+            let (result, fresh, renew) = {
+                let (conn, fresh) = self.connect()?;
+                let result = f(conn);
+                (result, fresh, conn.renew)
+            };
+            if renew {
+                self.conn = None;
+            }
+            let (operation, err) = match result {
                 Ok(v) => return Ok(v),
                 Err(Failure::Key(k)) => return Err(k),
                 Err(Failure::Tss(operation, err)) => (operation, err),
@@ -236,12 +240,18 @@ impl Line {
                 }
                 Recovery::Startup => {
                     tracing::warn!(device = %device, "tpm needs TPM2_Startup; sending it");
-                    let _ = conn.ctx.startup(StartupType::Clear);
+                    if let Some(conn) = self.conn.as_mut() {
+                        let _ = conn.ctx.startup(StartupType::Clear);
+                    }
                 }
                 Recovery::Retry if attempt < 2 => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Recovery::StaleHandle => conn.keys.clear(),
+                Recovery::StaleHandle => {
+                    if let Some(conn) = self.conn.as_mut() {
+                        conn.keys.clear();
+                    }
+                }
                 Recovery::Retry | Recovery::Fail => return Err(key_error),
             }
             last = Some(key_error);
