@@ -120,8 +120,9 @@ impl Conn {
     /// `Esys_TR_FromTPMPublic` would compare a new key at the same handle
     /// against the old one's name and fail.
     pub fn forget(&mut self, handle: u32) {
-        self.keys.remove(&handle);
-        self.renew = true;
+        if self.keys.remove(&handle).is_some() {
+            self.renew = true;
+        }
     }
 }
 
@@ -247,11 +248,8 @@ impl Line {
                 Recovery::Retry if attempt < 2 => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Recovery::StaleHandle => {
-                    if let Some(conn) = self.conn.as_mut() {
-                        conn.keys.clear();
-                    }
-                }
+                // Open every object afresh, in a new context.
+                Recovery::StaleHandle => self.conn = None,
                 Recovery::Retry | Recovery::Fail => return Err(key_error),
             }
             last = Some(key_error);
