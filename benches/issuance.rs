@@ -1,5 +1,6 @@
 //! Issuance benchmarks on a SoftHSM2 token: the raw device signing rate and
-//! what lockstep adds on top (CSR checks, certificate building).
+//! what lockstep adds on top (CSR checks, certificate building); and the
+//! raw signing rate of a key in swtpm.
 //!
 //! `cargo bench --bench issuance`. Compare the figures of one run as ratios
 //! (minting rate ÷ raw signing rate); absolute numbers vary by machine.
@@ -48,5 +49,25 @@ fn issuance(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, issuance);
+/// TPM2_Sign (ECDSA P-256) on swtpm: `LOCKSTEP_TEST_TPM_TCTI` if set, else
+/// a swtpm of the benchmark's own.
+fn tpm(c: &mut Criterion) {
+    use lockstep::keys::KeyBackend;
+    let tpm = common::tpm::SwTpm::shared();
+    let backend =
+        lockstep::keys::tpm::TpmBackend::new(&lockstep::keys::tpm::TpmConfig::new(tpm.tcti()))
+            .unwrap();
+    let key_ref = common::tpm::tpm_key_ref("bench", common::tpm::unique_handle());
+    let key = backend.generate_key(&key_ref, true).unwrap();
+    let mut g = c.benchmark_group("tpm");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("swtpm_sign_p256", |b| {
+        let digest = [7u8; 32];
+        b.iter(|| key.sign_digest(black_box(&digest)).unwrap())
+    });
+    g.finish();
+    backend.destroy_key(&key_ref).unwrap();
+}
+
+criterion_group!(benches, issuance, tpm);
 criterion_main!(benches);

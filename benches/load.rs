@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::backend::Backend;
 use common::server::TestServer;
 use lockstep::clock::{Clock, SystemClock};
 use lockstep::x509::csr::parse_and_verify;
@@ -134,6 +135,22 @@ async fn call(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// The load generator's hot call: a prepared body, the response drained
+/// (for keep-alive) but not parsed; returns the status.
+async fn mint(http: &reqwest::Client, url: &str, token: &str, body: &bytes::Bytes) -> u16 {
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    resp.bytes().await.unwrap();
+    status
+}
+
 async fn open_session(http: &reqwest::Client, srv: &TestServer, resource: &str) -> String {
     let (status, s) = call(http, &srv.url, srv.token("load"), "/v1/sessions",
         Some(json!({"resource": resource, "task": "bench", "duration_secs": 3000, "profile": "mtls-client"}))).await;
@@ -181,26 +198,19 @@ async fn certificate_load(
             let (srv, csr, stop, errors) = (srv.clone(), csr.clone(), stop.clone(), errors.clone());
             tokio::spawn(async move {
                 let http = client(&srv);
-                let mut path = format!("/v1/sessions/{id}/certificate");
-                let body = json!({ "csr": csr.as_str() });
+                let mut url = format!("{}/v1/sessions/{id}/certificate", srv.url);
+                let body = bytes::Bytes::from(json!({ "csr": csr.as_str() }).to_string());
                 let mut latencies = Vec::new();
                 let mut minted = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     if minted == 1000 {
                         // The session's credentials are used up: the next one.
                         let id = open_session(&http, &srv, &format!("bench:{i}")).await;
-                        path = format!("/v1/sessions/{id}/certificate");
+                        url = format!("{}/v1/sessions/{id}/certificate", srv.url);
                         minted = 0;
                     }
                     let t = Instant::now();
-                    let (status, _) = call(
-                        &http,
-                        &srv.url,
-                        srv.token("load"),
-                        &path,
-                        Some(body.clone()),
-                    )
-                    .await;
+                    let status = mint(&http, &url, srv.token("load"), &body).await;
                     latencies.push(t.elapsed());
                     minted += 1;
                     if status != 201 {
@@ -330,26 +340,92 @@ async fn lifecycle(srv: &Arc<TestServer>, csr: &Arc<String>, clients: usize, sec
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Issues certificates at `clients` concurrency until the service has
+/// minted `total` in this phase; samples the server's RSS along the way.
+async fn soak(
+    srv: &Arc<TestServer>,
+    csr: &Arc<String>,
+    pid: u32,
+    clients: usize,
+    total: u64,
+) -> Vec<(u64, u64)> {
+    let issued = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let (srv, csr, issued) = (srv.clone(), csr.clone(), issued.clone());
+            tokio::spawn(async move {
+                let http = client(&srv);
+                let body = bytes::Bytes::from(json!({ "csr": csr.as_str() }).to_string());
+                'sessions: loop {
+                    let id = open_session(&http, &srv, &format!("bench:soak-{i}")).await;
+                    let url = format!("{}/v1/sessions/{id}/certificate", srv.url);
+                    for _ in 0..1000 {
+                        if issued.load(Ordering::Relaxed) >= total {
+                            break 'sessions;
+                        }
+                        assert_eq!(mint(&http, &url, srv.token("load"), &body).await, 201);
+                        issued.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let mut next = total / 10;
+    while samples.len() < 10 {
+        let n = issued.load(Ordering::Relaxed);
+        if n >= next {
+            samples.push((n, rss_kib(pid)));
+            next += total / 10;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    samples
+}
+
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not,
+    // and the suite checks this harness through `scripts/bench --quick`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("load harness: run it with `scripts/bench` (or `cargo bench --bench load`)");
+        return;
+    }
     let opts = options();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(opts));
+    runtime.block_on(async {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut reports = Vec::new();
+        for backend in [Backend::SoftHsm, Backend::Tpm] {
+            reports.push(run(&opts, backend, threads).await);
+        }
+        let report = json!({ "threads": threads, "quick": opts.quick, "backends": reports });
+        if let Some(path) = &opts.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+            println!("JSON: {path}");
+        }
+    });
 }
 
-async fn run(opts: Options) {
-    let secs = if opts.quick { 1.0 } else { 5.0 };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut srv = TestServer::start("bench", POLICY, &["load", "a1", "a2"], "").await;
+async fn run(opts: &Options, backend: Backend, threads: usize) -> Value {
+    let secs = if opts.quick { 0.5 } else { 5.0 };
+    let device = match backend {
+        Backend::SoftHsm => "SoftHSM2",
+        Backend::Tpm => "swtpm",
+    };
+    let mut srv = TestServer::start_on(backend, "bench", POLICY, &["load", "a1", "a2"], "").await;
     srv.stop().await;
 
     // In-process figures, same machine, same run.
     let config = lockstep::config::Config::load(&srv.config_path).unwrap();
-    let backend = config.backend.open().unwrap();
+    let keys = config.backend.open().unwrap();
     let issuer =
-        Arc::new(lockstep::ca::load_issuer(&config, backend.as_ref(), SystemClock.now()).unwrap());
+        Arc::new(lockstep::ca::load_issuer(&config, keys.as_ref(), SystemClock.now()).unwrap());
     let (_, csr_pem) = common::openssl_csr(srv.dir.path(), "bench", "ec:P-256");
     let key = issuer.key().clone();
     let raw_sign = rate(threads, secs, move || {
@@ -373,15 +449,17 @@ async fn run(opts: Options) {
     let service_clients = if opts.quick { 8 } else { 64 };
     let service = in_process_service(&config, &csr_pem, service_clients, secs).await;
 
-    // The service in its own process.
+    // The service in its own process (spawned while this process has no
+    // TPM command in flight, so it inherits no TPM socket).
     let cfg = srv.config_path.to_str().unwrap().to_owned();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(["--config", &cfg, "serve", "--listen", "127.0.0.1:0"])
-        .env("SOFTHSM2_CONF", &common::softhsm().conf)
-        .env("LOCKSTEP_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::tpm::spawn(
+        Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(["--config", &cfg, "serve", "--listen", "127.0.0.1:0"])
+            .env("SOFTHSM2_CONF", &common::softhsm().conf)
+            .env("LOCKSTEP_LOG", "warn")
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     srv.url = loop {
         let mut line = String::new();
@@ -394,7 +472,7 @@ async fn run(opts: Options) {
         }
     };
     let pid = child.id();
-    eprintln!("server pid {pid}");
+    eprintln!("{device}: server pid {pid}");
     let srv = Arc::new(srv);
     let csr = Arc::new(String::from_utf8(csr_pem).unwrap());
     let rss_start = rss_kib(pid);
@@ -406,6 +484,13 @@ async fn run(opts: Options) {
     }
     let life = lifecycle(&srv, &csr, 8, secs).await;
     let rss_end = rss_kib(pid);
+    // Memory over 100 000 more certificates (full runs, SoftHSM2 only:
+    // on swtpm it would take minutes and measure the same code).
+    let rss_soak = if opts.quick || backend == Backend::Tpm {
+        Vec::new()
+    } else {
+        soak(&srv, &csr, pid, 64, 100_000).await
+    };
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -413,27 +498,28 @@ async fn run(opts: Options) {
     child.wait().unwrap();
 
     println!(
-        "lockstep bench — SoftHSM2 key, SQLite store (synchronous=FULL), HTTPS keep-alive on loopback, {threads} cores{}",
+        "\nlockstep bench — {device} key, SQLite store (synchronous=FULL), HTTPS keep-alive on loopback, {threads} cores{}",
         if opts.quick { " (quick)" } else { "" }
     );
     println!(
-        "in-process: raw SoftHSM2 sign {raw_sign:.0}/s and CSR verify + build + sign {mint:.0}/s on {threads} threads;"
+        "in-process: raw {device} sign {raw_sign:.0}/s and CSR verify + build + sign {mint:.0}/s on {threads} threads;"
     );
     println!(
         "            service mint (no HTTP, durable store) {service:.0}/s with {service_clients} tasks"
     );
     println!(
-        "{:>8} {:>10} {:>8} {:>8} {:>16} {:>7}",
-        "clients", "certs/s", "p50 ms", "p99 ms", "÷ in-process", "errors"
+        "{:>8} {:>10} {:>8} {:>8} {:>14} {:>12} {:>7}",
+        "clients", "certs/s", "p50 ms", "p99 ms", "÷ in-process", "÷ raw sign", "errors"
     );
     for l in &results {
         println!(
-            "{:>8} {:>10.0} {:>8.2} {:>8.2} {:>16.2} {:>7}",
+            "{:>8} {:>10.0} {:>8.2} {:>8.2} {:>14.2} {:>12.2} {:>7}",
             l.clients,
             l.certs_per_sec,
             l.p50_ms,
             l.p99_ms,
             l.certs_per_sec / service,
+            l.certs_per_sec / raw_sign,
             l.errors
         );
     }
@@ -445,19 +531,25 @@ async fn run(opts: Options) {
         rss_start / 1024,
         rss_end / 1024
     );
-    let report = json!({
-        "threads": threads,
-        "quick": opts.quick,
+    if let (Some(first), Some(last)) = (rss_soak.first(), rss_soak.last()) {
+        println!(
+            "server RSS over 100 000 more certificates: {} MiB after {}, {} MiB after {}",
+            first.1 / 1024,
+            first.0,
+            last.1 / 1024,
+            last.0
+        );
+    }
+    json!({
+        "backend": device,
         "in_process": { "raw_sign_per_sec": raw_sign, "crypto_mint_per_sec": mint, "service_mint_per_sec": service, "service_tasks": service_clients },
         "https": results.iter().map(|l| json!({
             "clients": l.clients, "certs_per_sec": l.certs_per_sec, "p50_ms": l.p50_ms,
-            "p99_ms": l.p99_ms, "ratio_to_in_process": l.certs_per_sec / service, "errors": l.errors,
+            "p99_ms": l.p99_ms, "ratio_to_in_process": l.certs_per_sec / service,
+            "ratio_to_raw_sign": l.certs_per_sec / raw_sign, "errors": l.errors,
         })).collect::<Vec<_>>(),
         "lifecycle_sessions_per_sec": life,
         "server_rss_kib": { "start": rss_start, "end": rss_end },
-    });
-    if let Some(path) = opts.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
-        println!("JSON: {path}");
-    }
+        "soak_rss_kib": rss_soak.iter().map(|(n, kib)| json!({ "certificates": n, "rss_kib": kib })).collect::<Vec<_>>(),
+    })
 }

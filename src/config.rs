@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::keys::pkcs11::{Pkcs11Backend, Pkcs11Config};
+use crate::keys::tpm::{TpmBackend, TpmConfig};
 use crate::keys::{KeyBackend, KeyError, KeyRef};
 use crate::secret::SecretRef;
 use crate::x509::SubjectName;
@@ -54,6 +55,8 @@ pub struct Config {
 pub enum BackendConfig {
     /// A PKCS#11 token.
     Pkcs11(Pkcs11Config),
+    /// A TPM 2.0; keys by persistent `handle` in `[keys.*]`.
+    Tpm(TpmConfig),
 }
 
 impl BackendConfig {
@@ -61,6 +64,7 @@ impl BackendConfig {
     pub fn open(&self) -> Result<Arc<dyn KeyBackend>, KeyError> {
         match self {
             Self::Pkcs11(c) => Ok(Arc::new(Pkcs11Backend::new(c)?)),
+            Self::Tpm(c) => Ok(Arc::new(TpmBackend::new(c)?)),
         }
     }
 }
@@ -414,6 +418,37 @@ impl Config {
                 };
                 p.token().map_err(|e| invalid(format!("[backend]: {e}")))?;
             }
+            BackendConfig::Tpm(t) => {
+                let relative = |s: Option<SecretRef>| {
+                    s.map(|s| match s.relative_to(&base) {
+                        SecretRef::File(f) => SecretRef::File(clean(&f)),
+                        other => other,
+                    })
+                };
+                t.owner_auth = relative(t.owner_auth.take());
+                t.key_auth = relative(t.key_auth.take());
+                if t.tcti.trim().is_empty() {
+                    return Err(invalid(
+                        "[backend] tcti must name the TPM, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`".into(),
+                    ));
+                }
+                let mut handles = Vec::new();
+                for (role, key) in [
+                    ("root", &config.keys.root),
+                    ("issuing", &config.keys.issuing),
+                ] {
+                    let handle = crate::keys::tpm::persistent_handle(key).map_err(|e| {
+                        invalid(format!("[keys.{role}] handle: {}", config_message(&e)))
+                    })?;
+                    if handles.contains(&handle) {
+                        return Err(invalid(format!(
+                            "[keys]: the root and issuing keys need different handles ({handle:#010x} twice)"
+                        )));
+                    }
+                    handles.push(handle);
+                    t.key_names.insert(handle, key.label.clone());
+                }
+            }
         }
         for (role, key) in [
             ("root", &config.keys.root),
@@ -455,6 +490,14 @@ impl Config {
             return Err(invalid("[ca]: validity days must be at least 1".into()));
         }
         Ok(config)
+    }
+}
+
+/// The message of a configuration error, without the generic prefix.
+fn config_message(e: &KeyError) -> String {
+    match e {
+        KeyError::Config(m) => m.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -546,7 +589,9 @@ dir = "ca"
     fn relative_paths_follow_the_config_file() {
         let c = Config::parse(GOOD, Path::new("/etc/lockstep/lockstep.toml")).unwrap();
         assert_eq!(c.ca.dir, Path::new("/etc/lockstep/ca"));
-        let BackendConfig::Pkcs11(p) = &c.backend;
+        let BackendConfig::Pkcs11(p) = &c.backend else {
+            panic!("not pkcs11")
+        };
         assert_eq!(p.user_pin.to_string(), "file:/etc/lockstep/pin.txt");
         assert_eq!(c.ca.root_validity_days, 3650);
         let c = Config::parse(
@@ -593,5 +638,87 @@ dir = "ca"
             .unwrap_err()
             .to_string();
         assert!(err.contains("root_subject"), "{err}");
+    }
+
+    const TPM: &str = r#"
+[backend]
+type = "tpm"
+tcti = "device:/dev/tpmrm0"
+key_auth = "file:key.auth"
+
+[keys.root]
+label = "lockstep-root"
+handle = 0x81000010
+
+[keys.issuing]
+label = "lockstep-issuing"
+handle = 0x81000011
+
+[ca]
+dir = "ca"
+"#;
+
+    #[test]
+    fn tpm_backend_reads_handles_and_auth_references() {
+        let c = Config::parse(TPM, Path::new("/etc/lockstep/lockstep.toml")).unwrap();
+        let BackendConfig::Tpm(t) = &c.backend else {
+            panic!("not tpm")
+        };
+        assert_eq!(t.tcti, "device:/dev/tpmrm0");
+        assert!(t.owner_auth.is_none());
+        assert_eq!(
+            t.key_auth.as_ref().unwrap().to_string(),
+            "file:/etc/lockstep/key.auth"
+        );
+        assert_eq!(c.keys.root.handle, Some(0x8100_0010));
+        assert_eq!(
+            t.key_names.get(&0x8100_0011).map(String::as_str),
+            Some("lockstep-issuing")
+        );
+    }
+
+    #[test]
+    fn tpm_handles_must_be_present_persistent_and_distinct() {
+        let missing = TPM.replace("handle = 0x81000010", "");
+        let err = Config::parse(&missing, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[keys.root]") && err.contains("needs `handle`"),
+            "{err}"
+        );
+        let transient = TPM.replace("0x81000011", "0x80000001");
+        let err = Config::parse(&transient, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[keys.issuing]") && err.contains("0x80000001"),
+            "{err}"
+        );
+        let same = TPM.replace("0x81000011", "0x81000010");
+        let err = Config::parse(&same, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("different handles"), "{err}");
+        let inline = TPM.replace("file:key.auth", "hunter2");
+        let err = Config::parse(&inline, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("by reference") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn example_tpm_configurations_parse() {
+        for name in ["swtpm.toml", "tpm-device.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("hsm-config")
+                .join(name);
+            let c = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(matches!(c.backend, BackendConfig::Tpm(_)), "{name}");
+            assert_eq!(c.keys.issuing.handle, Some(0x8100_0011), "{name}");
+        }
     }
 }

@@ -14,8 +14,10 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
+    // tss-esapi logs every error it returns; lockstep reports those itself,
+    // with their return codes, so its own log lines are off by default.
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},tss_esapi=off")));
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

@@ -13,6 +13,7 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
+use common::backend::Backend;
 use common::server::TestServer;
 use common::{openssl_csr, softhsm};
 
@@ -31,7 +32,12 @@ profiles = ["mtls-client"]
 const AUDIT: &str = "[audit]\ncheckpoint_every = 4\ncheckpoint_interval = \"1s\"\n";
 
 async fn start(name: &str) -> TestServer {
-    TestServer::start(
+    start_on(Backend::SoftHsm, name).await
+}
+
+async fn start_on(backend: Backend, name: &str) -> TestServer {
+    TestServer::start_on(
+        backend,
         name,
         POLICY,
         &["alice", "bob", "carol", "auditor", "mallory"],
@@ -69,11 +75,13 @@ async fn session_with_certificate(srv: &TestServer, csr: &str) -> Option<String>
 }
 
 fn lockstep(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(args)
-        .env("SOFTHSM2_CONF", &softhsm().conf)
-        .output()
-        .unwrap()
+    // Through the TPM fixture: the child must not inherit a TPM socket.
+    common::tpm::output(
+        Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(args)
+            .env("SOFTHSM2_CONF", &softhsm().conf),
+    )
+    .unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -98,7 +106,11 @@ fn verify(db: &Path, root: &Path) -> (bool, String) {
 
 /// A trail with some history, the service stopped (last checkpoint signed).
 async fn history(name: &str) -> (TestServer, PathBuf) {
-    let mut srv = start(name).await;
+    history_on(Backend::SoftHsm, name).await
+}
+
+async fn history_on(backend: Backend, name: &str) -> (TestServer, PathBuf) {
+    let mut srv = start_on(backend, name).await;
     let (_, pem) = openssl_csr(srv.dir.path(), "audit", "ec:P-256");
     let pem = String::from_utf8(pem).unwrap();
     for _ in 0..6 {
@@ -326,9 +338,9 @@ fn rehash_from(c: &Connection, seq: i64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn export_verifies_offline_and_answers_who_approved_a_certificate() {
-    let (srv, db) = history("audit-export").await;
+on_both_backends!(async export_verifies_offline_and_answers_who_approved_a_certificate);
+async fn export_verifies_offline_and_answers_who_approved_a_certificate(backend: Backend) {
+    let (srv, db) = history_on(backend, "audit-export").await;
     let dir = srv.dir.path();
     let cfg = srv.config_path.to_str().unwrap();
     let out = lockstep(&["--config", cfg, "audit", "export"]);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use lockstep::clock::{Clock, SystemClock, Timestamp};
 use serde_json::{Value, json};
 
+use common::backend::Backend;
 use common::server::TestServer;
 use common::{openssl, openssl_csr, write};
 
@@ -71,7 +72,11 @@ const CALLERS: &[&str] = &[
 ];
 
 async fn start(name: &str) -> TestServer {
-    TestServer::start(name, POLICY, CALLERS, "").await
+    start_on(Backend::SoftHsm, name).await
+}
+
+async fn start_on(backend: Backend, name: &str) -> TestServer {
+    TestServer::start_on(backend, name, POLICY, CALLERS, "").await
 }
 
 async fn request(srv: &TestServer, who: &str, resource: &str, secs: u32) -> Value {
@@ -122,9 +127,9 @@ fn enddate(t: Timestamp) -> String {
     format!("notAfter={}", dt.format(&fmt).unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_approve_certificate_close() {
-    let srv = start("e2e-flow").await;
+on_both_backends!(async request_approve_certificate_close);
+async fn request_approve_certificate_close(backend: Backend) {
+    let srv = start_on(backend, "e2e-flow").await;
     let s = request(&srv, "alice", "db:payroll", 120).await;
     assert_eq!(s["state"], "pending");
     assert_eq!(s["quorum"], 2);
@@ -591,9 +596,9 @@ async fn errors_are_json_with_the_right_status_and_change_nothing() {
     assert_eq!(now["credentials_minted"], 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_certificate_requests_never_pass_the_limit() {
-    let srv = start("e2e-race").await;
+on_both_backends!(async concurrent_certificate_requests_never_pass_the_limit);
+async fn concurrent_certificate_requests_never_pass_the_limit(backend: Backend) {
+    let srv = start_on(backend, "e2e-race").await;
     let s = request(&srv, "svc", "api:billing", 600).await;
     let id = s["id"].as_str().unwrap().to_owned();
     assert_eq!(vote(&srv, "bob", &s, "approve").await.0, 200);
@@ -625,9 +630,9 @@ async fn concurrent_certificate_requests_never_pass_the_limit() {
     assert_eq!(view["credentials_minted"], 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_survive_a_restart() {
-    let srv = start("e2e-restart").await;
+on_both_backends!(async sessions_survive_a_restart);
+async fn sessions_survive_a_restart(backend: Backend) {
+    let srv = start_on(backend, "e2e-restart").await;
     let open = request(&srv, "svc", "api:orders", 600).await;
     assert_eq!(vote(&srv, "bob", &open, "approve").await.0, 200);
     let pending = request(&srv, "alice", "db:payroll", 60).await;
@@ -930,9 +935,9 @@ async fn oidc_callers_are_matched_by_identity_and_claims() {
     assert!(text.contains("Code Signing"), "{text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_ca_and_openapi() {
-    let srv = start("e2e-meta").await;
+on_both_backends!(async health_ca_and_openapi);
+async fn health_ca_and_openapi(backend: Backend) {
+    let srv = start_on(backend, "e2e-meta").await;
     for path in ["/healthz", "/readyz"] {
         let (status, body) = srv.call("GET", path, None, None).await;
         assert_eq!(
@@ -978,4 +983,58 @@ async fn health_ca_and_openapi() {
         .await
         .unwrap();
     assert_eq!(raw.status(), 200);
+}
+
+/// The TPM goes away under a running service: readiness fails, a
+/// certificate request fails fast with `key_backend_unavailable` and
+/// changes nothing; once the TPM is back, the same service issues again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_tpm_fails_fast_changes_nothing_and_recovers() {
+    let mut tpm = common::tpm::SwTpm::start();
+    let (keys, evict) =
+        common::backend::tpm_ca_config_at(&tpm.tcti(), "e2e-tpm-outage", 3650, 1095);
+    let srv = TestServer::start_with_keys(keys, Some(evict), POLICY, CALLERS, "").await;
+    let s = request(&srv, "svc", "api:outage", 600).await;
+    let id = s["id"].as_str().unwrap().to_owned();
+    assert_eq!(vote(&srv, "bob", &s, "approve").await.0, 200);
+    let pem = csr(&srv, "outage");
+    assert_eq!(certificate(&srv, "svc", &id, &pem).await.0, 201);
+
+    tpm.kill();
+    let (status, body) = srv.call("GET", "/readyz", None, None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("key_backend_unavailable")),
+        "{body}"
+    );
+    let started = std::time::Instant::now();
+    let (status, body) = certificate(&srv, "svc", &id, &pem).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("key_backend_unavailable")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (_, view) = srv
+        .call("GET", &format!("/v1/sessions/{id}"), Some("svc"), None)
+        .await;
+    assert_eq!(
+        (view["state"].as_str(), view["credentials_minted"].as_u64()),
+        (Some("open"), Some(1)),
+        "{view}"
+    );
+
+    tpm.restart();
+    let (status, _) = srv.call("GET", "/readyz", None, None).await;
+    assert_eq!(status, 200);
+    let (status, body) = certificate(&srv, "svc", &id, &pem).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, view) = srv
+        .call("GET", &format!("/v1/sessions/{id}"), Some("svc"), None)
+        .await;
+    assert_eq!(view["credentials_minted"], 2);
 }

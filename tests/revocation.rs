@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use lockstep::clock::Timestamp;
 use serde_json::{Value, json};
 
+use common::backend::Backend;
 use common::server::TestServer;
 use common::{openssl, openssl_csr, write};
 
@@ -44,7 +45,18 @@ conditions = { source_networks = ["127.0.0.0/8", "::1/128"] }
 "#;
 
 async fn start(name: &str) -> TestServer {
-    TestServer::start(name, POLICY, &["alice", "bob", "ops", "mallory"], "").await
+    start_on(Backend::SoftHsm, name).await
+}
+
+async fn start_on(backend: Backend, name: &str) -> TestServer {
+    TestServer::start_on(
+        backend,
+        name,
+        POLICY,
+        &["alice", "bob", "ops", "mallory"],
+        "",
+    )
+    .await
 }
 
 /// Requests and opens a session; returns its view.
@@ -165,9 +177,9 @@ fn ocsp(srv: &TestServer, leaf: &Path) -> String {
     text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closing_revokes_at_once_on_the_crl_and_in_ocsp() {
-    let srv = start("rev-close").await;
+on_both_backends!(async closing_revokes_at_once_on_the_crl_and_in_ocsp);
+async fn closing_revokes_at_once_on_the_crl_and_in_ocsp(backend: Backend) {
+    let srv = start_on(backend, "rev-close").await;
     let session = open(&srv, "db:payroll", "mtls-client").await;
     let leaf = certificate(&srv, &session, "close-leaf").await;
 
@@ -306,9 +318,9 @@ async fn ocsp_answers_unknown_and_malformed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_are_verified_by_jsonwebtoken_and_die_with_their_session() {
-    let srv = start("rev-token").await;
+on_both_backends!(async tokens_are_verified_by_jsonwebtoken_and_die_with_their_session);
+async fn tokens_are_verified_by_jsonwebtoken_and_die_with_their_session(backend: Backend) {
+    let srv = start_on(backend, "rev-token").await;
     let session = open(&srv, "db:payroll", "mtls-client").await;
     let id = session["id"].as_str().unwrap();
     let leaf = certificate(&srv, &session, "tok-leaf").await;

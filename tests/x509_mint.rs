@@ -1,5 +1,5 @@
-//! Minting leaf certificates on a SoftHSM2-held issuing key, checked by
-//! openssl.
+//! Minting leaf certificates on a device-held issuing key (SoftHSM2 and a
+//! TPM), checked by openssl.
 
 mod common;
 
@@ -8,7 +8,8 @@ use lockstep::x509::csr::{MAX_CSR_BYTES, parse_and_verify};
 use lockstep::x509::extension::{ApprovalEvidence, SessionEvidence};
 use lockstep::x509::{CertProfile, LeafSpec, San, SubjectName};
 
-use common::{openssl, openssl_csr, test_ca, test_ca_with, write};
+use common::backend::Backend;
+use common::{openssl, openssl_csr, test_ca, test_ca_on, write};
 
 fn spec(profile: CertProfile, not_after: Timestamp) -> LeafSpec {
     LeafSpec {
@@ -40,9 +41,9 @@ fn openssl_enddate(t: Timestamp) -> String {
     format!("notAfter={}", dt.format(&fmt).unwrap())
 }
 
-#[test]
-fn minted_certificate_verifies_and_carries_exact_not_after_eku_and_session() {
-    let ca = test_ca("mint");
+on_both_backends!(minted_certificate_verifies_and_carries_exact_not_after_eku_and_session);
+fn minted_certificate_verifies_and_carries_exact_not_after_eku_and_session(backend: Backend) {
+    let ca = test_ca_on(backend, "mint", 3650, 1095);
     let dir = ca.dir.path();
     let now = SystemClock.now();
     let not_after = now.plus_secs(120);
@@ -129,9 +130,9 @@ fn minted_certificate_verifies_and_carries_exact_not_after_eku_and_session() {
     }
 }
 
-#[test]
-fn serials_are_random_positive_and_at_least_64_bits() {
-    let ca = test_ca("serial");
+on_both_backends!(serials_are_random_positive_and_at_least_64_bits);
+fn serials_are_random_positive_and_at_least_64_bits(backend: Backend) {
+    let ca = test_ca_on(backend, "serial", 3650, 1095);
     let (_, csr_pem) = openssl_csr(ca.dir.path(), "s", "ec:P-256");
     let csr = parse_and_verify(&csr_pem).unwrap();
     let now = SystemClock.now();
@@ -153,10 +154,10 @@ fn serials_are_random_positive_and_at_least_64_bits() {
     }
 }
 
-#[test]
-fn not_after_from_2050_is_generalized_time_and_exact() {
+on_both_backends!(not_after_from_2050_is_generalized_time_and_exact);
+fn not_after_from_2050_is_generalized_time_and_exact(backend: Backend) {
     // A CA that lives past 2050, so a leaf can end there.
-    let ca = test_ca_with("gentime", 15_000, 14_000);
+    let ca = test_ca_on(backend, "gentime", 15_000, 14_000);
     let dir = ca.dir.path();
     let (_, csr_pem) = openssl_csr(dir, "g", "ec:P-256");
     let csr = parse_and_verify(&csr_pem).unwrap();

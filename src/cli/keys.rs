@@ -13,9 +13,10 @@ use crate::keys::ObjectInfo;
 /// Inspect the device's keys.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// List the objects on the device with labels, ids, key types and the
-    /// sensitive / extractable / always-sensitive / never-extractable
-    /// attributes.
+    /// List the objects on the device with labels, ids (TPM: persistent
+    /// handles), key types and the sensitive / extractable /
+    /// always-sensitive / never-extractable attributes (TPM: also the
+    /// object attributes).
     List,
 }
 
@@ -44,11 +45,34 @@ fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
+/// The ID column: the PKCS#11 id, or the TPM persistent handle.
+fn id_of(o: &ObjectInfo) -> &str {
+    match &o.handle {
+        Some(h) if o.id.is_empty() => h,
+        _ => &o.id,
+    }
+}
+
 fn text(l: &Listing) -> String {
     let mut s = format!("{}\n", l.backend);
-    s.push_str(
-        "CLASS        LABEL                    ID       TYPE       SENSITIVE EXTRACTABLE ALWAYS_SENSITIVE NEVER_EXTRACTABLE LOCAL\n",
+    let id_width = l
+        .objects
+        .iter()
+        .map(|o| id_of(o).len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    let with_attributes = l.objects.iter().any(|o| !o.attributes.is_empty());
+    let _ = write!(
+        s,
+        "CLASS        LABEL                    {:<id_width$} TYPE       SENSITIVE EXTRACTABLE ALWAYS_SENSITIVE NEVER_EXTRACTABLE LOCAL",
+        "ID"
     );
+    s.push_str(if with_attributes {
+        " ATTRIBUTES\n"
+    } else {
+        "\n"
+    });
     for o in &l.objects {
         let (sens, extr, always, never, local) = match o.protection {
             Some(p) => (
@@ -60,12 +84,11 @@ fn text(l: &Listing) -> String {
             ),
             None => ("-", "-", "-", "-", "-"),
         };
-        let _ = writeln!(
-            s,
-            "{:<12} {:<24} {:<8} {:<10} {:<9} {:<11} {:<16} {:<17} {}",
+        let mut line = format!(
+            "{:<12} {:<24} {:<id_width$} {:<10} {:<9} {:<11} {:<16} {:<17} {:<5}",
             o.class,
             o.label,
-            o.id,
+            id_of(o),
             o.key_type.as_deref().unwrap_or("-"),
             sens,
             extr,
@@ -73,6 +96,12 @@ fn text(l: &Listing) -> String {
             never,
             local
         );
+        if with_attributes {
+            line.push(' ');
+            line.push_str(&o.attributes.join("|"));
+        }
+        s.push_str(line.trim_end());
+        s.push('\n');
     }
     if l.objects.is_empty() {
         s.push_str("(no objects: run `lockstep init`)\n");

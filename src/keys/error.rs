@@ -10,6 +10,9 @@ use crate::secret::SecretError;
 pub enum DeviceCode {
     /// A PKCS#11 `CKR_*` return value.
     Pkcs11(cryptoki::error::RvError),
+    /// A TPM or TSS return code (`TSS2_RC`): the TPM's own `TPM_RC_*` in
+    /// layer 0, or a TSS layer's (`TSS2_TCTI_RC_*`, `TSS2_ESYS_RC_*`, ...).
+    Tpm(u32),
 }
 
 impl fmt::Display for DeviceCode {
@@ -18,6 +21,8 @@ impl fmt::Display for DeviceCode {
             // `RvError`'s Debug is the variant name (`SessionHandleInvalid`);
             // print it the way the specification spells it.
             Self::Pkcs11(rv) => f.write_str(&ckr_name(&format!("{rv:?}"))),
+            // `TPM_RC_AUTH_FAIL (session 1) (0x0000098e)`.
+            Self::Tpm(rc) => write!(f, "{} ({rc:#010x})", super::tpm::rc::name(*rc)),
         }
     }
 }
@@ -48,8 +53,11 @@ pub enum KeyError {
         /// The device's return code, when it gave one.
         code: Option<DeviceCode>,
     },
-    /// Logging in to the device failed (wrong or locked PIN).
-    #[error("login to {device} failed ({code}): check the PIN reference and the token's PIN state")]
+    /// Logging in to the device failed (wrong or locked PIN, wrong TPM auth
+    /// value or TPM lockout).
+    #[error(
+        "login to {device} failed ({code}): check the PIN or auth value reference and the device's PIN or lockout state"
+    )]
     Login {
         /// Which device.
         device: String,

@@ -10,6 +10,7 @@
 
 mod error;
 pub mod pkcs11;
+pub mod tpm;
 
 use std::fmt;
 use std::sync::Arc;
@@ -142,6 +143,11 @@ pub struct ObjectInfo {
     /// A TPM persistent handle, when the device has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handle: Option<String>,
+    /// The device's own attribute names that are set (TPM object
+    /// attributes such as `fixedtpm`, `sign`); empty for PKCS#11, whose
+    /// attributes are all in `protection`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<String>,
 }
 
 /// The attributes that say a key cannot leave the device.

@@ -122,7 +122,7 @@ pub struct Service {
     checkpoint_every: u64,
     checkpoint_interval_secs: i64,
     checkpointing: tokio::sync::Mutex<()>,
-    /// The way to the signing device, as wide as its session limit.
+    /// The way to the signing device, about as wide as its session limit.
     device: Lane,
 }
 
@@ -148,7 +148,10 @@ impl Service {
         let ocsp =
             Responder::new(&name, &spki).map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(Self {
-            device: Lane::new(parts.issuer.key().concurrency()),
+            // One more than the device works on at once: the next call is
+            // already waiting when one finishes, so the device never idles
+            // for a thread hand-over.
+            device: Lane::new(parts.issuer.key().concurrency() + 1),
             crl: CrlPublisher::new(
                 parts.issuer.clone(),
                 parts.store.clone(),

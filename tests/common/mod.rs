@@ -5,9 +5,11 @@
 // which is `unsafe` since Rust 2024; see `softhsm()` for why it is sound here.
 #![allow(unsafe_code)]
 
+pub mod backend;
 pub mod oidc;
 pub mod server;
 pub mod tls;
+pub mod tpm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -213,6 +215,8 @@ pub struct TestCa {
     pub config: lockstep::config::Config,
     pub backend: Arc<dyn KeyBackend>,
     pub issuer: lockstep::x509::Issuer,
+    /// Evicts TPM keys last, once everything using them is gone.
+    pub evict: Option<backend::Evict>,
 }
 
 static CA_IDS: AtomicU32 = AtomicU32::new(1);
@@ -265,16 +269,24 @@ issuing_validity_days = {issuing_days}
     )
 }
 
-/// Initialises a CA called `name` (unique per process) and loads its issuer.
+/// Initialises a CA called `name` (unique per process) on the SoftHSM2
+/// token and loads its issuer.
 pub fn test_ca_with(name: &str, root_days: u32, issuing_days: u32) -> TestCa {
-    let hsm = softhsm();
+    test_ca_on(backend::Backend::SoftHsm, name, root_days, issuing_days)
+}
+
+/// Initialises a CA called `name` (unique per process) on `backend` and
+/// loads its issuer.
+pub fn test_ca_on(
+    backend: backend::Backend,
+    name: &str,
+    root_days: u32,
+    issuing_days: u32,
+) -> TestCa {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lockstep.toml");
-    std::fs::write(
-        &path,
-        ca_config_text(hsm, &hsm.token, name, root_days, issuing_days),
-    )
-    .unwrap();
+    let (text, evict) = backend.ca_config_text(name, root_days, issuing_days);
+    std::fs::write(&path, text).unwrap();
     let config = lockstep::config::Config::load(&path).unwrap();
     let backend = config.backend.open().unwrap();
     let now = lockstep::clock::Clock::now(&lockstep::clock::SystemClock);
@@ -285,6 +297,7 @@ pub fn test_ca_with(name: &str, root_days: u32, issuing_days: u32) -> TestCa {
         config,
         backend,
         issuer,
+        evict,
     }
 }
 

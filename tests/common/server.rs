@@ -14,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use super::{ca_config_text, softhsm};
+use super::backend::{Backend, Evict};
 
 /// A running service.
 pub struct TestServer {
@@ -32,6 +32,8 @@ pub struct TestServer {
     pub http: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The TPM keys to evict when the server is dropped.
+    evict: Option<Arc<Evict>>,
 }
 
 impl TestServer {
@@ -39,7 +41,30 @@ impl TestServer {
     /// `callers`, adds `extra_config` (e.g. `[[auth.oidc]]` tables) and
     /// starts serving.
     pub async fn start(name: &str, policy: &str, callers: &[&str], extra_config: &str) -> Self {
-        let hsm = softhsm();
+        Self::start_on(Backend::SoftHsm, name, policy, callers, extra_config).await
+    }
+
+    /// [`TestServer::start`] with the CA's keys on `backend`.
+    pub async fn start_on(
+        backend: Backend,
+        name: &str,
+        policy: &str,
+        callers: &[&str],
+        extra_config: &str,
+    ) -> Self {
+        let (keys, evict) = backend.ca_config_text(name, 3650, 1095);
+        Self::start_with_keys(keys, evict, policy, callers, extra_config).await
+    }
+
+    /// [`TestServer::start`] with the backend and keys given as
+    /// configuration text (`evict` cleans TPM keys up when dropped).
+    pub async fn start_with_keys(
+        keys: String,
+        evict: Option<Evict>,
+        policy: &str,
+        callers: &[&str],
+        extra_config: &str,
+    ) -> Self {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut tokens = HashMap::new();
         let mut auth = String::new();
@@ -53,7 +78,7 @@ impl TestServer {
         std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
         let text = format!(
             "{}\n[server]\nlisten = \"127.0.0.1:0\"\nhostnames = [\"127.0.0.1\", \"localhost\"]\nsweep_interval = \"200ms\"\nmax_body_bytes = 65536\n\n[store]\nsqlite = \"lockstep.db\"\n\n[policy]\nfile = \"policy.toml\"\n\n{auth}{extra_config}",
-            ca_config_text(hsm, &hsm.token, name, 3650, 1095)
+            keys
         );
         let config_path = dir.path().join("lockstep.toml");
         std::fs::write(&config_path, text).unwrap();
@@ -66,7 +91,9 @@ impl TestServer {
         })
         .await
         .unwrap();
-        Self::serve(dir, config_path, tokens).await
+        let mut srv = Self::serve(dir, config_path, tokens).await;
+        srv.evict = evict.map(Arc::new);
+        srv
     }
 
     async fn serve(
@@ -99,6 +126,7 @@ impl TestServer {
             http,
             shutdown: Some(tx),
             task: Some(task),
+            evict: None,
         }
     }
 
@@ -116,7 +144,9 @@ impl TestServer {
     pub async fn restart(mut self) -> Self {
         self.stop().await;
         let tokens = std::mem::take(&mut self.tokens);
-        Self::serve(self.dir.clone(), self.config_path.clone(), tokens).await
+        let mut srv = Self::serve(self.dir.clone(), self.config_path.clone(), tokens).await;
+        srv.evict = self.evict.take();
+        srv
     }
 
     /// The lockstep root certificate.

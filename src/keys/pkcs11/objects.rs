@@ -99,6 +99,7 @@ pub(super) fn describe(
         key_type: None,
         protection: None,
         handle: None,
+        attributes: Vec::new(),
     };
     let mut class = None;
     let mut key_type = None;

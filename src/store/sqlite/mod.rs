@@ -27,7 +27,7 @@ mod writer;
 
 use schema::migrate;
 use sql::Cached;
-use writer::Writer;
+use writer::{Durability, Writer};
 
 use crate::audit::{GENESIS, entry_hash};
 
@@ -130,7 +130,17 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        self.writer.write(f).await
+        self.writer.write(Durability::Synced, f).await
+    }
+
+    /// [`SqliteStore::write`] for state a crash may lose (see
+    /// [`writer::Durability::Volatile`]).
+    async fn write_volatile<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.write(Durability::Volatile, f).await
     }
 }
 
@@ -405,7 +415,11 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> Result<(Applied, Option<Reservation>), StoreError> {
         let id = id.clone();
-        self.write(move |tx| {
+        // A slot taken before signing: visible to every later transaction
+        // at once, on disk with the next synced commit (the credential's
+        // own, at the latest). Lost in a crash, it was never handed out and
+        // recovery would void it anyway.
+        self.write_volatile(move |tx| {
             let op = SessionOp::ReserveMint {
                 counted: credential.counted,
             };

@@ -2,23 +2,41 @@
 //! operations waiting for it in one transaction, each in a savepoint of its
 //! own, then commits once (one fsync) and answers them all.
 //!
-//! Every caller is still answered only after its work is on disk; under
-//! load, many callers share an fsync instead of queueing for one each. An
-//! operation that fails is rolled back to its savepoint and does not
-//! disturb the others in the batch.
+//! A [`Durability::Synced`] caller is answered only after its work is on
+//! disk; under load, many callers share an fsync instead of queueing for
+//! one each. A [`Durability::Volatile`] operation (a credential slot taken
+//! before signing, which recovery voids after a crash anyway) is committed
+//! and visible at once but reaches the disk with the next synced commit:
+//! the write-ahead log is replayed in order, so a crash can lose only
+//! volatile commits made after the last synced one. An operation that
+//! fails is rolled back to its savepoint and does not disturb the others
+//! in the batch.
 
 use std::sync::mpsc;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
+use super::sql::Cached;
 use super::unavailable;
 use crate::store::StoreError;
 
 /// Most operations committed together.
 const MAX_BATCH: usize = 256;
 
+/// Whether a write must be on disk before its caller hears back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// On disk (fsync) before the answer.
+    Synced,
+    /// Committed and visible before the answer; on disk with the next
+    /// synced commit.
+    Volatile,
+}
+
 /// One write operation waiting for the writer.
 trait Job: Send {
+    /// How durable its commit must be.
+    fn durability(&self) -> Durability;
     /// Runs the operation; returns whether it succeeded.
     fn run(&mut self, tx: &Transaction<'_>) -> bool;
     /// Answers the caller once the batch committed (or failed to).
@@ -26,6 +44,7 @@ trait Job: Send {
 }
 
 struct Typed<T, F> {
+    durability: Durability,
     f: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: Option<tokio::sync::oneshot::Sender<Result<T, StoreError>>>,
@@ -36,6 +55,10 @@ where
     T: Send,
     F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send,
 {
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
     fn run(&mut self, tx: &Transaction<'_>) -> bool {
         let Some(f) = self.f.take() else {
             return false;
@@ -79,13 +102,14 @@ impl Writer {
     }
 
     /// Runs `f` in the next batch's transaction and waits for its commit.
-    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub async fn write<T, F>(&self, durability: Durability, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Box::new(Typed {
+            durability,
             f: Some(f),
             result: None,
             reply: Some(reply),
@@ -102,6 +126,8 @@ impl Writer {
 /// The writer loop: wait for one operation, take every other one already
 /// waiting, run them in one transaction, commit, answer.
 fn run(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>) {
+    // The connection starts with `synchronous = FULL`.
+    let mut synced = true;
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -110,24 +136,46 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
-        let committed = commit(&mut conn, &mut batch);
+        let want = batch.iter().any(|j| j.durability() == Durability::Synced);
+        let committed =
+            set_synced(&conn, &mut synced, want).and_then(|()| commit(&mut conn, &mut batch));
         for job in batch {
             job.finish(committed.clone_error());
         }
     }
 }
 
+/// Switches between `synchronous = FULL` (fsync at commit) and `NORMAL`
+/// (in WAL mode: no fsync at commit) when the batch needs the other.
+fn set_synced(conn: &Connection, current: &mut bool, want: bool) -> Result<(), StoreError> {
+    if *current != want {
+        let level = if want { "FULL" } else { "NORMAL" };
+        conn.pragma_update(None, "synchronous", level)
+            .map_err(unavailable)?;
+        *current = want;
+    }
+    Ok(())
+}
+
 fn commit(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(unavailable)?;
-    for job in batch.iter_mut() {
-        tx.execute_batch("SAVEPOINT job").map_err(unavailable)?;
-        if job.run(&tx) {
-            tx.execute_batch("RELEASE job").map_err(unavailable)?;
+    if let [only] = batch {
+        // Alone in its transaction: a failure rolls the whole of it back.
+        return if only.run(&tx) {
+            tx.commit().map_err(unavailable)
         } else {
-            tx.execute_batch("ROLLBACK TO job; RELEASE job")
-                .map_err(unavailable)?;
+            tx.rollback().map_err(unavailable)
+        };
+    }
+    for job in batch.iter_mut() {
+        tx.exec("SAVEPOINT job", []).map_err(unavailable)?;
+        if job.run(&tx) {
+            tx.exec("RELEASE job", []).map_err(unavailable)?;
+        } else {
+            tx.exec("ROLLBACK TO job", []).map_err(unavailable)?;
+            tx.exec("RELEASE job", []).map_err(unavailable)?;
         }
     }
     tx.commit().map_err(unavailable)
