@@ -1,9 +1,16 @@
-//! Issuance benchmarks on a SoftHSM2 token: the raw device signing rate and
-//! what lockstep adds on top (CSR checks, certificate building); and the
-//! raw signing rate of a key in swtpm.
+//! Micro-benchmarks of what issuance is made of, each in isolation:
 //!
-//! `cargo bench --bench issuance`. Compare the figures of one run as ratios
-//! (minting rate ÷ raw signing rate); absolute numbers vary by machine.
+//! - `device`: raw ECDSA P-256 signing on SoftHSM2 and on swtpm;
+//! - `x509`: CSR parse + signature check, certificate build + sign, CRL
+//!   build + sign with 10 000 and 100 000 entries;
+//! - `tokens`: a session-bound JWT (claims, encoding, device signature);
+//! - `sessions`: the pure session core, request to close;
+//! - `service`: in-process end-to-end minting (no HTTP): session check,
+//!   CSR check, slot in the store, signature, durable record; 64 at once.
+//!
+//! `cargo bench --bench issuance` (or `scripts/bench`). Compare figures of
+//! one run as ratios (e.g. build + sign ÷ raw sign); absolute numbers vary
+//! with the machine.
 
 #![allow(missing_docs)]
 
@@ -11,63 +18,254 @@
 mod common;
 
 use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use lockstep::clock::{Clock, SystemClock};
+use lockstep::auth::Caller;
+use lockstep::clock::{Clock, SystemClock, Timestamp};
+use lockstep::service::{NewSession, Service};
+use lockstep::sessions::{Conditions, Profile, Request, Rules, Session, SessionId, SessionOp};
+use lockstep::tokens::{TokenClaims, TokenSigner};
+use lockstep::x509::crl::CrlEntry;
 use lockstep::x509::csr::parse_and_verify;
-use lockstep::x509::{CertProfile, LeafSpec, San, SessionEvidence, SubjectName};
+use lockstep::x509::{CertProfile, LeafSpec, San, SessionEvidence, SubjectName, random_serial};
 
-fn issuance(c: &mut Criterion) {
-    let ca = common::test_ca("bench");
-    let key = ca.issuer.key().clone();
-    let (_, csr_pem) = common::openssl_csr(ca.dir.path(), "bench", "ec:P-256");
-    let now = SystemClock.now();
-    let spec = LeafSpec {
+use common::backend::Backend;
+
+fn leaf_spec(now: Timestamp) -> LeafSpec {
+    LeafSpec {
         subject: SubjectName::cn("db:payroll"),
         sans: vec![San::Uri("urn:lockstep:requester:token:bench".into())],
         profile: CertProfile::MtlsClient,
         not_after: now.plus_secs(3600),
         session: SessionEvidence::session("ses_bench"),
         revocation: None,
-    };
+    }
+}
 
-    let mut g = c.benchmark_group("issuance");
+fn device(c: &mut Criterion) {
+    let mut g = c.benchmark_group("device");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("softhsm_sign_p256", |b| {
+    for backend in [Backend::SoftHsm, Backend::Tpm] {
+        let ca = common::test_ca_on(backend, &format!("bench-raw-{backend:?}"), 3650, 1095);
+        let key = ca.issuer.key().clone();
         let digest = [7u8; 32];
-        b.iter(|| key.sign_digest(black_box(&digest)).unwrap())
-    });
+        let name = match backend {
+            Backend::SoftHsm => "softhsm_sign_p256",
+            Backend::Tpm => "swtpm_sign_p256",
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| key.sign_digest(black_box(&digest)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn x509(c: &mut Criterion) {
+    let ca = common::test_ca("bench-x509");
+    let (_, csr_pem) = common::openssl_csr(ca.dir.path(), "bench", "ec:P-256");
+    let csr = parse_and_verify(&csr_pem).unwrap();
+    let now = SystemClock.now();
+    let spec = leaf_spec(now);
+
+    let mut g = c.benchmark_group("x509");
+    g.throughput(Throughput::Elements(1));
     g.bench_function("csr_parse_verify_p256", |b| {
         b.iter(|| parse_and_verify(black_box(&csr_pem)).unwrap())
     });
-    g.bench_function("mint_in_process", |b| {
+    g.bench_function("certificate_build_sign", |b| {
+        b.iter(|| ca.issuer.mint(&csr, &spec, now).unwrap())
+    });
+    g.sample_size(10);
+    for n in [10_000usize, 100_000] {
+        let entries: Vec<CrlEntry> = (0..n)
+            .map(|_| CrlEntry {
+                serial: hex::encode(random_serial().unwrap().as_bytes()),
+                revoked_at: now,
+                reason: 5,
+            })
+            .collect();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("crl_build_sign_{n}"), |b| {
+            b.iter(|| ca.issuer.crl(&entries, 7, now, now.plus_secs(300)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn tokens(c: &mut Criterion) {
+    let ca = common::test_ca("bench-tokens");
+    let signer = TokenSigner::new(ca.issuer.key().clone());
+    let now = SystemClock.now();
+    let claims = TokenClaims {
+        iss: "https://lockstep.example".into(),
+        sub: "token:ci".into(),
+        aud: "payroll-api".into(),
+        iat: now.unix(),
+        nbf: now.unix(),
+        exp: now.unix() + 600,
+        jti: "tok_bench".into(),
+        sid: "ses_bench".into(),
+        request_hash: format!("sha256:{}", "ab".repeat(32)),
+        approvers: vec!["token:alice".into(), "token:bob".into()],
+        resource: "db:payroll".into(),
+        cnf: None,
+    };
+    let mut g = c.benchmark_group("tokens");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("jwt_mint_es256", |b| {
+        b.iter(|| signer.sign(black_box(&claims)).unwrap())
+    });
+    g.finish();
+}
+
+fn sessions(c: &mut Criterion) {
+    let rules = Rules {
+        approvers: vec!["token:alice".into(), "token:bob".into()],
+        quorum: 2,
+        max_duration_secs: 3600,
+        pending_timeout_secs: 600,
+        credentials: 1,
+        denials_to_close: 1,
+        tokens_allowed: false,
+        count_tokens: true,
+        audiences: Vec::new(),
+        conditions: Conditions::default(),
+    };
+    let request = Request {
+        tenant: None,
+        requester: "token:ci".into(),
+        resource: "db:payroll".into(),
+        task: "rotate the payroll DB password".into(),
+        request_digest: None,
+        duration_secs: 600,
+        profile: Profile::MtlsClient,
+    };
+    let id = SessionId::generate().unwrap();
+    let now = SystemClock.now();
+    let mut g = c.benchmark_group("sessions");
+    g.throughput(Throughput::Elements(1));
+    // request, two approvals, a credential slot, close: the whole life.
+    g.bench_function("core_lifecycle", |b| {
         b.iter(|| {
-            let csr = parse_and_verify(black_box(&csr_pem)).unwrap();
-            ca.issuer.mint(&csr, &spec, now).unwrap()
+            let (mut s, _) = Session::new(id.clone(), request.clone(), rules.clone(), now).unwrap();
+            for by in ["token:alice", "token:bob"] {
+                let op = SessionOp::Approve {
+                    by: by.into(),
+                    request_hash: s.request_hash,
+                };
+                s.apply(&op, now).1.unwrap();
+            }
+            s.apply(&SessionOp::ReserveMint { counted: true }, now)
+                .1
+                .unwrap();
+            let close = SessionOp::Close {
+                by: "token:ci".into(),
+            };
+            s.apply(&close, now).1.unwrap();
+            black_box(s)
         })
     });
     g.finish();
 }
 
-/// TPM2_Sign (ECDSA P-256) on swtpm: `LOCKSTEP_TEST_TPM_TCTI` if set, else
-/// a swtpm of the benchmark's own.
-fn tpm(c: &mut Criterion) {
-    use lockstep::keys::KeyBackend;
-    let tpm = common::tpm::SwTpm::shared();
-    let backend =
-        lockstep::keys::tpm::TpmBackend::new(&lockstep::keys::tpm::TpmConfig::new(tpm.tcti()))
+const POLICY: &str = r#"
+[[resource]]
+match = "bench:*"
+requesters = ["token:load"]
+approvers = ["token:a1", "token:a2"]
+quorum = 1
+max_duration = "1h"
+profiles = ["mtls-client"]
+credentials = 1000
+"#;
+
+/// Concurrent mints per iteration of the service benchmark.
+const AT_ONCE: usize = 64;
+
+fn service(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_srv, service) = rt.block_on(async {
+        let mut srv =
+            common::server::TestServer::start("bench-service", POLICY, &["load"], "").await;
+        srv.stop().await;
+        let config = lockstep::config::Config::load(&srv.config_path).unwrap();
+        let prepared = lockstep::api::setup::prepare(&config, Arc::new(SystemClock))
+            .await
             .unwrap();
-    let key_ref = common::tpm::tpm_key_ref("bench", common::tpm::unique_handle());
-    let key = backend.generate_key(&key_ref, true).unwrap();
-    let mut g = c.benchmark_group("tpm");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("swtpm_sign_p256", |b| {
-        let digest = [7u8; 32];
-        b.iter(|| key.sign_digest(black_box(&digest)).unwrap())
+        (srv, prepared.state.service.clone())
+    });
+    let (_, csr_pem) = common::openssl_csr(_srv.dir.path(), "bench", "ec:P-256");
+    let requester = Caller::new("token:load");
+    let open = |i: usize| {
+        let service = service.clone();
+        let requester = requester.clone();
+        async move {
+            let new = NewSession {
+                resource: format!("bench:{i}"),
+                task: "bench".into(),
+                request_digest: None,
+                duration_secs: 3000,
+                profile: Profile::MtlsClient,
+            };
+            let s = service.request(&requester, new).await.unwrap();
+            let approver = Caller::new("token:a1");
+            service
+                .approve(&approver, &s.id, s.request_hash)
+                .await
+                .unwrap();
+            s.id
+        }
+    };
+    let mut slots: Vec<(SessionId, u32)> = rt.block_on(async {
+        let mut v = Vec::new();
+        for i in 0..AT_ONCE {
+            v.push((open(i).await, 0));
+        }
+        v
+    });
+    let mut g = c.benchmark_group("service");
+    g.throughput(Throughput::Elements(AT_ONCE as u64));
+    g.bench_function("mint_in_process_64_at_once", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                // A fresh session where one is used up (untimed).
+                for (i, slot) in slots.iter_mut().enumerate() {
+                    if slot.1 >= 1000 {
+                        *slot = (rt.block_on(open(i)), 0);
+                    }
+                    slot.1 += 1;
+                }
+                let start = Instant::now();
+                rt.block_on(mint_all(&service, &requester, &slots, &csr_pem));
+                spent += start.elapsed();
+            }
+            spent
+        })
     });
     g.finish();
-    backend.destroy_key(&key_ref).unwrap();
 }
 
-criterion_group!(benches, issuance, tpm);
+async fn mint_all(
+    service: &Arc<Service>,
+    requester: &Caller,
+    slots: &[(SessionId, u32)],
+    csr: &[u8],
+) {
+    let tasks: Vec<_> = slots
+        .iter()
+        .map(|(id, _)| {
+            let (service, requester, id, csr) =
+                (service.clone(), requester.clone(), id.clone(), csr.to_vec());
+            tokio::spawn(async move { service.certificate(&requester, &id, csr, None).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+}
+
+criterion_group!(benches, device, x509, tokens, sessions, service);
 criterion_main!(benches);
