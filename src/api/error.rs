@@ -44,6 +44,11 @@ impl ApiError {
         &self.code
     }
 
+    /// The message for the caller.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The status.
     pub fn status(&self) -> u16 {
         self.status.as_u16()

@@ -31,7 +31,7 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Json<Health>, ApiErro
             Err(ApiError::new(
                 503,
                 err.code(),
-                format!("not ready: {}", err.code()),
+                format!("not ready: {}", err.message()),
             ))
         }
     }

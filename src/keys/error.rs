@@ -117,6 +117,22 @@ pub enum KeyError {
 }
 
 impl KeyError {
+    /// For a key that was found when it was opened: its absence now means
+    /// the device lost it (token removed, token store unreadable), which the
+    /// service treats as an outage it recovers from, not as a set-up error.
+    pub fn vanished(self) -> Self {
+        match self {
+            Self::KeyNotFound { device, key } => Self::Unavailable {
+                device,
+                reason: format!(
+                    "key {key} is no longer visible (token removed or its store unreadable); signing resumes when it is back"
+                ),
+                code: None,
+            },
+            other => other,
+        }
+    }
+
     /// The machine-readable code of this error.
     pub fn code(&self) -> &'static str {
         match self {

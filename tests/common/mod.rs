@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 pub mod backend;
+pub mod flow;
 pub mod oidc;
 pub mod server;
 pub mod tls;

@@ -173,7 +173,25 @@ impl Shared {
                     },
                 });
             }
-            Err(e) => return Err(self.connect_error("C_GetSlotList", e)),
+            // A module that cannot list its slots (SoftHSM2 answers
+            // CKR_GENERAL_ERROR when its token directory is gone) is in no
+            // state to sign: report an outage and restart it (at most once
+            // a second) until it recovers.
+            Err(e) => {
+                return Err(match self.connect_error("C_GetSlotList", e) {
+                    Connect::Failed(KeyError::Device { code, .. }) => Connect::Restart {
+                        initialize_only: false,
+                        cause: KeyError::Unavailable {
+                            device: self.name.clone(),
+                            reason: format!(
+                                "C_GetSlotList returned {code}: the module cannot list its tokens"
+                            ),
+                            code: Some(code),
+                        },
+                    },
+                    other => other,
+                });
+            }
         };
         let pin = self.pin.resolve().map_err(|e| Connect::Failed(e.into()))?;
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
@@ -265,6 +283,16 @@ impl Shared {
             match outcome {
                 Ok(v) => return Ok(v),
                 Err(OpError::Key(k)) => return Err(k),
+                Err(OpError::Gone(k)) => {
+                    tracing::warn!(device = %self.name, error = %k, "pkcs11 key gone; restarting the module");
+                    self.invalidate(&conn);
+                    drop(conn);
+                    drop(calls);
+                    module
+                        .restart(epoch)
+                        .map_err(|e| to_key_error(&self.name, "C_Initialize", e))?;
+                    last = Some(k);
+                }
                 Err(OpError::Ck(e)) => match rv::recovery(&e) {
                     Recovery::Reconnect => {
                         tracing::warn!(device = %self.name, error = %e, "pkcs11 connection lost; reconnecting");
@@ -352,6 +380,20 @@ impl Shared {
 enum OpError {
     Ck(CkError),
     Key(KeyError),
+    /// An opened key's object is no longer visible: the token was removed
+    /// or its store became unreadable. The module is restarted (at most
+    /// once a second) so it rescans the token once it is back.
+    Gone(KeyError),
+}
+
+impl OpError {
+    /// Marks "not found" as "gone" for a key that was found when opened.
+    fn gone(self) -> Self {
+        match self {
+            Self::Key(k @ KeyError::KeyNotFound { .. }) => Self::Gone(k.vanished()),
+            other => other,
+        }
+    }
 }
 
 impl From<CkError> for OpError {
@@ -516,7 +558,10 @@ impl DeviceKey for Pkcs11Key {
         let raw = self
             .shared
             .with_session("C_Sign", Access::Pooled, |conn, s| {
-                let handle = self.shared.find(conn, s, &self.key, KeyClass::Private)?;
+                let handle = self
+                    .shared
+                    .find(conn, s, &self.key, KeyClass::Private)
+                    .map_err(OpError::gone)?;
                 // CKM_ECDSA signs the digest as given and returns raw r || s.
                 Ok(s.sign(&Mechanism::Ecdsa, handle, digest)?)
             })?;
