@@ -19,6 +19,9 @@ pub enum Error {
     /// A CSR or certificate was refused, or minting failed.
     #[error(transparent)]
     X509(#[from] X509Error),
+    /// The store cannot be used.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// The CA has not been set up (no chain on disk).
     #[error("{0}")]
     CaNotInitialized(String),
@@ -62,6 +65,7 @@ impl Error {
             Self::Config(_) => "config_invalid",
             Self::Key(e) => e.code(),
             Self::X509(e) => e.code(),
+            Self::Store(e) => e.code(),
             Self::CaNotInitialized(_) => "ca_not_initialized",
             Self::InvalidArgument(_) => "invalid_argument",
             Self::Io { .. } => "io_error",

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use common::backend::Backend;
 use common::server::TestServer;
-use common::{openssl_csr, softhsm};
+use common::{
+    audit_verify as verify, lockstep_cli as lockstep, openssl_csr, output_text as text, softhsm,
+};
 
 const POLICY: &str = r#"
 auditors = ["token:auditor"]
@@ -72,36 +74,6 @@ async fn session_with_certificate(srv: &TestServer, csr: &str) -> Option<String>
         )
         .await;
     (status == 201).then(|| cert["serial"].as_str().unwrap().to_owned())
-}
-
-fn lockstep(args: &[&str]) -> Output {
-    // Through the TPM fixture: the child must not inherit a TPM socket.
-    common::tpm::output(
-        Command::new(env!("CARGO_BIN_EXE_lockstep"))
-            .args(args)
-            .env("SOFTHSM2_CONF", &softhsm().conf),
-    )
-    .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn verify(db: &Path, root: &Path) -> (bool, String) {
-    let out = lockstep(&[
-        "audit",
-        "verify",
-        "--db",
-        db.to_str().unwrap(),
-        "--root",
-        root.to_str().unwrap(),
-    ]);
-    (out.status.success(), text(&out))
 }
 
 /// A trail with some history, the service stopped (last checkpoint signed).

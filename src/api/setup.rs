@@ -59,14 +59,8 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
     );
     let now = clock.now();
 
-    let store = Arc::new(
-        SqliteStore::open(&store_config.sqlite)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?,
-    );
-    let voided = store
-        .recover(now)
-        .await
-        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let store = Arc::new(SqliteStore::open(&store_config.sqlite)?);
+    let voided = store.recover(now).await?;
     if voided > 0 {
         tracing::warn!(
             voided,

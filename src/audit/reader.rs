@@ -22,14 +22,47 @@ fn hex_blob(b: Option<Vec<u8>>) -> String {
     b.map(hex::encode).unwrap_or_default()
 }
 
+/// Opens a store file for reading. A WAL store needs its `-shm` index,
+/// which SQLite cannot create on a read-only filesystem (a snapshot, a
+/// read-only mount); a store closed cleanly has no write-ahead log left,
+/// so it is then read as an immutable file.
+fn open_read_only(path: &Path) -> Result<Connection, String> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let first = Connection::open_with_flags(path, flags).and_then(|c| {
+        c.query_row("SELECT COUNT(*) FROM sqlite_master", [], |_| Ok(()))?;
+        Ok(c)
+    });
+    let e = match first {
+        Ok(c) => return Ok(c),
+        Err(e) => e,
+    };
+    if !path.is_file() {
+        return Err(format!("cannot open {}: {e}", path.display()));
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return Err(format!(
+            "cannot open {}: {e}; it has a write-ahead log SQLite cannot read here (read-only filesystem?): copy the store with its -wal and -shm files to a writable directory and read the copy",
+            path.display()
+        ));
+    }
+    let text = path.to_string_lossy();
+    let escaped = text
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23");
+    Connection::open_with_flags(
+        format!("file:{escaped}?immutable=1"),
+        flags | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
 impl Trail {
     /// Reads the trail of the SQLite store at `path` (read-only).
     pub fn from_sqlite(path: &Path) -> Result<Self, String> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let conn = open_read_only(path)?;
         let err = |e: rusqlite::Error| format!("{}: {e}", path.display());
         let mut trail = Self::default();
         let mut stmt = conn

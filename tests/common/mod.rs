@@ -369,3 +369,37 @@ pub fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Runs the `lockstep` binary with the process's SoftHSM2 configuration
+/// (through the TPM fixture, so the child inherits no TPM socket).
+pub fn lockstep_cli(args: &[&str]) -> std::process::Output {
+    tpm::output(
+        Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(args)
+            .env("SOFTHSM2_CONF", &softhsm().conf),
+    )
+    .unwrap()
+}
+
+/// A child's stdout and stderr as one text.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `lockstep audit verify` of the store file `db` against `root`: whether
+/// it passed, and what it printed.
+pub fn audit_verify(db: &Path, root: &Path) -> (bool, String) {
+    let out = lockstep_cli(&[
+        "audit",
+        "verify",
+        "--db",
+        db.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    (out.status.success(), output_text(&out))
+}

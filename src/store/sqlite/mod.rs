@@ -63,6 +63,20 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
+        // SQLite's own message for a file it cannot write is "unable to
+        // open database file"; the operating system says why.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| {
+                unavailable(format!(
+                    "cannot open {} for writing: {e}; lockstep needs its store on a writable filesystem",
+                    path.display()
+                ))
+            })?;
         let mut conn = Connection::open(path)
             .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL")
