@@ -110,6 +110,29 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock set by hand, for tests and simulations that must put "now"
+/// exactly on a session's edges (one second before `closes_at`, on it).
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    /// A clock showing `at`.
+    pub fn new(at: Timestamp) -> Self {
+        Self(std::sync::atomic::AtomicI64::new(at.unix()))
+    }
+
+    /// Sets the time to `at` (it may go backwards, as real clocks can).
+    pub fn set(&self, at: Timestamp) {
+        self.0.store(at.unix(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

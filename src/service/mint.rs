@@ -126,17 +126,17 @@ impl Service {
         id: &SessionId,
         action: &str,
         credential: NewCredential,
-    ) -> Result<(Session, Reservation), ServiceError> {
-        let (applied, reservation) = match self
-            .store
-            .reserve_credential(id, credential, self.now())
-            .await
-        {
+    ) -> Result<(Session, Reservation, Timestamp), ServiceError> {
+        // One reading of the clock decides the slot and dates the
+        // credential (notBefore, iat): a mint allowed one second before
+        // closes_at is valid from then, never refused for the next second.
+        let at = self.now();
+        let (applied, reservation) = match self.store.reserve_credential(id, credential, at).await {
             Ok(r) => r,
             Err(e) => return self.refuse(caller, Some(id), action, e.into()).await,
         };
         match (applied.result, reservation) {
-            (Ok(_), Some(r)) => Ok((applied.session, r)),
+            (Ok(_), Some(r)) => Ok((applied.session, r, at)),
             (Err(e), _) => self.refuse(caller, Some(id), action, e.into()).await,
             (Ok(_), None) => Err(ServiceError::Internal("no reservation".into())),
         }
@@ -207,10 +207,9 @@ impl Service {
             profile: session.request.profile,
             counted: true,
         };
-        let (session, reservation) = self.reserve(caller, id, ACTION, new).await?;
+        let (session, reservation, now) = self.reserve(caller, id, ACTION, new).await?;
         let spec = self.leaf_spec(&session, reservation.not_after, cert_profile);
         let issuer = self.issuer.clone();
-        let now = self.now();
         let signed = self
             .device
             .run(move || issuer.mint_with_serial(&csr, &spec, serial, now))
@@ -276,8 +275,7 @@ impl Service {
             profile: session.request.profile,
             counted: session.rules.count_tokens,
         };
-        let (session, reservation) = self.reserve(caller, id, ACTION, new).await?;
-        let now = self.now();
+        let (session, reservation, now) = self.reserve(caller, id, ACTION, new).await?;
         let claims = TokenClaims {
             iss: self.public_url().unwrap_or_else(|| "lockstep".into()),
             sub: session.request.requester.clone(),

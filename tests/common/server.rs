@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use lockstep::clock::SystemClock;
+use lockstep::clock::{Clock, SystemClock};
 use lockstep::config::Config;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -34,6 +34,8 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// The TPM keys to evict when the server is dropped.
     evict: Option<Arc<Evict>>,
+    /// Where the service reads "now".
+    clock: Arc<dyn Clock>,
 }
 
 impl TestServer {
@@ -84,25 +86,40 @@ impl TestServer {
         std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).unwrap();
         let backend = config.backend.open().unwrap();
-        let now = lockstep::clock::Clock::now(&SystemClock);
+        let now = SystemClock.now();
         let c = config.clone();
         tokio::task::spawn_blocking(move || {
             lockstep::ca::init(&c, backend.as_ref(), Default::default(), now).unwrap()
         })
         .await
         .unwrap();
-        let mut srv = Self::serve(dir, config_path, tokens).await;
+        let mut srv = Self::serve(dir, config_path, tokens, Arc::new(SystemClock)).await;
         srv.evict = evict.map(Arc::new);
         srv
+    }
+
+    /// [`TestServer::start`], then serving again with `clock` as the
+    /// service's "now".
+    pub async fn start_with_clock(
+        name: &str,
+        policy: &str,
+        callers: &[&str],
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let mut srv = Self::start(name, policy, callers, "").await;
+        srv.stop().await;
+        srv.clock = clock;
+        srv.restart().await
     }
 
     async fn serve(
         dir: Arc<tempfile::TempDir>,
         config_path: PathBuf,
         tokens: HashMap<String, String>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let config = Config::load(&config_path).unwrap();
-        let prepared = lockstep::api::setup::prepare(&config, Arc::new(SystemClock))
+        let prepared = lockstep::api::setup::prepare(&config, clock.clone())
             .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -127,6 +144,7 @@ impl TestServer {
             shutdown: Some(tx),
             task: Some(task),
             evict: None,
+            clock,
         }
     }
 
@@ -144,7 +162,13 @@ impl TestServer {
     pub async fn restart(mut self) -> Self {
         self.stop().await;
         let tokens = std::mem::take(&mut self.tokens);
-        let mut srv = Self::serve(self.dir.clone(), self.config_path.clone(), tokens).await;
+        let mut srv = Self::serve(
+            self.dir.clone(),
+            self.config_path.clone(),
+            tokens,
+            self.clock.clone(),
+        )
+        .await;
         srv.evict = self.evict.take();
         srv
     }
