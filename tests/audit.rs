@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,9 +15,7 @@ use serde_json::{Value, json};
 
 use common::backend::Backend;
 use common::server::TestServer;
-use common::{
-    audit_verify as verify, lockstep_cli as lockstep, openssl_csr, output_text as text, softhsm,
-};
+use common::{audit_verify as verify, lockstep_cli as lockstep, openssl_csr, output_text as text};
 
 const POLICY: &str = r#"
 auditors = ["token:auditor"]
@@ -385,26 +383,7 @@ async fn export_verifies_offline_and_answers_who_approved_a_certificate(backend:
 async fn kill_9_under_load_loses_no_acknowledged_issuance() {
     let mut srv = start("audit-kill").await;
     srv.stop().await;
-    let cfg = srv.config_path.to_str().unwrap().to_owned();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(["--config", &cfg, "serve", "--listen", "127.0.0.1:0"])
-        .env("SOFTHSM2_CONF", &softhsm().conf)
-        .env("LOCKSTEP_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(
-            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
-            "serve exited"
-        );
-        if let Some(rest) = line.trim().strip_prefix("lockstep serving on ") {
-            break rest.to_owned();
-        }
-    };
-    srv.url = url;
+    let (mut child, _stderr) = srv.serve_process("warn");
     let srv = Arc::new(srv);
     let (_, pem) = openssl_csr(srv.dir.path(), "kill", "ec:P-256");
     let pem = String::from_utf8(pem).unwrap();

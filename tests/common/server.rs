@@ -173,6 +173,42 @@ impl TestServer {
         srv
     }
 
+    /// Serves the same configuration from a `lockstep serve` child process
+    /// instead (stop the in-process service first); `url` then points at
+    /// it. `log` is its `LOCKSTEP_LOG` filter; its stderr after the
+    /// "serving" line is left to the caller.
+    pub fn serve_process(
+        &mut self,
+        log: &str,
+    ) -> (
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStderr>,
+    ) {
+        use std::io::BufRead;
+        let cfg = self.config_path.to_str().unwrap().to_owned();
+        let mut child = super::tpm::spawn(
+            std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+                .args(["--config", &cfg, "serve", "--listen", "127.0.0.1:0"])
+                .env("SOFTHSM2_CONF", &super::softhsm().conf)
+                .env("LOCKSTEP_LOG", log)
+                .stderr(std::process::Stdio::piped()),
+        )
+        .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let url = loop {
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "serve exited early"
+            );
+            if let Some(rest) = line.trim().strip_prefix("lockstep serving on ") {
+                break rest.to_owned();
+            }
+        };
+        self.url = url;
+        (child, stderr)
+    }
+
     /// The lockstep root certificate.
     pub fn root_pem(&self) -> PathBuf {
         self.dir.path().join("ca/root.pem")
