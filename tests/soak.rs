@@ -58,7 +58,7 @@ async fn round(srv: &TestServer, n: u64, csr: &str, tally: &Tally) {
         .await;
     tally.add("request", status);
     let id = s["id"].as_str().unwrap().to_owned();
-    if n % 7 == 0 {
+    if n.is_multiple_of(7) {
         // Denied instead of approved.
         let (status, _) = srv.vote("carol", &s, "deny").await;
         tally.add("deny", status);
@@ -145,7 +145,7 @@ async fn round(srv: &TestServer, n: u64, csr: &str, tally: &Tally) {
     tally.add("audit page", status);
 
     // The end: closed by the requester, or revoked by an approver.
-    let (verb, who, body) = if n % 2 == 0 {
+    let (verb, who, body) = if n.is_multiple_of(2) {
         ("close", "svc", None)
     } else {
         ("revoke", "bob", Some(json!({"reason": "soak"})))
