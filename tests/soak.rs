@@ -2,7 +2,8 @@
 //! (the whole session life, tokens, introspection, revocation lists, audit
 //! pages, and refused calls of every kind) for `LOCKSTEP_SOAK_SECS` seconds
 //! (60 by default; longer by hand). Its memory and open file descriptors
-//! are sampled every second and must stay flat after the warm-up; no call
+//! are sampled every second and must stay flat after the warm-up (the
+//! first half); no call
 //! may fail with a server error; the audit trail verifies afterwards.
 
 mod common;
@@ -53,7 +54,7 @@ async fn round(srv: &TestServer, n: u64, csr: &str, tally: &Tally) {
             "POST",
             "/v1/sessions",
             Some("svc"),
-            Some(json!({"resource": format!("soak:r{}", n % 50), "task": "soak", "duration_secs": 300, "profile": "mtls-client"})),
+            Some(json!({"resource": format!("soak:r{}", n % 50), "task": "soak", "duration_secs": 20, "profile": "mtls-client"})),
         )
         .await;
     tally.add("request", status);
@@ -242,14 +243,22 @@ async fn mixed_traffic_keeps_memory_and_descriptors_flat() {
         eprintln!("  {what}: {n}");
     }
     assert!(samples.len() as u64 >= secs.min(10), "{samples:?}");
+    let curve: Vec<String> = samples
+        .iter()
+        .step_by(10)
+        .map(|(rss, fds)| format!("{} MiB/{fds}", rss / 1024))
+        .collect();
+    eprintln!("soak: every 10 s: {}", curve.join(", "));
 
-    // Flat: after the first quarter (pools, caches and TLS sessions warm
-    // up), the last quarter's peak stays within 10 % + 4 MiB of the second
-    // quarter's, and no descriptor is left open.
-    let q = samples.len() / 4;
+    // Flat: the first half warms up (connection pools, SQLite page
+    // caches, and the live revocations, which grow until the first
+    // 20-second sessions pass their notAfter); then the last quarter's
+    // peak stays within 5 % + 4 MiB of the third quarter's, and no
+    // descriptor is left open.
+    let n = samples.len();
     let peak = |s: &[(u64, usize)]| s.iter().map(|x| x.0).max().unwrap();
     let fds = |s: &[(u64, usize)]| s.iter().map(|x| x.1).max().unwrap();
-    let (early, late) = (&samples[q..2 * q], &samples[3 * q..]);
+    let (early, late) = (&samples[n / 2..3 * n / 4], &samples[3 * n / 4..]);
     eprintln!(
         "soak: RSS {} → {} KiB, fds {} → {}",
         peak(early),
@@ -258,7 +267,7 @@ async fn mixed_traffic_keeps_memory_and_descriptors_flat() {
         fds(late)
     );
     assert!(
-        peak(late) <= peak(early) + peak(early) / 10 + 4096,
+        peak(late) <= peak(early) + peak(early) / 20 + 4096,
         "memory grew: {samples:?}"
     );
     assert!(fds(late) <= fds(early) + 2, "descriptors grew: {samples:?}");
