@@ -3,8 +3,8 @@
 //! pages, and refused calls of every kind) for `LOCKSTEP_SOAK_SECS` seconds
 //! (60 by default; longer by hand). Its memory and open file descriptors
 //! are sampled every second and must stay flat after the warm-up (the
-//! first half); no call
-//! may fail with a server error; the audit trail verifies afterwards.
+//! first half); no call may fail with a server error; the audit trail
+//! verifies afterwards.
 
 mod common;
 
