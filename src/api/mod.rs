@@ -109,7 +109,20 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<axum::body::Body>| {
+                    // The path only: the query may carry a bearer token
+                    // (`?access_token=`, RFC 6750), which must not be logged.
+                    tracing::debug_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        version = ?req.version(),
+                    )
+                },
+            ),
+        )
         .with_state(state)
 }
 
