@@ -120,10 +120,76 @@ impl fmt::Debug for SecretRef {
 
 impl<'de> Deserialize<'de> for SecretRef {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // The raw text may be a pasted secret: wipe it once parsed, and never
-        // echo it back in the error.
-        let text = Zeroizing::new(String::deserialize(deserializer)?);
-        SecretRef::parse(&text).map_err(serde::de::Error::custom)
+        deserializer.deserialize_any(RefVisitor)
+    }
+}
+
+/// Takes a reference from a string and refuses anything else without
+/// quoting it: the value may be a pasted secret (a numeric PIN is read as an
+/// integer, and serde's own "invalid type" message would show it).
+struct RefVisitor;
+
+impl RefVisitor {
+    fn refuse<E: serde::de::Error>() -> E {
+        E::custom(SecretError::NotAReference)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RefVisitor {
+    type Value = SecretRef;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a secret reference, `env:NAME` or `file:PATH`")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<SecretRef, E> {
+        SecretRef::parse(text).map_err(E::custom)
+    }
+
+    fn visit_string<E: serde::de::Error>(self, text: String) -> Result<SecretRef, E> {
+        // Wipe the raw text once parsed: it may be a pasted secret.
+        let text = Zeroizing::new(text);
+        SecretRef::parse(&text).map_err(E::custom)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretRef, E> {
+        Err(Self::refuse())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretRef, E> {
+        Err(Self::refuse())
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<SecretRef, E> {
+        Err(Self::refuse())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretRef, E> {
+        Err(Self::refuse())
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<SecretRef, E> {
+        Err(Self::refuse())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretRef, E> {
+        Err(Self::refuse())
+    }
+
+    fn visit_char<E: serde::de::Error>(self, _: char) -> Result<SecretRef, E> {
+        Err(Self::refuse())
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<SecretRef, E> {
+        Err(Self::refuse())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<SecretRef, A::Error> {
+        Err(Self::refuse())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<SecretRef, A::Error> {
+        Err(Self::refuse())
     }
 }
 
@@ -156,6 +222,33 @@ mod tests {
         let secret = SecretRef::File(path).resolve().unwrap();
         assert_eq!(secret.expose_secret(), "s3cr3t-value");
         assert!(!format!("{secret:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn values_of_other_types_are_refused_without_quoting_them() {
+        #[derive(Debug, Deserialize)]
+        struct T {
+            #[allow(dead_code)]
+            pin: SecretRef,
+        }
+        for text in [
+            "pin = 80417263",
+            "pin = -80417263",
+            "pin = 80417263.5",
+            "pin = 0x80417263",
+            "pin = true",
+            "pin = [80417263]",
+            "pin = { v = 80417263 }",
+            "pin = 2024-08-04T17:26:30Z",
+        ] {
+            let err = toml::from_str::<T>(text).unwrap_err().message().to_owned();
+            assert!(err.contains("by reference"), "{text}: {err}");
+            for secret in ["80417263", "417263", "2024-08-04"] {
+                assert!(!err.contains(secret), "{text}: {err}");
+            }
+        }
+        let t: T = toml::from_str("pin = \"file:/run/pin\"").unwrap();
+        assert_eq!(t.pin, SecretRef::File("/run/pin".into()));
     }
 
     #[test]

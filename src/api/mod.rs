@@ -30,7 +30,7 @@ use tower::ServiceExt;
 
 pub use error::{ApiError, ErrorBody};
 
-use crate::auth::{Authenticator, Caller};
+use crate::auth::{AuthError, Authenticator, Caller};
 use crate::service::Service;
 
 /// Shared state of the handlers.
@@ -46,21 +46,33 @@ pub struct AppState {
 /// token is refused with 401 and the refusal is recorded.
 pub struct Authenticated(pub Caller);
 
+/// The one `Authorization` header of a request, if any. Several are refused:
+/// a proxy in front may have checked another one than lockstep would use.
+fn authorization(headers: &axum::http::HeaderMap) -> Result<Option<&str>, AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(AuthError::Rejected(
+            "send exactly one Authorization header".into(),
+        ));
+    }
+    value
+        .to_str()
+        .map(Some)
+        .map_err(|_| AuthError::Rejected("the Authorization header is not ASCII".into()))
+}
+
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let header = match parts.headers.get(AUTHORIZATION) {
-            None => None,
-            Some(v) => Some(v.to_str().map_err(|_| {
-                ApiError::new(
-                    401,
-                    "unauthenticated",
-                    "the Authorization header is not ASCII",
-                )
-            })?),
+        let authenticated = match authorization(&parts.headers) {
+            Ok(header) => app.auth.authenticate(header, app.service.now()).await,
+            Err(e) => Err(e),
         };
-        match app.auth.authenticate(header, app.service.now()).await {
+        match authenticated {
             Ok(caller) => Ok(Self(caller)),
             Err(e) => {
                 let err = crate::service::ServiceError::from(e);
@@ -97,7 +109,20 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<axum::body::Body>| {
+                    // The path only: the query may carry a bearer token
+                    // (`?access_token=`, RFC 6750), which must not be logged.
+                    tracing::debug_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        version = ?req.version(),
+                    )
+                },
+            ),
+        )
         .with_state(state)
 }
 

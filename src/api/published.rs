@@ -131,11 +131,17 @@ pub async fn audit(
     Ok(Json(page))
 }
 
-/// The body of an introspection request.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// The body of an introspection request. `Debug` leaves the token out.
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct IntrospectBody {
     /// The token (`token_type_hint` and other fields are ignored).
     pub token: String,
+}
+
+impl std::fmt::Debug for IntrospectBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectBody").finish_non_exhaustive()
+    }
 }
 
 /// Token introspection (RFC 7662): `active` only while the token's session

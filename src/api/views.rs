@@ -88,8 +88,8 @@ pub struct TokenBody {
     pub x5t_s256: Option<String>,
 }
 
-/// A token minted for a session.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+/// A token minted for a session. `Debug` leaves the token out.
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct TokenView {
     /// The session.
     pub session: String,
@@ -103,6 +103,17 @@ pub struct TokenView {
     pub audience: String,
     /// Its `exp`, RFC 3339: the session's `closes_at`.
     pub expires_at: String,
+}
+
+impl std::fmt::Debug for TokenView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenView")
+            .field("session", &self.session)
+            .field("jti", &self.jti)
+            .field("audience", &self.audience)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An RFC 7662 introspection answer: `active`, and the token's claims when

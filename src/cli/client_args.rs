@@ -10,8 +10,9 @@ use crate::client::Client;
 use crate::error::Error;
 use crate::secret::SecretRef;
 
-/// How to reach the lockstep server.
-#[derive(Debug, Args)]
+/// How to reach the lockstep server. `Debug` shows whether a token was
+/// given, never the token.
+#[derive(Args)]
 pub struct ClientArgs {
     /// The server's base URL.
     #[arg(long, env = "LOCKSTEP_URL", default_value = "https://127.0.0.1:8443")]
@@ -44,6 +45,17 @@ impl ClientArgs {
             }
         };
         Client::new(&self.url, self.ca.as_deref(), token)
+    }
+}
+
+impl std::fmt::Debug for ClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientArgs")
+            .field("url", &self.url)
+            .field("ca", &self.ca)
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("token_file", &self.token_file)
+            .finish()
     }
 }
 

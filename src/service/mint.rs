@@ -33,8 +33,8 @@ pub struct TokenRequest {
     pub x5t_s256: Option<String>,
 }
 
-/// A token handed out for a session.
-#[derive(Clone, Debug, Serialize)]
+/// A token handed out for a session. `Debug` leaves the token out.
+#[derive(Clone, Serialize)]
 pub struct IssuedToken {
     /// The session.
     pub session: SessionId,
@@ -48,6 +48,17 @@ pub struct IssuedToken {
     pub audience: String,
     /// `exp` (= the session's `closes_at`).
     pub expires_at: Timestamp,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("session", &self.session)
+            .field("jti", &self.jti)
+            .field("audience", &self.audience)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Service {

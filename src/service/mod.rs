@@ -315,6 +315,11 @@ impl Service {
     ) -> Result<(Session, Relation), ServiceError> {
         let session = match self.store.session(id, self.now()).await {
             Ok(s) => s,
+            // The same answer as for a session the caller may not see.
+            Err(crate::store::StoreError::NotFound(_)) => {
+                let err = ServiceError::NotFound(id.clone());
+                return self.refuse(caller, Some(id), action, err).await;
+            }
             Err(e) => return self.refuse(caller, Some(id), action, e.into()).await,
         };
         match self.relation(caller, &session) {
