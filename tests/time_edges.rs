@@ -175,7 +175,9 @@ async fn mints_racing_closes_at_end_exactly_there_and_never_after() {
             _ => panic!("{status}: {body}"),
         }
     }
-    assert!(issued >= 20, "{issued} issued before the end");
+    // The clock moved once 20 slots were taken; up to 8 of them (one per
+    // client) may have been in flight and withheld.
+    assert!(issued >= 12, "{issued} issued before the end");
 
     // The store agrees: every issued credential was issued before
     // closes_at; mints that finished on it were withheld, not issued.
