@@ -408,8 +408,8 @@ async fn errors_are_json_with_the_right_status_and_change_nothing() {
             Some(
                 json!({"resource": "db:pay\u{1}roll", "task": "t", "duration_secs": 60, "profile": "mtls-client"}),
             ),
-            403,
-            "no_policy",
+            400,
+            "invalid_request",
         ),
         (
             "POST",

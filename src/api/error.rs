@@ -2,9 +2,11 @@
 //! the right status, in this one place.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,6 +55,11 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         self.status.as_u16()
     }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl From<ServiceError> for ApiError {
@@ -75,9 +82,37 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON request body whose every rejection is a JSON error: malformed
-/// JSON and unknown or mistyped fields are 400, a missing or wrong content
-/// type 415, a body over the limit 413.
+/// Whether the request says its body is JSON: `application/json` or
+/// `application/<anything>+json`, parameters aside.
+pub fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("application", sub)) => sub == "json" || sub.ends_with("+json"),
+        _ => false,
+    }
+}
+
+fn not_json() -> ApiError {
+    ApiError::new(
+        415,
+        "unsupported_media_type",
+        "send the body as JSON with `Content-Type: application/json`",
+    )
+}
+
+/// A JSON request body whose every rejection is a JSON error: a missing or
+/// wrong content type 415, a body over the limit 413, then
+/// [`input::json`](super::input::json): malformed JSON `invalid_json`,
+/// anything but an object with exactly the expected fields
+/// `invalid_request`.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
@@ -88,35 +123,35 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !is_json(req.headers()) {
+            return Err(not_json());
         }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(bytes_rejection)?;
+        super::input::json(&bytes).map(Self)
     }
 }
 
-fn json_rejection(r: JsonRejection) -> ApiError {
-    match r {
-        JsonRejection::JsonDataError(e) => ApiError::new(
-            400,
-            "invalid_request",
-            format!(
-                "the JSON body does not match the expected fields: {}",
-                e.body_text()
-            ),
-        ),
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(
-            400,
-            "invalid_json",
-            format!("the body is not valid JSON: {}", e.body_text()),
-        ),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            415,
-            "unsupported_media_type",
-            "send the body as JSON with `Content-Type: application/json`",
-        ),
-        JsonRejection::BytesRejection(b) => bytes_rejection(b),
-        other => ApiError::new(400, "invalid_request", other.body_text()),
+/// A body that may be empty (`None`) or else is JSON, checked like
+/// [`JsonBody`] (a non-empty body needs a JSON content type).
+pub struct OptionalJsonBody(pub Option<Bytes>);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = is_json(req.headers());
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(bytes_rejection)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            Ok(Self(None))
+        } else if json {
+            Ok(Self(Some(bytes)))
+        } else {
+            Err(not_json())
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod error;
 mod health;
+pub mod input;
 mod openapi;
 mod published;
 mod sessions;
@@ -76,10 +77,43 @@ impl FromRequestParts<AppState> for Authenticated {
             Ok(caller) => Ok(Self(caller)),
             Err(e) => {
                 let err = crate::service::ServiceError::from(e);
-                let action = format!("{} {}", parts.method, parts.uri.path());
+                let action = format!("{} {}", parts.method, bounded(parts.uri.path()));
                 app.service.refused(None, None, &action, err.code()).await;
                 Err(err.into())
             }
+        }
+    }
+}
+
+/// Longest request path recorded with a refused call, in characters.
+const MAX_RECORDED_PATH: usize = 200;
+
+/// `path`, cut to [`MAX_RECORDED_PATH`] characters: the audit trail keeps
+/// what a caller aimed at, not whatever length it sent.
+fn bounded(path: &str) -> String {
+    let mut chars = path.chars();
+    let mut out: String = chars.by_ref().take(MAX_RECORDED_PATH).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// The `{id}` of a session route. A malformed id, including one that is not
+/// UTF-8 once percent-decoded, is "not found" like an unknown one.
+pub struct SessionPath(pub crate::sessions::SessionId);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(text)) => input::session_id(&text).map(Self),
+            Err(_) => Err(ApiError::new(
+                404,
+                "session_not_found",
+                "the session id in the path is not text; a session id is `ses_` followed by 26 characters of a-z and 2-7",
+            )),
         }
     }
 }

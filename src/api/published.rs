@@ -9,12 +9,12 @@ use axum::{Extension, Form, Json};
 use base64::Engine;
 use serde::Deserialize;
 
-use super::error::{ApiError, ErrorBody, JsonBody};
+use super::error::{ApiError, ErrorBody, JsonBody, OptionalJsonBody};
+use super::input::{session_id, token_body};
 use super::views::{IntrospectionView, TokenBody, TokenView};
-use super::{AppState, Authenticated, Peer};
+use super::{AppState, Authenticated, Peer, SessionPath};
 use crate::revocation::ocsp::MAX_REQUEST_BYTES;
 use crate::service::TokenRequest;
-use crate::sessions::SessionId;
 
 /// The current CRL (DER): revoked certificates of sessions that closed
 /// early and whose `notAfter` has not passed.
@@ -64,14 +64,18 @@ pub async fn ocsp_post(State(app): State<AppState>, request: Request) -> impl In
     responses((status = 200, content_type = "application/ocsp-response", body = Vec<u8>)))]
 pub async fn ocsp_get(
     State(app): State<AppState>,
-    Path(encoded): Path<String>,
+    encoded: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> impl IntoResponse {
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded.trim()));
+    // Not UTF-8 once percent-decoded: not base64 either.
+    let decoded = encoded.map_err(drop).and_then(|Path(encoded)| {
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded.trim()))
+            .map_err(drop)
+    });
     match decoded {
         Ok(der) => ocsp_response(app.service.ocsp(&der).await),
-        Err(_) => ocsp_response(
+        Err(()) => ocsp_response(
             crate::revocation::ocsp::OcspError::Malformed("not base64".into()).response(),
         ),
     }
@@ -113,12 +117,7 @@ pub async fn audit(
 ) -> Result<Json<crate::service::AuditPage>, ApiError> {
     let axum::extract::Query(q) =
         query.map_err(|e| ApiError::new(400, "invalid_request", e.body_text()))?;
-    let session = q
-        .session
-        .as_deref()
-        .map(SessionId::parse)
-        .transpose()
-        .map_err(|e| ApiError::new(404, "session_not_found", e.to_string()))?;
+    let session = q.session.as_deref().map(session_id).transpose()?;
     let page = app
         .service
         .audit(
@@ -154,11 +153,7 @@ pub async fn introspect(
     Authenticated(caller): Authenticated,
     request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
-    let is_json = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+    let is_json = super::error::is_json(request.headers());
     let body: IntrospectBody = if is_json {
         JsonBody::from_request(request, &()).await?.0
     } else {
@@ -170,6 +165,12 @@ pub async fn introspect(
                         413,
                         "body_too_large",
                         "the request body is over the size limit",
+                    )
+                } else if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                    ApiError::new(
+                        415,
+                        "unsupported_media_type",
+                        "send `token=<token>` as application/x-www-form-urlencoded (RFC 7662) or JSON {\"token\": …}",
                     )
                 } else {
                     ApiError::new(
@@ -191,28 +192,18 @@ pub async fn introspect(
     security(("bearer" = [])), params(("id" = String, Path, description = "Session id")),
     responses((status = 201, body = TokenView), (status = 400, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, description = "A body that is not JSON", body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn token(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    SessionPath(id): SessionPath,
     peer: Option<Extension<Peer>>,
-    body: Bytes,
+    OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = SessionId::parse(&id)
-        .map_err(|e| ApiError::new(404, "session_not_found", e.to_string()))?;
     // An empty body asks for a token for the resource, unbound.
-    let body: TokenBody = if body.iter().all(u8::is_ascii_whitespace) {
-        TokenBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                400,
-                "invalid_request",
-                format!("the JSON body is not a token request: {e}"),
-            )
-        })?
-    };
+    let body = token_body(body.as_deref().unwrap_or_default())?;
     let request = TokenRequest {
         audience: body.audience,
         certificate: body.certificate,

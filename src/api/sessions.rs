@@ -1,22 +1,19 @@
 //! The session and certificate endpoints.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::error::{ApiError, ErrorBody, JsonBody, bytes_rejection};
+use super::input::{new_session, reason, request_hash};
 use super::views::{
     CertificateView, CsrBody, NewSessionBody, RevokeBody, SessionList, SessionView, VoteBody,
 };
-use super::{AppState, Authenticated, Peer};
-use crate::service::NewSession;
-use crate::sessions::{Profile, Session, SessionId, State as SessionState, parse_hash};
-
-/// Longest reason accepted with a denial or revocation.
-const MAX_REASON: usize = 500;
+use super::{AppState, Authenticated, Peer, SessionPath};
+use crate::sessions::{Session, State as SessionState};
 
 /// The session as `caller` sees it now.
 fn respond(app: &AppState, caller: &crate::auth::Caller, s: &Session) -> Json<SessionView> {
@@ -25,42 +22,6 @@ fn respond(app: &AppState, caller: &crate::auth::Caller, s: &Session) -> Json<Se
         .relation(caller, s)
         .unwrap_or(crate::service::Relation::Requester);
     Json(SessionView::new(s, role, app.service.now()))
-}
-
-fn session_id(text: &str) -> Result<SessionId, ApiError> {
-    SessionId::parse(text).map_err(|e| ApiError::new(404, "session_not_found", e.to_string()))
-}
-
-fn reason(text: Option<String>) -> Result<Option<String>, ApiError> {
-    match text {
-        None => Ok(None),
-        Some(r) => {
-            let n = r.chars().count();
-            if n == 0 || n > MAX_REASON || r.chars().any(char::is_control) {
-                return Err(ApiError::new(
-                    400,
-                    "invalid_request",
-                    format!(
-                        "reason must be 1 to {MAX_REASON} characters without control characters"
-                    ),
-                ));
-            }
-            Ok(Some(r))
-        }
-    }
-}
-
-fn profile(text: &str) -> Result<Profile, ApiError> {
-    Profile::parse(text).ok_or_else(|| {
-        ApiError::new(
-            400,
-            "invalid_request",
-            format!(
-                "profile `{}` is not one of mtls-client, code-signing, token",
-                text.chars().take(40).collect::<String>().escape_debug()
-            ),
-        )
-    })
 }
 
 /// Request a session.
@@ -79,13 +40,7 @@ pub async fn create(
     Authenticated(caller): Authenticated,
     JsonBody(body): JsonBody<NewSessionBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let new = NewSession {
-        profile: profile(&body.profile)?,
-        resource: body.resource,
-        task: body.task,
-        request_digest: body.request_digest,
-        duration_secs: body.duration_secs,
-    };
+    let new = new_session(body)?;
     let session = app.service.request(&caller, new).await?;
     let view = SessionView::new(
         &session,
@@ -146,9 +101,8 @@ pub async fn list(
 pub async fn get(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    SessionPath(id): SessionPath,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = session_id(&id)?;
     let (s, _) = app.service.session(&caller, &id).await?;
     Ok(respond(&app, &caller, &s))
 }
@@ -163,12 +117,10 @@ pub async fn get(
 pub async fn approve(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    SessionPath(id): SessionPath,
     JsonBody(body): JsonBody<VoteBody>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = session_id(&id)?;
-    let hash = parse_hash(&body.request_hash)
-        .map_err(|e| ApiError::new(400, "invalid_request", e.to_string()))?;
+    let hash = request_hash(&body.request_hash)?;
     if body.reason.is_some() {
         return Err(ApiError::new(
             400,
@@ -188,12 +140,10 @@ pub async fn approve(
 pub async fn deny(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    SessionPath(id): SessionPath,
     JsonBody(body): JsonBody<VoteBody>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = session_id(&id)?;
-    let hash = parse_hash(&body.request_hash)
-        .map_err(|e| ApiError::new(400, "invalid_request", e.to_string()))?;
+    let hash = request_hash(&body.request_hash)?;
     let s = app
         .service
         .deny(&caller, &id, hash, reason(body.reason)?)
@@ -209,9 +159,8 @@ pub async fn deny(
 pub async fn close(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    SessionPath(id): SessionPath,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = session_id(&id)?;
     let s = app.service.close(&caller, &id).await?;
     Ok(respond(&app, &caller, &s))
 }
@@ -224,10 +173,9 @@ pub async fn close(
 pub async fn revoke(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    SessionPath(id): SessionPath,
     JsonBody(body): JsonBody<RevokeBody>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = session_id(&id)?;
     let note = reason(Some(body.reason))?.unwrap_or_default();
     let s = app
         .service
@@ -284,11 +232,10 @@ impl<S: Send + Sync> FromRequest<S> for CsrInput {
 pub async fn certificate(
     State(app): State<AppState>,
     Authenticated(caller): Authenticated,
-    Path(id): Path<String>,
+    SessionPath(id): SessionPath,
     peer: Option<Extension<Peer>>,
     CsrInput(csr): CsrInput,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = session_id(&id)?;
     let peer = peer.map(|Extension(p)| p.0.ip());
     let issued = app.service.certificate(&caller, &id, csr, peer).await?;
     let view = CertificateView {

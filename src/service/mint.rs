@@ -270,7 +270,9 @@ impl Service {
         let resource = session.request.resource.clone();
         let audience = request.audience.clone().unwrap_or_else(|| resource.clone());
         if audience != resource && !session.rules.audiences.contains(&audience) {
-            let err = ServiceError::AudienceNotAllowed(audience);
+            // The message names the audience, shortened and escaped.
+            let shown: String = audience.chars().take(80).collect();
+            let err = ServiceError::AudienceNotAllowed(shown.escape_debug().to_string());
             return self.refuse(caller, Some(id), ACTION, err).await;
         }
         let cnf = match self.binding(&session, &request).await {

@@ -34,7 +34,7 @@ pub use mint::{IssuedToken, TokenRequest};
 pub use published::{AuditPage, Introspection};
 
 /// What a requester asks for.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewSession {
     /// The resource.
     pub resource: String,
@@ -46,6 +46,19 @@ pub struct NewSession {
     pub duration_secs: u32,
     /// Credential profile.
     pub profile: Profile,
+}
+
+impl NewSession {
+    /// Checks the syntax of the request (resource name, task, digest, a
+    /// duration of at least a second); policy is asked only afterwards.
+    pub fn validate(&self) -> Result<(), crate::sessions::SessionError> {
+        crate::sessions::validate_fields(
+            &self.resource,
+            &self.task,
+            self.request_digest.as_deref(),
+            self.duration_secs,
+        )
+    }
 }
 
 /// A certificate handed out for a session.
@@ -252,6 +265,11 @@ impl Service {
     /// Creates a session for `caller` if the policy lets it request the
     /// resource.
     pub async fn request(&self, caller: &Caller, new: NewSession) -> Result<Session, ServiceError> {
+        // Syntax first: a malformed name is refused as such, whatever the
+        // policy says about it, and never reaches policy matching.
+        if let Err(e) = new.validate() {
+            return self.refuse(caller, None, "request", e.into()).await;
+        }
         let rule = match self
             .policy
             .authorize_request(caller, &new.resource, new.profile)

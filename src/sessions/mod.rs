@@ -21,8 +21,8 @@ pub use event::Event;
 pub use id::SessionId;
 pub use profile::Profile;
 pub use request::{
-    MAX_DIGEST_LEN, MAX_RESOURCE_LEN, MAX_TASK_LEN, Request, format_hash, parse_hash,
-    validate_resource,
+    MAX_DIGEST_LEN, MAX_RESOURCE_LEN, MAX_TASK_LEN, Request, format_hash, is_bidi_control,
+    parse_hash, validate_fields, validate_resource,
 };
 pub use session::{
     Actor, CloseReason, Closure, Conditions, MintSlot, RevocationReason, Rules, Session, SessionOp,

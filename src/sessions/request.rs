@@ -59,31 +59,12 @@ impl Request {
     /// Policy limits (maximum duration, allowed profiles) are checked by
     /// the session's rules.
     pub fn validate(&self) -> Result<(), SessionError> {
-        validate_resource(&self.resource)?;
-        let task_chars = self.task.chars().count();
-        if task_chars == 0 || task_chars > MAX_TASK_LEN {
-            return Err(SessionError::InvalidRequest(format!(
-                "task must be 1 to {MAX_TASK_LEN} characters"
-            )));
-        }
-        if self
-            .task
-            .chars()
-            .any(|c| (c.is_control() && c != '\n' && c != '\t') || is_bidi_control(c))
-        {
-            return Err(SessionError::InvalidRequest(
-                "task must not contain control or bidirectional-override characters (newlines and tabs are fine)".into(),
-            ));
-        }
-        if let Some(d) = &self.request_digest {
-            validate_digest(d)?;
-        }
-        if self.duration_secs == 0 {
-            return Err(SessionError::InvalidDuration(
-                "duration must be at least one second".into(),
-            ));
-        }
-        Ok(())
+        validate_fields(
+            &self.resource,
+            &self.task,
+            self.request_digest.as_deref(),
+            self.duration_secs,
+        )
     }
 
     /// The canonical hash of this request in session `id` (see the module
@@ -111,10 +92,46 @@ impl Request {
     }
 }
 
-/// Bidirectional overrides and isolates: they make text display in another
+/// Checks the syntax of what a requester sends: the resource name, the
+/// task text, the optional digest and a duration of at least one second.
+/// Nothing here depends on policy, so it is checked before policy is asked.
+pub fn validate_fields(
+    resource: &str,
+    task: &str,
+    request_digest: Option<&str>,
+    duration_secs: u32,
+) -> Result<(), SessionError> {
+    validate_resource(resource)?;
+    let task_chars = task.chars().count();
+    if task_chars == 0 || task_chars > MAX_TASK_LEN {
+        return Err(SessionError::InvalidRequest(format!(
+            "task must be 1 to {MAX_TASK_LEN} characters"
+        )));
+    }
+    if task
+        .chars()
+        .any(|c| (c.is_control() && c != '\n' && c != '\t') || is_bidi_control(c))
+    {
+        return Err(SessionError::InvalidRequest(
+            "task must not contain control or bidirectional-override characters (newlines and tabs are fine)".into(),
+        ));
+    }
+    if let Some(d) = request_digest {
+        validate_digest(d)?;
+    }
+    if duration_secs == 0 {
+        return Err(SessionError::InvalidDuration(
+            "duration must be at least one second".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Bidirectional formatting characters (Unicode's `Bidi_Control`: marks,
+/// embeddings, overrides and isolates): they make text display in another
 /// order than it is stored, so an approver could be shown something else.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Formats a request hash the way approvers see and send it.
@@ -133,8 +150,9 @@ pub fn parse_hash(text: &str) -> Result<[u8; 32], SessionError> {
     })
 }
 
-/// Resource names: 1 to 200 characters of letters, digits and
-/// `: . _ - / @ +`, no empty, `.` or `..` path segments.
+/// Resource names: 1 to 200 characters of ASCII letters, digits and
+/// `: . _ - / @ +`, no empty, `.` or `..` path segments (so no leading,
+/// trailing or doubled `/`).
 pub fn validate_resource(resource: &str) -> Result<(), SessionError> {
     let bad = |why: &str| {
         SessionError::InvalidRequest(format!(
@@ -156,6 +174,7 @@ pub fn validate_resource(resource: &str) -> Result<(), SessionError> {
         .any(|seg| seg == "." || seg == "..")
         || resource.contains("//")
         || resource.starts_with('/')
+        || resource.ends_with('/')
     {
         return Err(bad(
             "must not contain `.`/`..` segments or empty path segments",
@@ -286,6 +305,8 @@ mod tests {
             "a//b",
             "db:ü",
             "release:./x",
+            "release:acme/",
+            "db:p\u{430}yroll",
             &"a".repeat(201),
         ] {
             assert!(validate_resource(bad).is_err(), "{bad:?}");
@@ -314,6 +335,14 @@ mod tests {
             },
             Request {
                 request_digest: Some("sha256:abc".into()),
+                ..request()
+            },
+            Request {
+                task: "deploy\u{61C} now".into(),
+                ..request()
+            },
+            Request {
+                task: "deploy \u{202E}gnp.exe".into(),
                 ..request()
             },
             Request {
