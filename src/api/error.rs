@@ -55,11 +55,6 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         self.status.as_u16()
     }
-
-    /// The message.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
 }
 
 impl From<ServiceError> for ApiError {
