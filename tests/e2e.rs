@@ -79,45 +79,6 @@ async fn start_on(backend: Backend, name: &str) -> TestServer {
     TestServer::start_on(backend, name, POLICY, CALLERS, "").await
 }
 
-async fn request(srv: &TestServer, who: &str, resource: &str, secs: u32) -> Value {
-    let (status, body) = srv
-        .call(
-            "POST",
-            "/v1/sessions",
-            Some(who),
-            Some(json!({"resource": resource, "task": "e2e task", "duration_secs": secs, "profile": "mtls-client"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body
-}
-
-async fn vote(srv: &TestServer, who: &str, s: &Value, verb: &str) -> (u16, Value) {
-    let path = format!("/v1/sessions/{}/{verb}", s["id"].as_str().unwrap());
-    srv.call(
-        "POST",
-        &path,
-        Some(who),
-        Some(json!({"request_hash": s["request_hash"]})),
-    )
-    .await
-}
-
-fn csr(srv: &TestServer, name: &str) -> String {
-    let (_, pem) = openssl_csr(srv.dir.path(), name, "ec:P-256");
-    String::from_utf8(pem).unwrap()
-}
-
-async fn certificate(srv: &TestServer, who: &str, id: &str, csr: &str) -> (u16, Value) {
-    srv.call(
-        "POST",
-        &format!("/v1/sessions/{id}/certificate"),
-        Some(who),
-        Some(json!({ "csr": csr })),
-    )
-    .await
-}
-
 /// `openssl x509 -enddate` for an instant.
 fn enddate(t: Timestamp) -> String {
     let dt = time::OffsetDateTime::from_unix_timestamp(t.unix()).unwrap();
@@ -130,13 +91,13 @@ fn enddate(t: Timestamp) -> String {
 on_both_backends!(async request_approve_certificate_close);
 async fn request_approve_certificate_close(backend: Backend) {
     let srv = start_on(backend, "e2e-flow").await;
-    let s = request(&srv, "alice", "db:payroll", 120).await;
+    let s = srv.request("alice", "db:payroll", 120).await;
     assert_eq!(s["state"], "pending");
     assert_eq!(s["quorum"], 2);
     let id = s["id"].as_str().unwrap().to_owned();
 
     // The requester cannot approve its own session, even though it is in the set.
-    let (status, body) = vote(&srv, "alice", &s, "approve").await;
+    let (status, body) = srv.vote("alice", &s, "approve").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (403, Some("self_approval"))
@@ -156,33 +117,33 @@ async fn request_approve_certificate_close(backend: Backend) {
         (409, Some("request_hash_mismatch"))
     );
     // Minting before opening is refused.
-    let pem = csr(&srv, "flow");
-    let (status, body) = certificate(&srv, "alice", &id, &pem).await;
+    let pem = srv.csr("flow");
+    let (status, body) = srv.certificate("alice", &id, &pem).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (409, Some("session_not_open"))
     );
 
-    let (status, body) = vote(&srv, "bob", &s, "approve").await;
+    let (status, body) = srv.vote("bob", &s, "approve").await;
     assert_eq!((status, body["state"].as_str()), (200, Some("pending")));
-    let (status, body) = vote(&srv, "bob", &s, "approve").await;
+    let (status, body) = srv.vote("bob", &s, "approve").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (409, Some("already_voted"))
     );
-    let (status, open) = vote(&srv, "carol", &s, "approve").await;
+    let (status, open) = srv.vote("carol", &s, "approve").await;
     assert_eq!((status, open["state"].as_str()), (200, Some("open")));
     let opened = Timestamp::parse_rfc3339(open["opened_at"].as_str().unwrap()).unwrap();
     let closes = Timestamp::parse_rfc3339(open["closes_at"].as_str().unwrap()).unwrap();
     assert_eq!(closes.secs_since(opened), 120);
 
     // Only the requester mints.
-    let (status, body) = certificate(&srv, "bob", &id, &pem).await;
+    let (status, body) = srv.certificate("bob", &id, &pem).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (403, Some("not_requester"))
     );
-    let (status, cert) = certificate(&srv, "alice", &id, &pem).await;
+    let (status, cert) = srv.certificate("alice", &id, &pem).await;
     assert_eq!(status, 201, "{cert}");
     assert_eq!(cert["not_after"], open["closes_at"]);
     let dir = srv.dir.path();
@@ -234,7 +195,7 @@ async fn request_approve_certificate_close(backend: Backend) {
     );
 
     // One-shot: a second certificate is refused.
-    let (status, body) = certificate(&srv, "alice", &id, &pem).await;
+    let (status, body) = srv.certificate("alice", &id, &pem).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (409, Some("credential_limit_reached"))
@@ -252,19 +213,19 @@ async fn request_approve_certificate_close(backend: Backend) {
         (status, body["close_reason"].as_str()),
         (200, Some("completed"))
     );
-    let (status, body) = certificate(&srv, "alice", &id, &pem).await;
+    let (status, body) = srv.certificate("alice", &id, &pem).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (409, Some("session_closed"))
     );
-    let (status, body) = vote(&srv, "carol", &s, "approve").await;
+    let (status, body) = srv.vote("carol", &s, "approve").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (409, Some("session_closed"))
     );
 
     // Everything is on the record, refusals included.
-    let events = srv_events(&srv, &id).await;
+    let events = srv.events(&id).await;
     for kind in [
         "requested",
         "approved",
@@ -280,18 +241,6 @@ async fn request_approve_certificate_close(backend: Backend) {
     }
 }
 
-async fn srv_events(srv: &TestServer, id: &str) -> Vec<String> {
-    let config = lockstep::config::Config::load(&srv.config_path).unwrap();
-    let store = lockstep::store::SqliteStore::open(&config.store.unwrap().sqlite).unwrap();
-    let id = lockstep::sessions::SessionId::parse(id).unwrap();
-    lockstep::store::Store::events(&store, &id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event.kind().to_owned())
-        .collect()
-}
-
 /// (method, path, caller, body, expected status, expected code)
 type Case<'a> = (
     &'a str,
@@ -305,7 +254,7 @@ type Case<'a> = (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_json_with_the_right_status_and_change_nothing() {
     let srv = start("e2e-errors").await;
-    let s = request(&srv, "alice", "db:payroll", 60).await;
+    let s = srv.request("alice", "db:payroll", 60).await;
     let id = s["id"].as_str().unwrap();
     let ok_body = json!({"resource": "db:payroll", "task": "t", "duration_secs": 60, "profile": "mtls-client"});
     let cases: Vec<Case> = vec![
@@ -599,17 +548,17 @@ async fn errors_are_json_with_the_right_status_and_change_nothing() {
 on_both_backends!(async concurrent_certificate_requests_never_pass_the_limit);
 async fn concurrent_certificate_requests_never_pass_the_limit(backend: Backend) {
     let srv = start_on(backend, "e2e-race").await;
-    let s = request(&srv, "svc", "api:billing", 600).await;
+    let s = srv.request("svc", "api:billing", 600).await;
     let id = s["id"].as_str().unwrap().to_owned();
-    assert_eq!(vote(&srv, "bob", &s, "approve").await.0, 200);
-    let pem = csr(&srv, "race");
+    assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
+    let pem = srv.csr("race");
     let srv = std::sync::Arc::new(srv);
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let srv = srv.clone();
             let id = id.clone();
             let pem = pem.clone();
-            tokio::spawn(async move { certificate(&srv, "svc", &id, &pem).await })
+            tokio::spawn(async move { srv.certificate("svc", &id, &pem).await })
         })
         .collect();
     let mut issued = Vec::new();
@@ -633,10 +582,10 @@ async fn concurrent_certificate_requests_never_pass_the_limit(backend: Backend) 
 on_both_backends!(async sessions_survive_a_restart);
 async fn sessions_survive_a_restart(backend: Backend) {
     let srv = start_on(backend, "e2e-restart").await;
-    let open = request(&srv, "svc", "api:orders", 600).await;
-    assert_eq!(vote(&srv, "bob", &open, "approve").await.0, 200);
-    let pending = request(&srv, "alice", "db:payroll", 60).await;
-    assert_eq!(vote(&srv, "bob", &pending, "approve").await.0, 200);
+    let open = srv.request("svc", "api:orders", 600).await;
+    assert_eq!(srv.vote("bob", &open, "approve").await.0, 200);
+    let pending = srv.request("alice", "db:payroll", 60).await;
+    assert_eq!(srv.vote("bob", &pending, "approve").await.0, 200);
     let srv = srv.restart().await;
     let (_, view) = srv
         .call(
@@ -658,21 +607,23 @@ async fn sessions_survive_a_restart(backend: Backend) {
     assert_eq!(view["state"], "pending");
     assert_eq!(view["approvals"][0]["by"], "token:bob");
     // The second approval after the restart opens it.
-    let (status, body) = vote(&srv, "carol", &pending, "approve").await;
+    let (status, body) = srv.vote("carol", &pending, "approve").await;
     assert_eq!((status, body["state"].as_str()), (200, Some("open")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_session_certificate_works_until_closes_at_and_not_after() {
     let srv = start("e2e-short").await;
-    let s = request(&srv, "alice", "quick:plc-7", 3).await;
+    let s = srv.request("alice", "quick:plc-7", 3).await;
     let id = s["id"].as_str().unwrap().to_owned();
-    let (_, open) = vote(&srv, "bob", &s, "approve").await;
+    let (_, open) = srv.vote("bob", &s, "approve").await;
     assert_eq!(open["state"], "open");
     let closes = Timestamp::parse_rfc3339(open["closes_at"].as_str().unwrap()).unwrap();
     let dir = srv.dir.path().to_owned();
     let (key, pem) = openssl_csr(&dir, "short", "ec:P-256");
-    let (status, cert) = certificate(&srv, "alice", &id, &String::from_utf8(pem).unwrap()).await;
+    let (status, cert) = srv
+        .certificate("alice", &id, &String::from_utf8(pem).unwrap())
+        .await;
     assert_eq!(status, 201, "{cert}");
     let issuing = std::fs::read_to_string(dir.join("ca/issuing.pem")).unwrap();
     let chain = write(
@@ -705,7 +656,7 @@ async fn a_short_session_certificate_works_until_closes_at_and_not_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_sessions_are_abandoned_by_the_sweeper() {
     let srv = start("e2e-abandon").await;
-    let s = request(&srv, "alice", "quick:hmi", 30).await;
+    let s = srv.request("alice", "quick:hmi", 30).await;
     let id = s["id"].as_str().unwrap();
     let until = Timestamp::parse_rfc3339(s["pending_until"].as_str().unwrap()).unwrap();
     while SystemClock.now() <= until.plus_secs(1) {
@@ -722,7 +673,7 @@ async fn pending_sessions_are_abandoned_by_the_sweeper() {
         session.closure.as_ref().unwrap().reason,
         lockstep::sessions::CloseReason::Abandoned
     );
-    let (status, body) = vote(&srv, "bob", &s, "approve").await;
+    let (status, body) = srv.vote("bob", &s, "approve").await;
     assert_eq!(
         (status, body["error"].as_str()),
         (409, Some("session_closed"))
@@ -733,7 +684,7 @@ async fn pending_sessions_are_abandoned_by_the_sweeper() {
 async fn deny_revoke_and_roles() {
     let srv = start("e2e-roles").await;
     // One deny closes.
-    let s = request(&srv, "alice", "db:payroll", 60).await;
+    let s = srv.request("alice", "db:payroll", 60).await;
     let id = s["id"].as_str().unwrap();
     let (status, body) = srv
         .call(
@@ -750,9 +701,9 @@ async fn deny_revoke_and_roles() {
     assert_eq!(body["close_note"], "not during payroll run");
 
     // Operators and approvers revoke; auditors read; the tenant stays apart.
-    let s = request(&srv, "svc", "api:billing", 600).await;
+    let s = srv.request("svc", "api:billing", 600).await;
     let id = s["id"].as_str().unwrap();
-    assert_eq!(vote(&srv, "bob", &s, "approve").await.0, 200);
+    assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
     let (status, view) = srv
         .call("GET", &format!("/v1/sessions/{id}"), Some("auditor"), None)
         .await;
@@ -780,7 +731,7 @@ async fn deny_revoke_and_roles() {
     );
     assert_eq!(body["closed_by"], "token:ops");
 
-    let t = request(&srv, "acme-vendor", "ot:acme/line-1", 600).await;
+    let t = srv.request("acme-vendor", "ot:acme/line-1", 600).await;
     let tid = t["id"].as_str().unwrap();
     for outsider in ["ops", "auditor", "mallory"] {
         let (status, _) = srv
@@ -798,9 +749,9 @@ async fn deny_revoke_and_roles() {
         .await;
     assert_eq!(status, 200);
     // bob is in the approver list but not in the tenant: his approval does not count.
-    let (status, _) = vote(&srv, "bob", &t, "approve").await;
+    let (status, _) = srv.vote("bob", &t, "approve").await;
     assert_eq!(status, 404);
-    let (status, body) = vote(&srv, "acme-lead", &t, "approve").await;
+    let (status, body) = srv.vote("acme-lead", &t, "approve").await;
     assert_eq!((status, body["state"].as_str()), (200, Some("open")));
     let (status, body) = srv
         .call(
@@ -915,8 +866,8 @@ async fn oidc_callers_are_matched_by_identity_and_claims() {
         .await;
     assert_eq!(status, 401);
     // The CI job gets its code-signing certificate once approved.
-    assert_eq!(vote(&srv, "bob", &s, "approve").await.0, 200);
-    let pem = csr(&srv, "oidc");
+    assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
+    let pem = srv.csr("oidc");
     let (status, cert) = srv
         .call(
             "POST",
@@ -994,11 +945,11 @@ async fn a_lost_tpm_fails_fast_changes_nothing_and_recovers() {
     let (keys, evict) =
         common::backend::tpm_ca_config_at(&tpm.tcti(), "e2e-tpm-outage", 3650, 1095);
     let srv = TestServer::start_with_keys(keys, Some(evict), POLICY, CALLERS, "").await;
-    let s = request(&srv, "svc", "api:outage", 600).await;
+    let s = srv.request("svc", "api:outage", 600).await;
     let id = s["id"].as_str().unwrap().to_owned();
-    assert_eq!(vote(&srv, "bob", &s, "approve").await.0, 200);
-    let pem = csr(&srv, "outage");
-    assert_eq!(certificate(&srv, "svc", &id, &pem).await.0, 201);
+    assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
+    let pem = srv.csr("outage");
+    assert_eq!(srv.certificate("svc", &id, &pem).await.0, 201);
 
     tpm.kill();
     let (status, body) = srv.call("GET", "/readyz", None, None).await;
@@ -1008,7 +959,7 @@ async fn a_lost_tpm_fails_fast_changes_nothing_and_recovers() {
         "{body}"
     );
     let started = std::time::Instant::now();
-    let (status, body) = certificate(&srv, "svc", &id, &pem).await;
+    let (status, body) = srv.certificate("svc", &id, &pem).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (503, Some("key_backend_unavailable")),
@@ -1031,7 +982,7 @@ async fn a_lost_tpm_fails_fast_changes_nothing_and_recovers() {
     tpm.restart();
     let (status, _) = srv.call("GET", "/readyz", None, None).await;
     assert_eq!(status, 200);
-    let (status, body) = certificate(&srv, "svc", &id, &pem).await;
+    let (status, body) = srv.certificate("svc", &id, &pem).await;
     assert_eq!(status, 201, "{body}");
     let (_, view) = srv
         .call("GET", &format!("/v1/sessions/{id}"), Some("svc"), None)
