@@ -2641,6 +2641,57 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         failures.join("\n")
     );
 
+    // A refused call is recorded with what it aimed at, cut short: a long
+    // path does not make a long audit entry.
+    let long = format!("/v1/sessions/{}", "a".repeat(10_000));
+    let answer = wire.send("GET", &long, None, None, b"").await;
+    assert_eq!(answer.status, 401);
+    let entries = store.audit_entries(0, 1_000_000, None).await.unwrap();
+    let last = entries.last().unwrap();
+    assert_eq!(last.kind, "refused");
+    assert!(
+        last.body.len() < 400 && last.body.contains("GET /v1/sessions/aaaa"),
+        "{}",
+        last.body
+    );
+
+    // A cursor past every entry pages to nothing (it once wrapped around
+    // to the first entry).
+    for after in [u64::MAX, 1 << 63, (1 << 63) - 1] {
+        let (status, page) = srv
+            .call(
+                "GET",
+                &format!("/v1/audit?after={after}"),
+                Some("auditor"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["entries"], json!([]), "after={after}");
+    }
+
+    // OCSP answers in OCSP, whatever the path: malformedRequest (1).
+    for path in ["/v1/ocsp/%ff%fe", "/v1/ocsp/not-base64!", "/v1/ocsp/AAAA"] {
+        let answer = wire.send("GET", path, None, None, b"").await;
+        assert_eq!(answer.status, 200, "{path}");
+        assert_eq!(answer.content_type, "application/ocsp-response", "{path}");
+        assert_eq!(answer.body, [0x30, 0x03, 0x0a, 0x01, 0x01], "{path}");
+    }
+    let answer = wire
+        .send(
+            "POST",
+            "/v1/ocsp",
+            None,
+            Some("application/ocsp-request"),
+            &[0x30; 9000],
+        )
+        .await;
+    assert_eq!(
+        (answer.status, answer.body.as_slice()),
+        (200, [0x30, 0x03, 0x0a, 0x01, 0x01].as_slice())
+    );
+    assert_eq!(snapshot(&store).await.sessions, before.sessions);
+
     // The open session was mintable all along: a good CSR gets its
     // certificate, and that does change the store.
     let (status, body) = srv

@@ -838,7 +838,12 @@ impl Store for SqliteStore {
                 .map_err(unavailable)?;
             let rows = stmt
                 .query_map(
-                    params![after as i64, session, limit.min(10_000) as i64],
+                    // A cursor past i64::MAX is past every entry, not before them.
+                    params![
+                        i64::try_from(after).unwrap_or(i64::MAX),
+                        session,
+                        limit.min(10_000) as i64
+                    ],
                     |r| {
                         Ok(crate::audit::Entry {
                             seq: r.get::<_, i64>(0)? as u64,
