@@ -118,13 +118,37 @@ impl Client {
         .await
     }
 
-    /// `GET /v1/sessions`.
-    pub async fn sessions(&self, state: Option<&str>) -> Result<SessionList, Error> {
-        let path = match state {
-            Some(s) => format!("/v1/sessions?state={}", seg(s)),
-            None => "/v1/sessions".to_owned(),
+    /// `GET /v1/sessions`: up to `limit` sessions, newest first, following
+    /// `next_before` from page to page. The answer's `next_before` is set
+    /// when there may be more.
+    pub async fn sessions(&self, state: Option<&str>, limit: usize) -> Result<SessionList, Error> {
+        let limit = limit.max(1);
+        let mut list = SessionList {
+            sessions: Vec::new(),
+            next_before: None,
         };
-        self.call(Method::GET, &path, None::<&()>).await
+        let mut before: Option<String> = None;
+        loop {
+            let mut path = format!(
+                "/v1/sessions?limit={}",
+                (limit - list.sessions.len()).min(1000)
+            );
+            if let Some(s) = state {
+                path.push_str(&format!("&state={}", seg(s)));
+            }
+            if let Some(b) = &before {
+                path.push_str(&format!("&before={}", seg(b)));
+            }
+            let page: SessionList = self.call(Method::GET, &path, None::<&()>).await?;
+            list.sessions.extend(page.sessions);
+            match page.next_before {
+                Some(next) if list.sessions.len() < limit => before = Some(next),
+                next => {
+                    list.next_before = next;
+                    return Ok(list);
+                }
+            }
+        }
     }
 
     /// `POST /v1/sessions/{id}/approve`.

@@ -207,8 +207,8 @@ struct Snapshot {
 async fn snapshot(store: &SqliteStore) -> Snapshot {
     let sessions = store
         .sessions(SessionFilter {
-            state: None,
             limit: 100_000,
+            ..SessionFilter::default()
         })
         .await
         .unwrap();
@@ -2182,6 +2182,22 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         400,
         "invalid_request",
     );
+    for (what, cursor) in [
+        ("text", "soon"),
+        ("a session id alone", "ses_aaaaaaaaaaaaaaaaaaaaaaaaaa"),
+        ("a malformed id", "1700000000.ses_x"),
+        ("a negative time", "-1"),
+        ("a time past i64", "99999999999999999999"),
+        ("nothing", ""),
+    ] {
+        get(
+            &mut t,
+            &format!("list before a cursor that is {what}"),
+            format!("/v1/sessions?before={cursor}"),
+            400,
+            "invalid_request",
+        );
+    }
     t.push(
         "DELETE a session",
         "DELETE",

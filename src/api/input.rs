@@ -9,6 +9,7 @@ use super::error::ApiError;
 use super::views::{NewSessionBody, TokenBody};
 use crate::service::NewSession;
 use crate::sessions::{Profile, SessionId, is_bidi_control, parse_hash};
+use crate::store::SessionCursor;
 
 /// Longest reason accepted with a denial or revocation, in characters.
 pub const MAX_REASON: usize = 500;
@@ -76,6 +77,17 @@ pub fn token_body(bytes: &[u8]) -> Result<TokenBody, ApiError> {
 /// A session id from a URL or query: anything malformed is "not found".
 pub fn session_id(text: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(text).map_err(|e| ApiError::new(404, "session_not_found", e.to_string()))
+}
+
+/// The `before` of `GET /v1/sessions`: a `next_before` handed out earlier.
+pub fn session_cursor(text: &str) -> Result<SessionCursor, ApiError> {
+    SessionCursor::parse(text).ok_or_else(|| {
+        ApiError::new(
+            400,
+            "invalid_request",
+            "before must be the next_before of an earlier listing",
+        )
+    })
 }
 
 /// A credential profile by name.

@@ -8,7 +8,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::error::{ApiError, ErrorBody, JsonBody, bytes_rejection};
-use super::input::{new_session, reason, request_hash};
+use super::input::{new_session, reason, request_hash, session_cursor};
 use super::views::{
     CertificateView, CsrBody, NewSessionBody, RevokeBody, SessionList, SessionView, VoteBody,
 };
@@ -56,8 +56,10 @@ pub async fn create(
 pub struct ListQuery {
     /// Only sessions in this state: `pending`, `open` or `closed`.
     pub state: Option<String>,
-    /// At most this many (default 100).
+    /// At most this many (default 100, at most 1000).
     pub limit: Option<usize>,
+    /// Go on after an earlier page: its `next_before`.
+    pub before: Option<String>,
 }
 
 /// List sessions the caller may see (its own, those it approves, operates or audits).
@@ -82,15 +84,20 @@ pub async fn list(
             ));
         }
     };
+    let before = q.before.as_deref().map(session_cursor).transpose()?;
     let now = app.service.now();
-    let sessions = app
+    let page = app
         .service
-        .sessions(&caller, state, q.limit.unwrap_or(100))
-        .await?
-        .iter()
-        .map(|(s, r)| SessionView::new(s, *r, now))
-        .collect();
-    Ok(Json(SessionList { sessions }))
+        .sessions(&caller, state, q.limit.unwrap_or(100), before)
+        .await?;
+    Ok(Json(SessionList {
+        sessions: page
+            .sessions
+            .iter()
+            .map(|(s, r)| SessionView::new(s, *r, now))
+            .collect(),
+        next_before: page.next.map(|c| c.to_string()),
+    }))
 }
 
 /// Read a session.

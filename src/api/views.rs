@@ -252,6 +252,9 @@ impl SessionView {
 pub struct SessionList {
     /// Sessions the caller may see, newest first.
     pub sessions: Vec<SessionView>,
+    /// When there may be more: pass it as `before` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<String>,
 }
 
 /// `GET /healthz`, `GET /readyz`.

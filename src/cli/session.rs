@@ -71,6 +71,9 @@ pub struct StatusArgs {
     /// When listing, only sessions in this state (pending, open, closed).
     #[arg(long)]
     state: Option<String>,
+    /// When listing, at most this many, newest first.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
 }
 
 /// Wait until a session opens (exit 0) or closes without opening (exit 1),
@@ -337,7 +340,7 @@ pub fn status(args: StatusArgs, out: Output) -> Result<(), Error> {
             out.print(&s, || describe(&s));
         }
         None => {
-            let list = rt.block_on(client.sessions(args.state.as_deref()))?;
+            let list = rt.block_on(client.sessions(args.state.as_deref(), args.limit))?;
             out.print(&list, || {
                 let mut t = String::new();
                 for s in &list.sessions {
@@ -355,6 +358,9 @@ pub fn status(args: StatusArgs, out: Output) -> Result<(), Error> {
                 }
                 if list.sessions.is_empty() {
                     t.push_str("(no sessions you may see)\n");
+                }
+                if list.next_before.is_some() {
+                    t.push_str("(there may be more: raise --limit to see them)\n");
                 }
                 t
             });

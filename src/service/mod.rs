@@ -5,6 +5,7 @@
 //! Every refused call on a session is recorded as a `refused` event.
 
 mod error;
+mod listing;
 mod mint;
 mod published;
 
@@ -22,14 +23,14 @@ use crate::revocation::CrlPublisher;
 use crate::revocation::ocsp::Responder;
 use crate::sessions::{
     Actor, Event, Profile, Request, RevocationReason, Session, SessionError, SessionId, SessionOp,
-    State,
 };
-use crate::store::{Applied, SessionFilter, Store};
+use crate::store::{Applied, Store};
 use crate::tokens::TokenSigner;
 use crate::x509::csr::{VerifiedCsr, parse_and_verify};
 use crate::x509::{Issuer, RevocationUrls};
 
 pub use error::ServiceError;
+pub use listing::{LIST_SCAN_BUDGET, SessionPage};
 pub use mint::{IssuedToken, TokenRequest};
 pub use published::{AuditPage, Introspection};
 
@@ -356,25 +357,6 @@ impl Service {
         id: &SessionId,
     ) -> Result<(Session, Relation), ServiceError> {
         self.visible(caller, id, "read").await
-    }
-
-    /// Sessions `caller` may see, newest first.
-    pub async fn sessions(
-        &self,
-        caller: &Caller,
-        state: Option<State>,
-        limit: usize,
-    ) -> Result<Vec<(Session, Relation)>, ServiceError> {
-        self.store.sweep(self.now()).await?;
-        let all = self
-            .store
-            .sessions(SessionFilter { state, limit: 1000 })
-            .await?;
-        Ok(all
-            .into_iter()
-            .filter_map(|s| self.relation(caller, &s).map(|r| (s, r)))
-            .take(limit.clamp(1, 1000))
-            .collect())
     }
 
     async fn apply(

@@ -188,6 +188,51 @@ pub struct SessionFilter {
     pub state: Option<State>,
     /// At most this many, newest first.
     pub limit: usize,
+    /// Only sessions listed after this position (older ones).
+    pub before: Option<SessionCursor>,
+}
+
+/// A position in the newest-first order of sessions (by creation time,
+/// then id): listing goes on with the sessions after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionCursor {
+    /// Creation time of the last session seen.
+    pub created_at: Timestamp,
+    /// Its id; without one, every session created at `created_at` has been
+    /// seen.
+    pub id: Option<SessionId>,
+}
+
+impl SessionCursor {
+    /// The position of `session`.
+    pub fn at(session: &Session) -> Self {
+        Self {
+            created_at: session.created_at,
+            id: Some(session.id.clone()),
+        }
+    }
+
+    /// The text form of the API: `<unix seconds>` or `<unix seconds>.<id>`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (secs, id) = match text.split_once('.') {
+            Some((secs, id)) => (secs, Some(SessionId::parse(id).ok()?)),
+            None => (text, None),
+        };
+        if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let created_at = Timestamp::from_unix(secs.parse().ok()?);
+        Some(Self { created_at, id })
+    }
+}
+
+impl std::fmt::Display for SessionCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.id {
+            Some(id) => write!(f, "{}.{id}", self.created_at.unix()),
+            None => write!(f, "{}", self.created_at.unix()),
+        }
+    }
 }
 
 /// Where lockstep keeps its state.

@@ -611,16 +611,25 @@ impl Store for SqliteStore {
     async fn sessions(&self, filter: SessionFilter) -> Result<Vec<Session>, StoreError> {
         self.run(move |c| {
             let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
+            let before = filter.before.as_ref();
             let mut stmt = c
                 .prepare_cached(
                     "SELECT body FROM sessions WHERE (?1 IS NULL OR state = ?1)
+                       AND (?3 IS NULL OR created_at < ?3
+                            OR (created_at = ?3 AND ?4 IS NOT NULL AND id > ?4))
                      ORDER BY created_at DESC, id LIMIT ?2",
                 )
                 .map_err(unavailable)?;
             let bodies: Vec<String> = stmt
-                .query_map(params![filter.state.map(State::as_str), limit], |r| {
-                    r.get(0)
-                })
+                .query_map(
+                    params![
+                        filter.state.map(State::as_str),
+                        limit,
+                        before.map(|b| b.created_at.unix()),
+                        before.and_then(|b| b.id.as_ref()).map(SessionId::as_str),
+                    ],
+                    |r| r.get(0),
+                )
                 .map_err(unavailable)?
                 .collect::<Result<_, _>>()
                 .map_err(unavailable)?;
