@@ -211,6 +211,23 @@ pub struct AuditConfig {
     /// shutdown).
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: String,
+    /// Refused calls without a valid credential are recorded one by one at
+    /// this rate per second on average (0: every one is recorded); beyond
+    /// it they are counted in a `refusals_counted` entry, so anyone's flood
+    /// cannot grow the trail without bound.
+    #[serde(default = "default_anonymous_per_sec")]
+    pub anonymous_refusals_per_sec: u32,
+    /// ...and at most this many at once.
+    #[serde(default = "default_anonymous_burst")]
+    pub anonymous_refusals_burst: u32,
+}
+
+fn default_anonymous_per_sec() -> u32 {
+    5
+}
+
+fn default_anonymous_burst() -> u32 {
+    100
 }
 
 impl Default for AuditConfig {
@@ -218,6 +235,8 @@ impl Default for AuditConfig {
         Self {
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval: default_checkpoint_interval(),
+            anonymous_refusals_per_sec: default_anonymous_per_sec(),
+            anonymous_refusals_burst: default_anonymous_burst(),
         }
     }
 }

@@ -224,8 +224,10 @@ impl Fx {
         let issuer = TestIssuer::start().await;
         let iss = issuer.issuer();
         let policy = POLICY.replace("{iss}", &iss);
+        // Every refusal is counted one by one here, anonymous ones too
+        // (their rate limit is tests/anonymous_flood.rs's subject).
         let extra = format!(
-            "[[auth.oidc]]\nissuer = \"{iss}\"\naudience = \"lockstep\"\njwks = \"{}\"\n",
+            "[[auth.oidc]]\nissuer = \"{iss}\"\naudience = \"lockstep\"\njwks = \"{}\"\n\n[audit]\nanonymous_refusals_per_sec = 0\n",
             issuer.jwks_url()
         );
         let srv = TestServer::start("authz", &policy, CALLERS, &extra).await;

@@ -159,6 +159,8 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             .audit
             .interval_secs()
             .map_err(Error::InvalidArgument)?,
+        anonymous_refusals_per_sec: config.audit.anonymous_refusals_per_sec,
+        anonymous_refusals_burst: config.audit.anonymous_refusals_burst,
     };
     let service = Arc::new(Service::new(parts).map_err(|e| Error::InvalidArgument(e.to_string()))?);
     service
@@ -244,6 +246,7 @@ impl Prepared {
                 if let Err(e) = service.sweep().await {
                     tracing::warn!(error = %e, "sweeping due sessions failed");
                 }
+                service.record_counted_refusals().await;
                 if let Err(e) = service.checkpoint(false).await {
                     tracing::warn!(error = %e, "signing an audit checkpoint failed");
                 }

@@ -8,6 +8,7 @@ mod error;
 mod listing;
 mod mint;
 mod published;
+mod refusals;
 
 use std::sync::{Arc, RwLock};
 
@@ -117,6 +118,11 @@ pub struct ServiceParts {
     pub checkpoint_every: u64,
     /// ...or after this many seconds.
     pub checkpoint_interval_secs: i64,
+    /// Refusals of callers without a valid credential recorded one by one
+    /// per second on average (0: every one); the rest are counted.
+    pub anonymous_refusals_per_sec: u32,
+    /// ...and at most this many at once.
+    pub anonymous_refusals_burst: u32,
 }
 
 /// The issuer service.
@@ -136,6 +142,7 @@ pub struct Service {
     checkpoint_every: u64,
     checkpoint_interval_secs: i64,
     checkpointing: tokio::sync::Mutex<()>,
+    anonymous: refusals::RefusalGate,
     /// The way to the signing device, about as wide as its session limit.
     device: Lane,
 }
@@ -185,6 +192,10 @@ impl Service {
             checkpoint_every: parts.checkpoint_every.max(1),
             checkpoint_interval_secs: parts.checkpoint_interval_secs.max(1),
             checkpointing: tokio::sync::Mutex::new(()),
+            anonymous: refusals::RefusalGate::new(
+                parts.anonymous_refusals_per_sec,
+                parts.anonymous_refusals_burst,
+            ),
         })
     }
 
@@ -233,7 +244,8 @@ impl Service {
     }
 
     /// Records a refused call. Failing to record is logged, not fatal:
-    /// the refusal stands either way.
+    /// the refusal stands either way. Refusals without a caller beyond
+    /// their rate are counted instead (see [`Service::record_counted_refusals`]).
     pub async fn refused(
         &self,
         caller: Option<&Caller>,
@@ -241,6 +253,10 @@ impl Service {
         action: &str,
         code: &str,
     ) {
+        if caller.is_none() && !self.anonymous.admit(code, self.now()) {
+            tracing::debug!(action, code, "refused call counted, not recorded");
+            return;
+        }
         let event = Event::Refused {
             caller: caller.map(|c| c.identity.clone()),
             action: action.to_owned(),
@@ -562,11 +578,25 @@ impl Service {
 
     /// Records a graceful stop and signs a last checkpoint.
     pub async fn stopped(&self) -> Result<(), ServiceError> {
+        self.record_counted_refusals().await;
         self.store
             .record(None, Event::ServiceStopped, self.now())
             .await?;
         self.checkpoint(true).await?;
         Ok(())
+    }
+
+    /// Records the anonymous refusals counted since the last call as one
+    /// `refusals_counted` entry; run periodically and at shutdown. Counts
+    /// that cannot be recorded are kept for the next call.
+    pub async fn record_counted_refusals(&self) {
+        let Some(event) = self.anonymous.take() else {
+            return;
+        };
+        if let Err(e) = self.store.record(None, event.clone(), self.now()).await {
+            tracing::warn!(error = %e, "could not record counted refusals; kept for later");
+            self.anonymous.restore(event);
+        }
     }
 
     /// Closes due sessions; run periodically.

@@ -2,6 +2,8 @@
 //! caused, and the store appends them in the same transaction as the state
 //! change.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::CloseReason;
@@ -101,6 +103,17 @@ pub enum Event {
         /// The error code returned.
         code: String,
     },
+    /// Refused calls without a valid credential beyond the rate at which
+    /// they are recorded one by one (`[audit] anonymous_refusals_*`),
+    /// counted instead. The entry's time ends the period.
+    RefusalsCounted {
+        /// How many, in all.
+        count: u64,
+        /// How many per error code.
+        codes: BTreeMap<String, u64>,
+        /// When the first of them was refused.
+        since: Timestamp,
+    },
 }
 
 impl Event {
@@ -115,6 +128,7 @@ impl Event {
             Self::Voided { .. } => "voided",
             Self::Closed { .. } => "closed",
             Self::Refused { .. } => "refused",
+            Self::RefusalsCounted { .. } => "refusals_counted",
             Self::ServiceStarted { .. } => "service_started",
             Self::ServiceStopped => "service_stopped",
             Self::KeyInitialised { .. } => "key_initialised",
