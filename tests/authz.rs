@@ -119,7 +119,8 @@ const CALLERS: &[&str] = &[
 /// is not listed; `NF` 404 session_not_found (the caller may not see the
 /// session: the same answer as for no session at all); `UA` 401
 /// unauthenticated; `FB` 403 forbidden; `NA` 403 not_an_approver; `NR` 403
-/// not_requester; `NQ` 403 not_a_requester; `WT` 403 wrong_tenant; `SA` 403
+/// not_requester; `NQ` 403 not_a_requester; `WT` 403 no_policy (recorded
+/// as wrong_tenant); `SA` 403
 /// self_approval.
 ///
 /// Rows that change a session run each cell on a fresh session in the state
@@ -155,8 +156,9 @@ enum Expect {
     Allowed(u16),
     /// Allowed (200), and the session is listed or not.
     Listed(bool),
-    /// Refused with this status and code.
-    Refused(u16, &'static str),
+    /// Refused with this status and code, recorded with the second code
+    /// (the same, except where the answer hides the reason).
+    Refused(u16, &'static str, &'static str),
 }
 
 fn expect(cell: &str) -> Expect {
@@ -165,14 +167,15 @@ fn expect(cell: &str) -> Expect {
         "201" => Expect::Allowed(201),
         "200+" => Expect::Listed(true),
         "200-" => Expect::Listed(false),
-        "NF" => Expect::Refused(404, "session_not_found"),
-        "UA" => Expect::Refused(401, "unauthenticated"),
-        "FB" => Expect::Refused(403, "forbidden"),
-        "NA" => Expect::Refused(403, "not_an_approver"),
-        "NR" => Expect::Refused(403, "not_requester"),
-        "NQ" => Expect::Refused(403, "not_a_requester"),
-        "WT" => Expect::Refused(403, "wrong_tenant"),
-        "SA" => Expect::Refused(403, "self_approval"),
+        "NF" => Expect::Refused(404, "session_not_found", "session_not_found"),
+        "UA" => Expect::Refused(401, "unauthenticated", "unauthenticated"),
+        "FB" => Expect::Refused(403, "forbidden", "forbidden"),
+        "NA" => Expect::Refused(403, "not_an_approver", "not_an_approver"),
+        "NR" => Expect::Refused(403, "not_requester", "not_requester"),
+        "NQ" => Expect::Refused(403, "not_a_requester", "not_a_requester"),
+        // Outsiders of a tenant are told no policy covers its resources.
+        "WT" => Expect::Refused(403, "no_policy", "wrong_tenant"),
+        "SA" => Expect::Refused(403, "self_approval", "self_approval"),
         other => panic!("unknown cell `{other}` in the matrix"),
     }
 }
@@ -712,7 +715,7 @@ async fn run_matrix(fx: &Fx) {
             let seq = fx.seq();
             let r = fx.call(who, t.method, &t.path, t.body).await;
             match expect(cell) {
-                Expect::Refused(status, code) => {
+                Expect::Refused(status, code, recorded) => {
                     assert_eq!(
                         (r.status, r.code()),
                         (status, Some(code)),
@@ -727,14 +730,14 @@ async fn run_matrix(fx: &Fx) {
                         );
                     }
                     if status == 401 {
-                        fx.assert_refused(seq, who, None, code, &ctx);
+                        fx.assert_refused(seq, who, None, recorded, &ctx);
                         let new = fx.entries_after(seq);
                         let body: Value = serde_json::from_str(&new[0].body).unwrap();
                         let action = body["action"].as_str().unwrap();
                         let want = format!("{} {}", t.method, t.path.split('?').next().unwrap());
                         assert_eq!(action, want, "{ctx}");
                     } else {
-                        fx.assert_refused(seq, who, t.session.as_deref(), code, &ctx);
+                        fx.assert_refused(seq, who, t.session.as_deref(), recorded, &ctx);
                         let new = fx.entries_after(seq);
                         let body: Value = serde_json::from_str(&new[0].body).unwrap();
                         assert_eq!(body["action"], t.action, "{ctx}");

@@ -94,9 +94,16 @@ pub enum Refusal {
     /// The caller is not among the resource's requesters.
     #[error("you may not request `{0}`")]
     NotARequester(String),
-    /// The caller is not a member of the resource's tenant.
-    #[error("you are not a member of tenant `{0}`")]
-    WrongTenant(String),
+    /// The caller is not a member of the resource's tenant. Answered
+    /// exactly like [`Refusal::NoPolicy`], so outsiders learn nothing of a
+    /// tenant's resources; recorded as `wrong_tenant`.
+    #[error("no policy covers resource `{resource}`; ask an operator to add one")]
+    WrongTenant {
+        /// The tenant the resource belongs to.
+        tenant: String,
+        /// The resource.
+        resource: String,
+    },
     /// A required OIDC claim is missing or does not match.
     #[error("your token's `{0}` claim does not satisfy the policy for this resource")]
     Claim(String),
@@ -113,14 +120,22 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The machine-readable code.
+    /// The machine-readable code the caller gets.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::NoPolicy(_) => "no_policy",
+            Self::NoPolicy(_) | Self::WrongTenant { .. } => "no_policy",
             Self::NotARequester(_) => "not_a_requester",
-            Self::WrongTenant(_) => "wrong_tenant",
             Self::Claim(_) => "claim_mismatch",
             Self::Profile { .. } => "profile_not_allowed",
+        }
+    }
+
+    /// The code the audit trail records: the real reason, which
+    /// [`Refusal::code`] hides from outsiders of a tenant.
+    pub fn recorded_code(&self) -> &'static str {
+        match self {
+            Self::WrongTenant { .. } => "wrong_tenant",
+            other => other.code(),
         }
     }
 }
@@ -193,7 +208,10 @@ impl Policy {
         if let Some(t) = &rule.tenant
             && !self.in_tenant(Some(t), &caller.identity)
         {
-            return Err(Refusal::WrongTenant(t.clone()));
+            return Err(Refusal::WrongTenant {
+                tenant: t.clone(),
+                resource: resource.to_owned(),
+            });
         }
         if !identity::matches_any(&rule.requesters, &caller.identity) {
             return Err(Refusal::NotARequester(resource.to_owned()));

@@ -129,8 +129,23 @@ fn requests_are_authorized_by_identity_tenant_claims_and_profile() {
     ];
     for (caller, resource, profile, code) in cases {
         let err = p.authorize_request(&caller, resource, profile).unwrap_err();
-        assert_eq!(err.code(), code, "{} {resource}", caller.identity);
+        assert_eq!(err.recorded_code(), code, "{} {resource}", caller.identity);
     }
+    // An outsider of a tenant is answered as if no policy covered the
+    // resource: same code, same message.
+    let outsider = Caller::new("token:ops");
+    let hidden = p
+        .authorize_request(&outsider, "ot-gateway:plant7/line-1", Profile::MtlsClient)
+        .unwrap_err();
+    let uncovered = p
+        .authorize_request(&outsider, "nothing:plant7/line-1", Profile::MtlsClient)
+        .unwrap_err();
+    assert_eq!(uncovered.recorded_code(), "no_policy");
+    assert_eq!(hidden.code(), uncovered.code());
+    assert_eq!(
+        hidden.to_string().replace("ot-gateway:", "nothing:"),
+        uncovered.to_string()
+    );
     let ci = oidc(
         "repo:acme/app:ref:refs/heads/main",
         serde_json::json!({"ref": "refs/heads/main", "repository_owner": "acme"}),

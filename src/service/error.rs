@@ -66,6 +66,16 @@ impl From<crate::lane::LaneError> for ServiceError {
 }
 
 impl ServiceError {
+    /// The code a refusal of this error is recorded with in the audit
+    /// trail: [`ServiceError::code`], except where that hides the reason
+    /// from the caller.
+    pub fn recorded_code(&self) -> &'static str {
+        match self {
+            Self::Policy(r) => r.recorded_code(),
+            other => other.code(),
+        }
+    }
+
     /// The machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {

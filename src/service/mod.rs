@@ -274,7 +274,7 @@ impl Service {
         action: &str,
         err: ServiceError,
     ) -> Result<T, ServiceError> {
-        self.refused(Some(caller), session, action, err.code())
+        self.refused(Some(caller), session, action, err.recorded_code())
             .await;
         Err(err)
     }
