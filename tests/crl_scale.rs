@@ -11,7 +11,7 @@ use lockstep::revocation::CrlPublisher;
 use lockstep::sessions::{Conditions, Profile, Request, Rules, Session, SessionId, SessionOp};
 use lockstep::store::{CredentialKind, Finish, NewCredential, SqliteStore, Store};
 
-use common::{openssl, test_ca, write};
+use common::{crl_text, openssl, test_ca, write};
 
 const T0: i64 = 1_900_000_000;
 
@@ -129,29 +129,13 @@ async fn ten_thousand_closed_sessions_leave_only_live_certificates_on_the_crl() 
         chain.to_str().unwrap(),
     ]);
     assert!(ok && text.contains("verify OK"), "{text}");
-    let (_, text) = openssl(&[
-        "crl",
-        "-inform",
-        "DER",
-        "-in",
-        path.to_str().unwrap(),
-        "-noout",
-        "-text",
-    ]);
+    let (_, text) = crl_text(&path);
     assert_eq!(text.matches("Serial Number:").count(), total / 2);
     // Once every certificate has expired, the CRL is empty.
     let later = t(3600);
     assert!(store.live_revocations(later).await.unwrap().is_empty());
     let der = publisher.current(later).await.unwrap();
     let path = write(ca.dir.path(), "empty.crl", der.as_slice());
-    let (_, text) = openssl(&[
-        "crl",
-        "-inform",
-        "DER",
-        "-in",
-        path.to_str().unwrap(),
-        "-noout",
-        "-text",
-    ]);
+    let (_, text) = crl_text(&path);
     assert!(text.contains("No Revoked Certificates"), "{text}");
 }

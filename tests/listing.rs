@@ -45,13 +45,10 @@ async fn page(srv: &TestServer, who: &str, query: &str) -> (Vec<String>, Option<
         .call("GET", &format!("/v1/sessions?{query}"), Some(who), None)
         .await;
     assert_eq!(status, 200, "{body}");
-    let ids = body["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect();
-    (ids, body["next_before"].as_str().map(str::to_owned))
+    (
+        ids_of(&body),
+        body["next_before"].as_str().map(str::to_owned),
+    )
 }
 
 /// Every page of `query` as `who`, following `next_before`: the ids in
@@ -88,6 +85,7 @@ async fn status(srv: &TestServer, who: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The session ids of a listing, in order.
 fn ids_of(list: &Value) -> Vec<String> {
     list["sessions"]
         .as_array()

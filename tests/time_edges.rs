@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use common::backend::Backend;
 use common::server::TestServer;
-use common::{openssl, write};
+use common::{crl_text, openssl, write};
 
 const POLICY: &str = r#"
 [[resource]]
@@ -89,15 +89,7 @@ async fn crl_serials(srv: &TestServer) -> Vec<String> {
         .await
         .unwrap();
     let path = write(srv.dir.path(), "edge.crl", &der);
-    let (ok, text) = openssl(&[
-        "crl",
-        "-inform",
-        "DER",
-        "-in",
-        path.to_str().unwrap(),
-        "-noout",
-        "-text",
-    ]);
+    let (ok, text) = crl_text(&path);
     assert!(ok, "{text}");
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("Serial Number: "))

@@ -204,6 +204,19 @@ pub fn openssl(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `openssl crl -text` of the DER CRL at `path`: (success, output).
+pub fn crl_text(path: &Path) -> (bool, String) {
+    openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        path.to_str().unwrap(),
+        "-noout",
+        "-text",
+    ])
+}
+
 /// Backend as the trait object the product uses.
 pub fn as_backend(b: &Arc<Pkcs11Backend>) -> Arc<dyn KeyBackend> {
     b.clone()
