@@ -339,4 +339,11 @@ pub trait Store: Send + Sync {
 
     /// Checks the store answers.
     async fn check(&self) -> Result<(), StoreError>;
+
+    /// Changes after every commit this process makes, once it is
+    /// committed: a wake-up for readers of the trail, who then read the
+    /// entries after the last sequence number they saw. Commits of other
+    /// processes sharing the store are not signalled; readers poll for
+    /// them.
+    fn committed(&self) -> tokio::sync::watch::Receiver<u64>;
 }

@@ -910,4 +910,8 @@ impl Store for SqliteStore {
         self.run(|c| c.one("SELECT 1", [], |_| Ok(())).map_err(unavailable))
             .await
     }
+
+    fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.writer.committed()
+    }
 }

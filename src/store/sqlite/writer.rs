@@ -88,17 +88,25 @@ where
 #[derive(Clone)]
 pub(super) struct Writer {
     jobs: mpsc::Sender<Box<dyn Job>>,
+    committed: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Writer {
     /// Starts the writer thread owning `conn`.
     pub fn start(conn: Connection) -> Result<Self, StoreError> {
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
+        let (commits, committed) = tokio::sync::watch::channel(0);
         std::thread::Builder::new()
             .name("lockstep-store-writer".into())
-            .spawn(move || run(conn, queue))
+            .spawn(move || run(conn, queue, commits))
             .map_err(|e| unavailable(format!("cannot start the store writer: {e}")))?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, committed })
+    }
+
+    /// Counts this writer's commits: it changes after each one, once the
+    /// transaction is committed (never before).
+    pub fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.clone()
     }
 
     /// Runs `f` in the next batch's transaction and waits for its commit.
@@ -125,7 +133,11 @@ impl Writer {
 
 /// The writer loop: wait for one operation, take every other one already
 /// waiting, run them in one transaction, commit, answer.
-fn run(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>) {
+fn run(
+    mut conn: Connection,
+    queue: mpsc::Receiver<Box<dyn Job>>,
+    commits: tokio::sync::watch::Sender<u64>,
+) {
     // The connection starts with `synchronous = FULL`.
     let mut synced = true;
     while let Ok(first) = queue.recv() {
@@ -139,6 +151,9 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>) {
         let want = batch.iter().any(|j| j.durability() == Durability::Synced);
         let committed =
             set_synced(&conn, &mut synced, want).and_then(|()| commit(&mut conn, &mut batch));
+        if committed.is_ok() {
+            commits.send_modify(|n| *n = n.wrapping_add(1));
+        }
         for job in batch {
             job.finish(committed.clone_error());
         }
