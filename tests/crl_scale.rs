@@ -83,7 +83,9 @@ async fn ten_thousand_closed_sessions_leave_only_live_certificates_on_the_crl() 
             .unwrap();
         let finish = Finish::Issued {
             der: Some(vec![0x30, 0x00]),
-            key_sha256: String::new(),
+            facts: lockstep::sessions::CredentialFacts::Certificate {
+                key_sha256: String::new(),
+            },
         };
         store
             .finish_credential(&r.unwrap(), finish, t(2))

@@ -7,7 +7,7 @@ use lockstep::clock::Timestamp;
 use lockstep::sessions::{
     CloseReason, Event, Request, Rules, Session, SessionId, SessionOp, State,
 };
-use lockstep::sessions::{Conditions, Profile};
+use lockstep::sessions::{Conditions, CredentialFacts, Profile};
 use lockstep::store::{CredentialKind, NewCredential};
 use lockstep::store::{Finish, Finished, SessionFilter, SqliteStore, Store};
 
@@ -166,7 +166,9 @@ async fn concurrent_reservations_never_pass_the_limit() {
                                 &r,
                                 Finish::Issued {
                                     der: Some(vec![i as u8]),
-                                    key_sha256: "k".into(),
+                                    facts: CredentialFacts::Certificate {
+                                        key_sha256: "k".into(),
+                                    },
                                 },
                                 t(2),
                             )
@@ -280,7 +282,9 @@ async fn a_session_closed_while_signing_withholds_the_credential() {
             &r,
             Finish::Issued {
                 der: Some(vec![1]),
-                key_sha256: "k".into(),
+                facts: CredentialFacts::Certificate {
+                    key_sha256: "k".into(),
+                },
             },
             t(3),
         )
@@ -307,7 +311,9 @@ async fn a_mint_finishing_after_closes_at_is_withheld() {
             &r,
             Finish::Issued {
                 der: Some(vec![1]),
-                key_sha256: "k".into(),
+                facts: CredentialFacts::Certificate {
+                    key_sha256: "k".into(),
+                },
             },
             t(121),
         )

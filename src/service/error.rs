@@ -48,6 +48,12 @@ pub enum ServiceError {
     /// No token key is configured.
     #[error("tokens are not configured: add [keys.token] and run `lockstep init`")]
     TokensNotConfigured,
+    /// The credential's reservation lapsed while the device was signing
+    /// it; nothing was handed out.
+    #[error(
+        "the device took longer than the reservation's lease to sign; nothing was issued: ask again"
+    )]
+    ReservationLapsed,
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
@@ -91,6 +97,7 @@ impl ServiceError {
             Self::ConditionFailed(_) => "condition_failed",
             Self::AudienceNotAllowed(_) => "audience_not_allowed",
             Self::TokensNotConfigured => "tokens_not_configured",
+            Self::ReservationLapsed => "reservation_lapsed",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -119,7 +126,7 @@ impl ServiceError {
                 | SessionError::LimitReached(_) => 409,
             },
             Self::Store(StoreError::NotFound(_)) | Self::NotFound(_) => 404,
-            Self::Store(_) => 503,
+            Self::Store(_) | Self::ReservationLapsed => 503,
             Self::X509(X509Error::Key(k)) | Self::Key(k) => key_status(k),
             Self::X509(X509Error::CsrTooLarge { .. }) => 413,
             Self::X509(X509Error::Encoding(_)) | Self::X509(X509Error::Chain(_)) => 500,

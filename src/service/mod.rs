@@ -547,7 +547,11 @@ impl Service {
             .device
             .run(move || signer.sign(number, upto, &head, now))
             .await??;
-        self.store.add_checkpoint(checkpoint).await?;
+        if !self.store.add_checkpoint(checkpoint).await? {
+            // Another process sharing the store signed this number first.
+            tracing::debug!(number, "audit checkpoint taken by another process");
+            return Ok(None);
+        }
         tracing::debug!(number, upto, "audit checkpoint signed");
         Ok(Some(number))
     }
@@ -599,9 +603,15 @@ impl Service {
         }
     }
 
-    /// Closes due sessions; run periodically.
+    /// Closes due sessions and voids abandoned reservations; run
+    /// periodically. Returns how many sessions it closed.
     pub async fn sweep(&self) -> Result<usize, ServiceError> {
-        Ok(self.store.sweep(self.now()).await?)
+        let closed = self.store.sweep(self.now()).await?;
+        let voided = self.store.recover(self.now()).await?;
+        if voided > 0 {
+            tracing::warn!(voided, "abandoned credential reservations voided");
+        }
+        Ok(closed)
     }
 
     /// Whether the service can work: the store answers and the issuing key

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::CloseReason;
+use super::credential::{CredentialFacts, CredentialKind, Held};
 use crate::clock::Timestamp;
 
 /// One thing that happened.
@@ -45,15 +46,33 @@ pub enum Event {
         /// The approvers whose approvals opened it.
         approvers: Vec<String>,
     },
-    /// A credential was minted.
+    /// A credential was minted. Each kind says its own facts: a
+    /// certificate its key, a token its `jti`, audience and the
+    /// certificate it is bound to. Entries written before kinds were
+    /// recorded are certificates or tokens by their serial (`tok_…`).
     Minted {
-        /// Certificate serial, hex.
+        /// `certificate` or `token`.
+        #[serde(default)]
+        kind: CredentialKind,
+        /// Certificate serial (hex) or token `jti`.
         serial: String,
-        /// Profile.
+        /// The credential's profile (`mtls-client`, `code-signing`,
+        /// `token`).
         profile: String,
-        /// SHA-256 of the subject public key, hex.
-        key_sha256: String,
-        /// `notAfter`.
+        /// Certificates: SHA-256 of the subject public key, hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_sha256: Option<String>,
+        /// Tokens: the `jti`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jti: Option<String>,
+        /// Tokens: the audience.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audience: Option<String>,
+        /// Tokens: the RFC 8705 thumbprint of the certificate the token is
+        /// bound to (`cnf`), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        x5t_s256: Option<String>,
+        /// `notAfter` / `exp`.
         not_after: Timestamp,
         /// Whether it was handed out (false: the session closed while it
         /// was being signed, so it was withheld).
@@ -62,8 +81,11 @@ pub enum Event {
     /// A credential slot reserved before a crash was given back; the serial
     /// was never handed out.
     Voided {
-        /// Certificate serial, hex.
+        /// Certificate serial (hex) or token `jti`.
         serial: String,
+        /// The process that had reserved it (gone, or past its lease).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     /// The session closed.
     Closed {
@@ -117,6 +139,32 @@ pub enum Event {
 }
 
 impl Event {
+    /// The `minted` entry of a credential.
+    pub fn minted(held: &Held, profile: &str, facts: &CredentialFacts, handed_out: bool) -> Self {
+        let (key_sha256, jti, audience, x5t_s256) = match facts {
+            CredentialFacts::Certificate { key_sha256 } => {
+                (Some(key_sha256.clone()), None, None, None)
+            }
+            CredentialFacts::Token { audience, x5t_s256 } => (
+                None,
+                Some(held.serial.clone()),
+                Some(audience.clone()),
+                x5t_s256.clone(),
+            ),
+        };
+        Self::Minted {
+            kind: facts.kind(),
+            serial: held.serial.clone(),
+            profile: profile.to_owned(),
+            key_sha256,
+            jti,
+            audience,
+            x5t_s256,
+            not_after: held.not_after,
+            handed_out,
+        }
+    }
+
     /// A short name for the event kind (`requested`, `approved`, …).
     pub fn kind(&self) -> &'static str {
         match self {

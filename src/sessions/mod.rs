@@ -11,12 +11,14 @@
 //!    └──────────────────────────────────────────────────────────────────────────────────┘
 //! ```
 
+pub mod credential;
 mod event;
 mod id;
 mod profile;
 mod request;
 mod session;
 
+pub use credential::{CredentialFacts, CredentialKind, CredentialState};
 pub use event::Event;
 pub use id::SessionId;
 pub use profile::Profile;

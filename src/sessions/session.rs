@@ -395,6 +395,16 @@ impl Session {
         }
     }
 
+    /// Whether time has changed this session at `now` (it is due to be
+    /// abandoned or expired), so a reader must save it before use.
+    pub fn due(&self, now: Timestamp) -> bool {
+        match self.state {
+            State::Pending => now >= self.pending_until,
+            State::Open => self.closes_at.is_some_and(|c| now >= c),
+            State::Closed => false,
+        }
+    }
+
     /// Applies time, then `op`. Returns the events (time's and the op's)
     /// and whether the op was accepted; a refused op changes nothing but
     /// what time changed.

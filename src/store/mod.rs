@@ -7,6 +7,7 @@
 //! so concurrent callers can never open a session twice, mint past its
 //! limit, or resurrect a closed one.
 
+pub mod ledger;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -14,10 +15,16 @@ use serde::Serialize;
 
 use crate::clock::Timestamp;
 use crate::sessions::{
-    Event, MintSlot, Profile, RevocationReason, Session, SessionError, SessionId, SessionOp, State,
+    CredentialFacts, Event, MintSlot, Profile, RevocationReason, Session, SessionError, SessionId,
+    SessionOp, State,
 };
 
-pub use sqlite::SqliteStore;
+pub use crate::sessions::CredentialKind;
+pub use ledger::{Backend, Durability, Ledger, LedgerTx};
+pub use sqlite::Sqlite;
+
+/// The embedded store: the ledger over one SQLite file.
+pub type SqliteStore = Ledger<Sqlite>;
 
 /// A store failure: the operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -56,25 +63,6 @@ pub struct Applied {
     pub result: Result<Option<MintSlot>, SessionError>,
 }
 
-/// What kind of credential.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CredentialKind {
-    /// An X.509 certificate (identified by its serial).
-    Certificate,
-    /// A session-bound JWT (identified by its `jti`).
-    Token,
-}
-
-impl CredentialKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Certificate => "certificate",
-            Self::Token => "token",
-        }
-    }
-}
-
 /// A credential about to be minted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewCredential {
@@ -105,6 +93,11 @@ pub struct Reservation {
     pub counted: bool,
     /// `notAfter` / `exp` (the session's `closes_at`).
     pub not_after: Timestamp,
+    /// The process that took it (see [`Backend::owner`]).
+    pub owner: String,
+    /// Until when it may finish it; past this the reservation may be
+    /// voided and finishing it is refused.
+    pub lease_until: Timestamp,
 }
 
 /// How a reserved credential ended.
@@ -114,9 +107,8 @@ pub enum Finish {
     Issued {
         /// DER of the certificate (none for tokens).
         der: Option<Vec<u8>>,
-        /// SHA-256 of its public key (certificates) or of the certificate
-        /// it is bound to (tokens), hex; empty when there is none.
-        key_sha256: String,
+        /// What the trail records of it, by kind.
+        facts: CredentialFacts,
     },
     /// Signing failed: give the slot back.
     Failed,
@@ -132,6 +124,9 @@ pub enum Finished {
     Withheld(crate::sessions::CloseReason),
     /// The slot was given back.
     Released,
+    /// Its reservation was voided while the device was signing (the lease
+    /// ran out): never handed out; the caller may ask again.
+    Lapsed,
 }
 
 /// A credential as stored.
@@ -318,8 +313,13 @@ pub trait Store: Send + Sync {
     /// The last checkpoint.
     async fn last_checkpoint(&self) -> Result<Option<crate::audit::Checkpoint>, StoreError>;
 
-    /// Appends a signed checkpoint (its number must follow the last one).
-    async fn add_checkpoint(&self, checkpoint: crate::audit::Checkpoint) -> Result<(), StoreError>;
+    /// Appends a signed checkpoint, which must follow the last one and
+    /// name an entry of the trail with its hash. Returns false, adding
+    /// nothing, when another process took that number first.
+    async fn add_checkpoint(
+        &self,
+        checkpoint: crate::audit::Checkpoint,
+    ) -> Result<bool, StoreError>;
 
     /// Records an audit signer certificate or one of its chain (DER;
     /// recording one twice is harmless).

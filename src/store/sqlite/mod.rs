@@ -1,46 +1,49 @@
-//! The embedded store: one SQLite file, no server.
+//! The embedded store backend: one SQLite file, no server.
 //!
 //! WAL journal with `synchronous = FULL`: every commit is on disk before
 //! the call returns. Schema changes are numbered migrations tracked in
-//! `PRAGMA user_version`. Calls run on tokio's blocking pool; one
-//! connection serialises them, and each runs in a `BEGIN IMMEDIATE`
-//! transaction, so two lockstep processes sharing a file stay consistent
-//! too.
+//! `PRAGMA user_version`. Writes run on one writer thread, each in a
+//! `BEGIN IMMEDIATE` transaction (SQLite's write lock, which also locks
+//! the audit head), so several lockstep processes sharing a file stay
+//! consistent; reads run on pooled read-only connections. The session
+//! rules are the ledger's ([`crate::store::ledger`]): this module only
+//! stores and loads.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::ledger::{Backend, Durability, Ledger, LedgerTx};
 use super::{
-    Applied, CredentialKind, CredentialRecord, EventRecord, Finish, Finished, NewCredential,
-    Reservation, RevokedEntry, SessionFilter, Store, StoreError,
+    CredentialKind, CredentialRecord, EventRecord, RevokedEntry, SessionFilter, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::lane::Lane;
-use crate::sessions::{Event, Profile, RevocationReason, Session, SessionId, SessionOp, State};
+use crate::sessions::{Profile, RevocationReason, Session, SessionId, State};
 
+mod owner;
 mod schema;
 mod sql;
+mod tx;
 mod writer;
 
+use owner::Owner;
 use schema::migrate;
 use sql::Cached;
-use writer::{Durability, Writer};
+use writer::Writer;
 
-use crate::audit::{GENESIS, entry_hash};
-
-/// The SQLite store.
-#[derive(Clone)]
-pub struct SqliteStore {
+/// The SQLite backend.
+pub struct Sqlite {
     writer: Writer,
     readers: Arc<Mutex<Vec<Connection>>>,
     reads: Lane,
     path: PathBuf,
+    owner: Arc<Owner>,
 }
 
-impl std::fmt::Debug for SqliteStore {
+impl std::fmt::Debug for Sqlite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
@@ -56,8 +59,16 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-impl SqliteStore {
+impl Ledger<Sqlite> {
     /// Opens (creating if needed) the store at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Ledger::new(Sqlite::open(path)?))
+    }
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the store at `path`, migrates it and
+    /// claims an owner id for this process's reservations.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -89,11 +100,14 @@ impl SqliteStore {
             .map_err(unavailable)?;
         migrate(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let owner = Arc::new(Owner::claim(path)?);
+        owner.tidy();
         Ok(Self {
             writer: Writer::start(conn)?,
             readers: Arc::new(Mutex::new(Vec::new())),
             reads: Lane::new(MAX_READERS),
             path: path.to_owned(),
+            owner,
         })
     }
 
@@ -136,26 +150,6 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?
     }
-
-    /// Runs `f` in a write transaction (grouped with other writes waiting
-    /// at the same moment) and returns once it is committed to disk.
-    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.writer.write(Durability::Synced, f).await
-    }
-
-    /// [`SqliteStore::write`] for state a crash may lose (see
-    /// [`writer::Durability::Volatile`]).
-    async fn write_volatile<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.writer.write(Durability::Volatile, f).await
-    }
 }
 
 /// Read-only connections kept open.
@@ -177,132 +171,19 @@ fn load(tx: &Connection, id: &SessionId) -> Result<Session, StoreError> {
     serde_json::from_str(&body).map_err(|e| corrupt(format!("session {id}: {e}")))
 }
 
-fn save(tx: &Connection, s: &Session) -> Result<(), StoreError> {
-    let body = serde_json::to_string(s).map_err(corrupt)?;
-    tx.exec(
-        "UPDATE sessions SET state = ?2, closes_at = ?3, body = ?4 WHERE id = ?1",
-        params![
-            s.id.as_str(),
-            s.state.as_str(),
-            s.closes_at.map(Timestamp::unix),
-            body
-        ],
-    )
-    .map_err(unavailable)?;
-    Ok(())
-}
-
-fn append(
-    tx: &Connection,
-    now: Timestamp,
-    session: Option<&SessionId>,
-    event: &Event,
-) -> Result<(), StoreError> {
-    let body = serde_json::to_string(event).map_err(corrupt)?;
-    // Chain to the entry before: read the head inside this transaction.
-    let head: Option<(i64, Vec<u8>)> = tx
-        .prepare_cached("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-        .map_err(unavailable)?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-        .map_err(unavailable)?;
-    let (seq, prev) = match head {
-        None => (1, GENESIS),
-        Some((seq, hash)) => (
-            seq + 1,
-            hash.try_into()
-                .map_err(|_| corrupt(format!("audit entry {seq} has no valid hash")))?,
-        ),
-    };
-    let session = session.map(SessionId::as_str);
-    let hash = entry_hash(&prev, seq as u64, now.unix(), session, event.kind(), &body);
-    tx.prepare_cached(
-        "INSERT INTO events (seq, at, session_id, kind, body, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .map_err(unavailable)?
-    .execute(params![
-        seq,
-        now.unix(),
-        session,
-        event.kind(),
-        body,
-        prev.to_vec(),
-        hash.to_vec()
-    ])
-    .map_err(unavailable)?;
-    Ok(())
-}
-
-/// Loads the session, applies `op`, saves what changed and appends the
-/// events, inside the caller's transaction.
-fn apply_in(
-    tx: &Connection,
-    id: &SessionId,
-    op: &SessionOp,
-    now: Timestamp,
-) -> Result<Applied, StoreError> {
-    let mut s = load(tx, id)?;
-    let before = s.clone();
-    let (events, result) = s.apply(op, now);
-    if s != before {
-        save(tx, &s)?;
-        if before.state != State::Closed && s.state == State::Closed {
-            revoke_credentials(tx, &s)?;
-        }
-    }
-    for e in &events {
-        append(tx, now, Some(id), e)?;
-    }
-    Ok(Applied { session: s, result })
-}
-
-/// When a session closes early (closed, revoked, denied), every
-/// certificate it minted or is minting is revoked, in the transaction that
-/// closes it: relying parties see the revocation as soon as the close is
-/// acknowledged.
-fn revoke_credentials(tx: &Connection, s: &Session) -> Result<(), StoreError> {
-    let Some(closure) = &s.closure else {
-        return Ok(());
-    };
-    let Some(reason) = closure.revocation() else {
-        return Ok(());
-    };
-    let revoked = tx
-        .exec(
-            "INSERT OR IGNORE INTO revocations (serial, session_id, revoked_at, reason, not_after)
-             SELECT serial, session_id, ?2, ?3, not_after FROM credentials
-             WHERE session_id = ?1 AND kind = 'certificate' AND not_after > ?2",
-            params![s.id.as_str(), closure.at.unix(), reason.code()],
-        )
-        .map_err(unavailable)?;
-    if revoked > 0 {
-        bump(tx, "revocations")?;
-    }
-    Ok(())
-}
-
-fn bump(tx: &Connection, counter: &str) -> Result<u64, StoreError> {
-    let value: i64 = tx
-        .one(
-            "UPDATE counters SET value = value + 1 WHERE name = ?1 RETURNING value",
-            params![counter],
-            |r| r.get(0),
-        )
-        .map_err(unavailable)?;
-    Ok(value as u64)
-}
-
 fn parse_profile(text: &str) -> Result<Profile, StoreError> {
     Profile::parse(text).ok_or_else(|| corrupt(format!("unknown profile `{text}`")))
 }
 
 fn parse_kind(text: &str) -> Result<CredentialKind, StoreError> {
-    match text {
-        "certificate" => Ok(CredentialKind::Certificate),
-        "token" => Ok(CredentialKind::Token),
-        other => Err(corrupt(format!("unknown credential kind `{other}`"))),
-    }
+    CredentialKind::parse(text).ok_or_else(|| corrupt(format!("unknown credential kind `{text}`")))
+}
+
+fn parse_reason(code: i64) -> Result<RevocationReason, StoreError> {
+    u8::try_from(code)
+        .ok()
+        .and_then(RevocationReason::from_code)
+        .ok_or_else(|| corrupt(format!("unknown revocation reason {code}")))
 }
 
 type CredentialRow = (
@@ -349,13 +230,7 @@ fn credential_record(row: CredentialRow) -> Result<CredentialRecord, StoreError>
         reason,
     ) = row;
     let revoked = match (revoked_at, reason) {
-        (Some(at), Some(code)) => Some((
-            Timestamp::from_unix(at),
-            u8::try_from(code)
-                .ok()
-                .and_then(RevocationReason::from_code)
-                .ok_or_else(|| corrupt(format!("unknown revocation reason {code}")))?,
-        )),
+        (Some(at), Some(code)) => Some((Timestamp::from_unix(at), parse_reason(code)?)),
         _ => None,
     };
     Ok(CredentialRecord {
@@ -372,240 +247,25 @@ fn credential_record(row: CredentialRow) -> Result<CredentialRecord, StoreError>
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn create_session(
-        &self,
-        session: Session,
-        event: Event,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.write(move |tx| {
-            let body = serde_json::to_string(&session).map_err(corrupt)?;
-            tx.exec(
-                "INSERT INTO sessions (id, state, tenant, requester, resource, created_at, pending_until, closes_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    session.id.as_str(),
-                    session.state.as_str(),
-                    session.request.tenant,
-                    session.request.requester,
-                    session.request.resource,
-                    session.created_at.unix(),
-                    session.pending_until.unix(),
-                    session.closes_at.map(Timestamp::unix),
-                    body
-                ],
-            )
-            .map_err(unavailable)?;
-            append(tx, now, Some(&session.id), &event)
-        })
-        .await
-    }
-
-    async fn session(&self, id: &SessionId, now: Timestamp) -> Result<Session, StoreError> {
-        let id2 = id.clone();
-        let current = self.run(move |c| load(c, &id2)).await?;
-        let mut probe = current.clone();
-        if probe.refresh(now).is_empty() {
-            return Ok(current);
-        }
-        Ok(self.apply(id, SessionOp::Refresh, now).await?.session)
-    }
-
-    async fn apply(
-        &self,
-        id: &SessionId,
-        op: SessionOp,
-        now: Timestamp,
-    ) -> Result<Applied, StoreError> {
-        let id = id.clone();
-        self.write(move |tx| apply_in(tx, &id, &op, now)).await
-    }
-
-    async fn reserve_credential(
-        &self,
-        id: &SessionId,
-        credential: NewCredential,
-        now: Timestamp,
-    ) -> Result<(Applied, Option<Reservation>), StoreError> {
-        let id = id.clone();
-        // A slot taken before signing: visible to every later transaction
-        // at once, on disk with the next synced commit (the credential's
-        // own, at the latest). Lost in a crash, it was never handed out and
-        // recovery would void it anyway.
-        self.write_volatile(move |tx| {
-            let op = SessionOp::ReserveMint {
-                counted: credential.counted,
-            };
-            let applied = apply_in(tx, &id, &op, now)?;
-            let Ok(Some(slot)) = &applied.result else {
-                return Ok((applied, None));
-            };
-            tx.exec(
-                "INSERT INTO credentials (serial, session_id, profile, state, not_after, created_at, kind, counted)
-                 VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?6, ?7)",
-                params![
-                    credential.serial,
-                    id.as_str(),
-                    credential.profile.as_str(),
-                    slot.not_after.unix(),
-                    now.unix(),
-                    credential.kind.as_str(),
-                    credential.counted
-                ],
-            )
-            .map_err(unavailable)?;
-            let reservation = Reservation {
-                session: id.clone(),
-                serial: credential.serial,
-                kind: credential.kind,
-                profile: credential.profile,
-                counted: credential.counted,
-                not_after: slot.not_after,
-            };
-            Ok((applied, Some(reservation)))
-        })
-        .await
-    }
-
-    async fn finish_credential(
-        &self,
-        reservation: &Reservation,
-        finish: Finish,
-        now: Timestamp,
-    ) -> Result<Finished, StoreError> {
-        let r = reservation.clone();
-        self.write(move |tx| match finish {
-            Finish::Failed => {
-                // A revocation recorded while it was in flight goes too:
-                // nothing was issued.
-                tx.exec("DELETE FROM revocations WHERE serial = ?1", params![r.serial])
-                    .map_err(unavailable)?;
-                tx.exec(
-                    "DELETE FROM credentials WHERE serial = ?1 AND state = 'reserved'",
-                    params![r.serial],
-                )
-                .map_err(unavailable)?;
-                if r.counted {
-                    apply_in(tx, &r.session, &SessionOp::ReleaseMint, now)?;
-                }
-                Ok(Finished::Released)
-            }
-            Finish::Issued { der, key_sha256 } => {
-                // Time first: a session that expired or closed while the
-                // device was signing must not hand the credential out.
-                let applied = apply_in(tx, &r.session, &SessionOp::Refresh, now)?;
-                let (state, finished) = match (&applied.session.state, &applied.session.closure) {
-                    (State::Open, _) => ("issued", Finished::Issued),
-                    (_, Some(c)) => ("withheld", Finished::Withheld(c.reason)),
-                    (_, None) => ("withheld", Finished::Withheld(crate::sessions::CloseReason::Revoked)),
-                };
-                let changed = tx
-                    .exec(
-                        "UPDATE credentials SET state = ?2, der = ?3, key_sha256 = ?4, issued_at = ?5
-                         WHERE serial = ?1 AND state = 'reserved'",
-                        params![r.serial, state, der, key_sha256, now.unix()],
-                    )
-                    .map_err(unavailable)?;
-                if changed != 1 {
-                    return Err(corrupt(format!("credential {} was not reserved", r.serial)));
-                }
-                if finished != Finished::Issued && r.kind == CredentialKind::Certificate {
-                    revoke_credentials(tx, &applied.session)?;
-                }
-                append(
-                    tx,
-                    now,
-                    Some(&r.session),
-                    &Event::Minted {
-                        serial: r.serial.clone(),
-                        profile: r.profile.as_str().to_owned(),
-                        key_sha256,
-                        not_after: r.not_after,
-                        handed_out: finished == Finished::Issued,
-                    },
-                )?;
-                Ok(finished)
-            }
-        })
-        .await
-    }
-
-    async fn record(
-        &self,
-        session: Option<&SessionId>,
-        event: Event,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let session = session.cloned();
-        self.write(move |tx| append(tx, now, session.as_ref(), &event))
+impl Backend for Sqlite {
+    async fn transact<T, F>(&self, durability: Durability, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn LedgerTx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let owner = self.owner.clone();
+        self.writer
+            .write(durability, move |t| f(&mut tx::SqliteTx::new(t, &owner)))
             .await
     }
 
-    async fn sweep(&self, now: Timestamp) -> Result<usize, StoreError> {
-        self.write(move |tx| {
-            let due: Vec<String> = {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT id FROM sessions WHERE state = 'pending' AND pending_until <= ?1
-                         UNION ALL
-                         SELECT id FROM sessions WHERE state = 'open' AND closes_at <= ?1",
-                    )
-                    .map_err(unavailable)?;
-                stmt.query_map(params![now.unix()], |r| r.get(0))
-                    .map_err(unavailable)?
-                    .collect::<Result<_, _>>()
-                    .map_err(unavailable)?
-            };
-            for id in &due {
-                let id = SessionId::parse(id).map_err(corrupt)?;
-                apply_in(tx, &id, &SessionOp::Refresh, now)?;
-            }
-            Ok(due.len())
-        })
-        .await
+    fn owner(&self) -> &str {
+        self.owner.id()
     }
 
-    async fn recover(&self, now: Timestamp) -> Result<usize, StoreError> {
-        self.write(move |tx| {
-            let stale: Vec<(String, String)> = {
-                let mut stmt = tx
-                    .prepare("SELECT serial, session_id FROM credentials WHERE state = 'reserved'")
-                    .map_err(unavailable)?;
-                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map_err(unavailable)?
-                    .collect::<Result<_, _>>()
-                    .map_err(unavailable)?
-            };
-            for (serial, session) in &stale {
-                let id = SessionId::parse(session).map_err(corrupt)?;
-                tx.exec(
-                    "UPDATE credentials SET state = 'void' WHERE serial = ?1",
-                    params![serial],
-                )
-                .map_err(unavailable)?;
-                let counted: bool = tx
-                    .one(
-                        "SELECT counted FROM credentials WHERE serial = ?1",
-                        params![serial],
-                        |r| r.get(0),
-                    )
-                    .map_err(unavailable)?;
-                if counted {
-                    apply_in(tx, &id, &SessionOp::ReleaseMint, now)?;
-                }
-                append(
-                    tx,
-                    now,
-                    Some(&id),
-                    &Event::Voided {
-                        serial: serial.clone(),
-                    },
-                )?;
-            }
-            Ok(stale.len())
-        })
-        .await
+    async fn load_session(&self, id: &SessionId) -> Result<Session, StoreError> {
+        let id = id.clone();
+        self.run(move |c| load(c, &id)).await
     }
 
     async fn sessions(&self, filter: SessionFilter) -> Result<Vec<Session>, StoreError> {
@@ -713,10 +373,7 @@ impl Store for SqliteStore {
                     Ok(RevokedEntry {
                         serial,
                         revoked_at: Timestamp::from_unix(at),
-                        reason: u8::try_from(code)
-                            .ok()
-                            .and_then(RevocationReason::from_code)
-                            .ok_or_else(|| corrupt(format!("unknown revocation reason {code}")))?,
+                        reason: parse_reason(code)?,
                     })
                 })
                 .collect()
@@ -738,7 +395,9 @@ impl Store for SqliteStore {
     }
 
     async fn next_crl_number(&self) -> Result<u64, StoreError> {
-        self.write(|tx| bump(tx, "crl_number")).await
+        self.writer
+            .write(Durability::Synced, |tx| tx::bump(tx, "crl_number"))
+            .await
     }
 
     async fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
@@ -785,50 +444,72 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn add_checkpoint(&self, cp: crate::audit::Checkpoint) -> Result<(), StoreError> {
+    async fn add_checkpoint(&self, cp: crate::audit::Checkpoint) -> Result<bool, StoreError> {
         let bytes = |h: &str| hex::decode(h).map_err(|e| corrupt(format!("checkpoint: {e}")));
         let (head, signer, signature) =
             (bytes(&cp.head)?, bytes(&cp.signer)?, bytes(&cp.signature)?);
-        self.write(move |tx| {
-            let last: Option<i64> = tx
-                .one("SELECT MAX(number) FROM checkpoints", [], |r| r.get(0))
+        self.writer
+            .write(Durability::Synced, move |tx| {
+                // Under the write lock: two processes signing the same
+                // range at once both read the same last checkpoint; the
+                // first to commit takes the number, the other adds nothing.
+                let last: Option<i64> = tx
+                    .one("SELECT MAX(number) FROM checkpoints", [], |r| r.get(0))
+                    .map_err(unavailable)?;
+                let last = last.unwrap_or(0) as u64;
+                if cp.number <= last {
+                    return Ok(false);
+                }
+                if cp.number != last + 1 {
+                    return Err(corrupt(format!(
+                        "checkpoint {} does not follow checkpoint {last}",
+                        cp.number
+                    )));
+                }
+                let signed: Option<Vec<u8>> = tx
+                    .one(
+                        "SELECT hash FROM events WHERE seq = ?1",
+                        params![cp.upto as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(unavailable)?;
+                if signed.as_deref() != Some(head.as_slice()) {
+                    return Err(corrupt(format!(
+                        "checkpoint {} names entry {} with a hash the trail does not have",
+                        cp.number, cp.upto
+                    )));
+                }
+                tx.exec(
+                    "INSERT INTO checkpoints (number, upto, head, at, signer, signature)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        cp.number as i64,
+                        cp.upto as i64,
+                        head,
+                        cp.at,
+                        signer,
+                        signature
+                    ],
+                )
                 .map_err(unavailable)?;
-            if last.unwrap_or(0) as u64 + 1 != cp.number {
-                return Err(corrupt(format!(
-                    "checkpoint {} does not follow checkpoint {}",
-                    cp.number,
-                    last.unwrap_or(0)
-                )));
-            }
-            tx.exec(
-                "INSERT INTO checkpoints (number, upto, head, at, signer, signature)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    cp.number as i64,
-                    cp.upto as i64,
-                    head,
-                    cp.at,
-                    signer,
-                    signature
-                ],
-            )
-            .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+                Ok(true)
+            })
+            .await
     }
 
     async fn add_audit_certificate(&self, der: Vec<u8>, now: Timestamp) -> Result<(), StoreError> {
-        self.write(move |tx| {
-            let id = crate::audit::signer_id(&der).to_vec();
-            tx.exec(
+        self.writer
+            .write(Durability::Synced, move |tx| {
+                let id = crate::audit::signer_id(&der).to_vec();
+                tx.exec(
                 "INSERT OR IGNORE INTO audit_certificates (id, der, added_at) VALUES (?1, ?2, ?3)",
                 params![id, der, now.unix()],
             )
             .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+                Ok(())
+            })
+            .await
     }
 
     async fn audit_entries(

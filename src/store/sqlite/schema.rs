@@ -104,6 +104,13 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // 4: chain the events recorded before the trail was chained.
     Migration::Code(chain_existing_events),
+    // 5: reservations name their owner and carry a lease.
+    Migration::Sql(
+        r#"
+    ALTER TABLE credentials ADD COLUMN owner TEXT;
+    ALTER TABLE credentials ADD COLUMN lease_until INTEGER;
+    "#,
+    ),
 ];
 
 /// Computes the hash chain over events recorded before the trail was

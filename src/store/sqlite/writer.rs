@@ -19,19 +19,10 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use super::sql::Cached;
 use super::unavailable;
 use crate::store::StoreError;
+use crate::store::ledger::Durability;
 
 /// Most operations committed together.
 const MAX_BATCH: usize = 256;
-
-/// Whether a write must be on disk before its caller hears back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Durability {
-    /// On disk (fsync) before the answer.
-    Synced,
-    /// Committed and visible before the answer; on disk with the next
-    /// synced commit.
-    Volatile,
-}
 
 /// One write operation waiting for the writer.
 trait Job: Send {

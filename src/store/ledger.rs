@@ -1,0 +1,521 @@
+//! The ledger: the one executor of session transitions, whatever the
+//! store.
+//!
+//! The session core decides (pure, time passed in); the ledger carries
+//! out what it decided inside one transaction of a [`Backend`], through
+//! the narrow [`LedgerTx`] interface: lock and load a session, save it,
+//! insert a credential, move a credential from one state to another
+//! (compare-and-set), revoke, and append to the audit trail under its
+//! head. A backend implements that interface and its reads, and needs no
+//! session rule of its own.
+//!
+//! Transactions are synchronous: the embedded store runs them on its
+//! writer thread; a server-backed store runs them on a blocking thread.
+
+use async_trait::async_trait;
+
+use super::{
+    Applied, CredentialRecord, EventRecord, Finish, Finished, NewCredential, Reservation,
+    RevokedEntry, SessionFilter, Store, StoreError,
+};
+use crate::clock::Timestamp;
+use crate::sessions::credential::{self, Held, Reserved};
+use crate::sessions::{
+    CredentialState, Event, RevocationReason, Session, SessionId, SessionOp, State,
+};
+
+/// How long a reservation's owner has to finish it before it may be
+/// voided even though the owner looks alive: far longer than any device
+/// signature (device calls time out well before).
+pub const DEFAULT_LEASE_SECS: i64 = 120;
+
+/// Whether a write must be on disk before its caller hears back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Durable before the answer.
+    Synced,
+    /// Committed and visible before the answer; durable with the next
+    /// synced commit. For state a crash may lose because recovery undoes
+    /// it anyway (a credential slot taken before signing).
+    Volatile,
+}
+
+/// A credential a session has, as a close needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialEntry {
+    /// Serial (hex) or `jti`.
+    pub serial: String,
+    /// What it is.
+    pub kind: crate::sessions::CredentialKind,
+    /// `notAfter` / `exp`.
+    pub not_after: Timestamp,
+}
+
+/// What the device produced, kept with an issued or withheld credential.
+#[derive(Clone, Copy, Debug)]
+pub struct Signed<'a> {
+    /// DER of the certificate (none for tokens).
+    pub der: Option<&'a [u8]>,
+    /// The key fingerprint kept with it.
+    pub key_sha256: Option<&'a str>,
+}
+
+/// The operations a store backend offers inside one transaction.
+pub trait LedgerTx {
+    /// Loads a session, locked against other writers until commit.
+    fn lock_session(&mut self, id: &SessionId) -> Result<Session, StoreError>;
+    /// Inserts a new session.
+    fn insert_session(&mut self, session: &Session) -> Result<(), StoreError>;
+    /// Saves a session loaded with [`LedgerTx::lock_session`].
+    fn save_session(&mut self, session: &Session) -> Result<(), StoreError>;
+    /// Inserts a reserved credential.
+    fn insert_credential(&mut self, r: &Reservation, now: Timestamp) -> Result<(), StoreError>;
+    /// Moves a credential from `from` to `to`, storing what was signed;
+    /// says whether it moved (false: it was not in `from`).
+    fn move_credential(
+        &mut self,
+        serial: &str,
+        from: CredentialState,
+        to: CredentialState,
+        signed: Option<Signed<'_>>,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Removes a credential still reserved (its signing failed), with any
+    /// revocation recorded for it meanwhile; says whether it was there.
+    fn discard_reservation(&mut self, serial: &str) -> Result<bool, StoreError>;
+    /// A session's credentials, whatever their state.
+    fn session_credentials(&mut self, id: &SessionId) -> Result<Vec<CredentialEntry>, StoreError>;
+    /// Records a revocation (once; recording it again changes nothing).
+    fn revoke(
+        &mut self,
+        session: &SessionId,
+        credential: &CredentialEntry,
+        at: Timestamp,
+        reason: RevocationReason,
+    ) -> Result<(), StoreError>;
+    /// Appends an entry to the audit trail, chained to the head, which it
+    /// locks until commit.
+    fn append(
+        &mut self,
+        now: Timestamp,
+        session: Option<&SessionId>,
+        event: &Event,
+    ) -> Result<(), StoreError>;
+    /// Every reservation, with whether its owner is still there.
+    fn reservations(&mut self) -> Result<Vec<Reserved>, StoreError>;
+    /// Sessions that time has changed by `now` (pending past their
+    /// timeout, open past `closes_at`).
+    fn due_sessions(&mut self, now: Timestamp) -> Result<Vec<SessionId>, StoreError>;
+}
+
+/// A store backend: transactions for the ledger, and reads.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Runs `f` in one transaction and returns once it is committed.
+    async fn transact<T, F>(&self, durability: Durability, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn LedgerTx) -> Result<T, StoreError> + Send + 'static;
+    /// Who this process is, as reservations name it.
+    fn owner(&self) -> &str;
+    /// A session as stored (time not applied).
+    async fn load_session(&self, id: &SessionId) -> Result<Session, StoreError>;
+    /// See [`Store::sessions`].
+    async fn sessions(&self, filter: SessionFilter) -> Result<Vec<Session>, StoreError>;
+    /// See [`Store::credentials`].
+    async fn credentials(&self, id: &SessionId) -> Result<Vec<CredentialRecord>, StoreError>;
+    /// See [`Store::credential`].
+    async fn credential(&self, serial: &str) -> Result<Option<CredentialRecord>, StoreError>;
+    /// See [`Store::certificates`].
+    async fn certificates(&self, id: &SessionId) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// See [`Store::live_revocations`].
+    async fn live_revocations(&self, now: Timestamp) -> Result<Vec<RevokedEntry>, StoreError>;
+    /// See [`Store::revocation_version`].
+    async fn revocation_version(&self) -> Result<u64, StoreError>;
+    /// See [`Store::next_crl_number`].
+    async fn next_crl_number(&self) -> Result<u64, StoreError>;
+    /// See [`Store::audit_head`].
+    async fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError>;
+    /// See [`Store::last_checkpoint`].
+    async fn last_checkpoint(&self) -> Result<Option<crate::audit::Checkpoint>, StoreError>;
+    /// See [`Store::add_checkpoint`].
+    async fn add_checkpoint(
+        &self,
+        checkpoint: crate::audit::Checkpoint,
+    ) -> Result<bool, StoreError>;
+    /// See [`Store::add_audit_certificate`].
+    async fn add_audit_certificate(&self, der: Vec<u8>, now: Timestamp) -> Result<(), StoreError>;
+    /// See [`Store::audit_entries`].
+    async fn audit_entries(
+        &self,
+        after: u64,
+        limit: usize,
+        session: Option<&SessionId>,
+    ) -> Result<Vec<crate::audit::Entry>, StoreError>;
+    /// See [`Store::events`].
+    async fn events(&self, id: &SessionId) -> Result<Vec<EventRecord>, StoreError>;
+    /// See [`Store::check`].
+    async fn check(&self) -> Result<(), StoreError>;
+    /// See [`Store::committed`].
+    fn committed(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// A store: the ledger's rules over a backend.
+pub struct Ledger<B> {
+    backend: B,
+    lease_secs: i64,
+}
+
+impl<B: std::fmt::Debug> std::fmt::Debug for Ledger<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.backend.fmt(f)
+    }
+}
+
+impl<B: Backend> Ledger<B> {
+    /// The ledger over `backend`, with the default reservation lease.
+    pub fn new(backend: B) -> Self {
+        Self {
+            backend,
+            lease_secs: DEFAULT_LEASE_SECS,
+        }
+    }
+
+    /// Sets how long reservations are leased for, seconds (at least 1).
+    pub fn with_lease_secs(mut self, secs: i64) -> Self {
+        self.lease_secs = secs.max(1);
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+}
+
+/// Loads the session, applies `op`, saves what changed, revokes what a
+/// close ends and appends the events, inside the caller's transaction.
+fn apply_in(
+    tx: &mut dyn LedgerTx,
+    id: &SessionId,
+    op: &SessionOp,
+    now: Timestamp,
+) -> Result<Applied, StoreError> {
+    let mut s = tx.lock_session(id)?;
+    let before = s.clone();
+    let (events, result) = s.apply(op, now);
+    if s != before {
+        tx.save_session(&s)?;
+        if before.state != State::Closed && s.state == State::Closed {
+            revoke_at_close(tx, &s)?;
+        }
+    }
+    for e in &events {
+        tx.append(now, Some(id), e)?;
+    }
+    Ok(Applied { session: s, result })
+}
+
+/// Revokes what the session's close ends, in the transaction that closes
+/// it: relying parties see it as soon as the close is acknowledged.
+fn revoke_at_close(tx: &mut dyn LedgerTx, s: &Session) -> Result<(), StoreError> {
+    let Some(closure) = &s.closure else {
+        return Ok(());
+    };
+    if closure.revocation().is_none() {
+        return Ok(());
+    }
+    for c in tx.session_credentials(&s.id)? {
+        if let Some((at, reason)) = credential::revocation_at_close(closure, c.kind, c.not_after) {
+            tx.revoke(&s.id, &c, at, reason)?;
+        }
+    }
+    Ok(())
+}
+
+fn finish_in(
+    tx: &mut dyn LedgerTx,
+    r: &Reservation,
+    finish: Finish,
+    now: Timestamp,
+) -> Result<Finished, StoreError> {
+    let (der, facts) = match finish {
+        Finish::Failed => {
+            // Compare-and-set: a reservation voided meanwhile gave its
+            // slot back already.
+            if tx.discard_reservation(&r.serial)? && r.counted {
+                apply_in(tx, &r.session, &SessionOp::ReleaseMint, now)?;
+            }
+            return Ok(Finished::Released);
+        }
+        Finish::Issued { der, facts } => (der, facts),
+    };
+    let held = r.held();
+    let profile = r.profile.as_str();
+    // Time first: a session that expired or closed while the device was
+    // signing must not hand the credential out.
+    let applied = apply_in(tx, &r.session, &SessionOp::Refresh, now)?;
+    let done = credential::complete(&applied.session, &held, profile, &facts);
+    let signed = Signed {
+        der: der.as_deref(),
+        key_sha256: facts.key_sha256(),
+    };
+    let moved = tx.move_credential(
+        &r.serial,
+        CredentialState::Reserved,
+        done.state,
+        Some(signed),
+        now,
+    )?;
+    if !moved {
+        // Voided while signing (its lease ran out): never handed out,
+        // but on the record.
+        tx.append(
+            now,
+            Some(&r.session),
+            &Event::minted(&held, profile, &facts, false),
+        )?;
+        return Ok(Finished::Lapsed);
+    }
+    if let Some((at, reason)) = done.revoke {
+        let entry = CredentialEntry {
+            serial: r.serial.clone(),
+            kind: r.kind,
+            not_after: r.not_after,
+        };
+        tx.revoke(&r.session, &entry, at, reason)?;
+    }
+    tx.append(now, Some(&r.session), &done.event)?;
+    Ok(match done.withheld {
+        None => Finished::Issued,
+        Some(reason) => Finished::Withheld(reason),
+    })
+}
+
+/// Voids the reservations that are provably abandoned and gives their
+/// slots back; a live owner's reservation within its lease is kept.
+fn recover_in(tx: &mut dyn LedgerTx, now: Timestamp) -> Result<usize, StoreError> {
+    let mut voided = 0;
+    for r in tx.reservations()? {
+        if !credential::abandoned(&r, now) {
+            continue;
+        }
+        let serial = &r.held.serial;
+        if !tx.move_credential(
+            serial,
+            CredentialState::Reserved,
+            CredentialState::Void,
+            None,
+            now,
+        )? {
+            continue;
+        }
+        if r.held.counted {
+            apply_in(tx, &r.session, &SessionOp::ReleaseMint, now)?;
+        }
+        let event = Event::Voided {
+            serial: serial.clone(),
+            owner: Some(r.owner.clone()),
+        };
+        tx.append(now, Some(&r.session), &event)?;
+        voided += 1;
+    }
+    Ok(voided)
+}
+
+impl Reservation {
+    fn held(&self) -> Held {
+        Held {
+            serial: self.serial.clone(),
+            kind: self.kind,
+            counted: self.counted,
+            not_after: self.not_after,
+        }
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Store for Ledger<B> {
+    async fn create_session(
+        &self,
+        session: Session,
+        event: Event,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.backend
+            .transact(Durability::Synced, move |tx| {
+                tx.insert_session(&session)?;
+                tx.append(now, Some(&session.id), &event)
+            })
+            .await
+    }
+
+    async fn session(&self, id: &SessionId, now: Timestamp) -> Result<Session, StoreError> {
+        let current = self.backend.load_session(id).await?;
+        if !current.due(now) {
+            return Ok(current);
+        }
+        Ok(self.apply(id, SessionOp::Refresh, now).await?.session)
+    }
+
+    async fn apply(
+        &self,
+        id: &SessionId,
+        op: SessionOp,
+        now: Timestamp,
+    ) -> Result<Applied, StoreError> {
+        let id = id.clone();
+        self.backend
+            .transact(Durability::Synced, move |tx| apply_in(tx, &id, &op, now))
+            .await
+    }
+
+    async fn reserve_credential(
+        &self,
+        id: &SessionId,
+        credential: NewCredential,
+        now: Timestamp,
+    ) -> Result<(Applied, Option<Reservation>), StoreError> {
+        let id = id.clone();
+        let owner = self.backend.owner().to_owned();
+        let lease_until = now.plus_secs(self.lease_secs);
+        // A slot taken before signing: visible to every later transaction
+        // at once, durable with the next synced commit (the credential's
+        // own, at the latest). Lost in a crash, it was never handed out.
+        self.backend
+            .transact(Durability::Volatile, move |tx| {
+                let op = SessionOp::ReserveMint {
+                    counted: credential.counted,
+                };
+                let applied = apply_in(tx, &id, &op, now)?;
+                let Ok(Some(slot)) = &applied.result else {
+                    return Ok((applied, None));
+                };
+                let reservation = Reservation {
+                    session: id.clone(),
+                    serial: credential.serial,
+                    kind: credential.kind,
+                    profile: credential.profile,
+                    counted: credential.counted,
+                    not_after: slot.not_after,
+                    owner,
+                    lease_until,
+                };
+                tx.insert_credential(&reservation, now)?;
+                Ok((applied, Some(reservation)))
+            })
+            .await
+    }
+
+    async fn finish_credential(
+        &self,
+        reservation: &Reservation,
+        finish: Finish,
+        now: Timestamp,
+    ) -> Result<Finished, StoreError> {
+        let r = reservation.clone();
+        self.backend
+            .transact(Durability::Synced, move |tx| finish_in(tx, &r, finish, now))
+            .await
+    }
+
+    async fn record(
+        &self,
+        session: Option<&SessionId>,
+        event: Event,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let session = session.cloned();
+        self.backend
+            .transact(Durability::Synced, move |tx| {
+                tx.append(now, session.as_ref(), &event)
+            })
+            .await
+    }
+
+    async fn sweep(&self, now: Timestamp) -> Result<usize, StoreError> {
+        self.backend
+            .transact(Durability::Synced, move |tx| {
+                let due = tx.due_sessions(now)?;
+                for id in &due {
+                    apply_in(tx, id, &SessionOp::Refresh, now)?;
+                }
+                Ok(due.len())
+            })
+            .await
+    }
+
+    async fn recover(&self, now: Timestamp) -> Result<usize, StoreError> {
+        self.backend
+            .transact(Durability::Synced, move |tx| recover_in(tx, now))
+            .await
+    }
+
+    async fn sessions(&self, filter: SessionFilter) -> Result<Vec<Session>, StoreError> {
+        self.backend.sessions(filter).await
+    }
+
+    async fn credentials(&self, id: &SessionId) -> Result<Vec<CredentialRecord>, StoreError> {
+        self.backend.credentials(id).await
+    }
+
+    async fn credential(&self, serial: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        self.backend.credential(serial).await
+    }
+
+    async fn certificates(&self, id: &SessionId) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.backend.certificates(id).await
+    }
+
+    async fn live_revocations(&self, now: Timestamp) -> Result<Vec<RevokedEntry>, StoreError> {
+        self.backend.live_revocations(now).await
+    }
+
+    async fn revocation_version(&self) -> Result<u64, StoreError> {
+        self.backend.revocation_version().await
+    }
+
+    async fn next_crl_number(&self) -> Result<u64, StoreError> {
+        self.backend.next_crl_number().await
+    }
+
+    async fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.backend.audit_head().await
+    }
+
+    async fn last_checkpoint(&self) -> Result<Option<crate::audit::Checkpoint>, StoreError> {
+        self.backend.last_checkpoint().await
+    }
+
+    async fn add_checkpoint(
+        &self,
+        checkpoint: crate::audit::Checkpoint,
+    ) -> Result<bool, StoreError> {
+        self.backend.add_checkpoint(checkpoint).await
+    }
+
+    async fn add_audit_certificate(&self, der: Vec<u8>, now: Timestamp) -> Result<(), StoreError> {
+        self.backend.add_audit_certificate(der, now).await
+    }
+
+    async fn audit_entries(
+        &self,
+        after: u64,
+        limit: usize,
+        session: Option<&SessionId>,
+    ) -> Result<Vec<crate::audit::Entry>, StoreError> {
+        self.backend.audit_entries(after, limit, session).await
+    }
+
+    async fn events(&self, id: &SessionId) -> Result<Vec<EventRecord>, StoreError> {
+        self.backend.events(id).await
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.backend.check().await
+    }
+
+    fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.backend.committed()
+    }
+}
