@@ -45,16 +45,21 @@ profiles = ["mtls-client"]
 struct Options {
     quick: bool,
     json: Option<String>,
+    /// An older `lockstep` binary to compare with (`--baseline PATH`).
+    baseline: Option<String>,
 }
 
 fn options() -> Options {
     let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
     Options {
         quick: args.iter().any(|a| a == "--quick"),
-        json: args
-            .iter()
-            .position(|a| a == "--json")
-            .and_then(|i| args.get(i + 1).cloned()),
+        json: value("--json"),
+        baseline: value("--baseline"),
     }
 }
 
@@ -340,6 +345,96 @@ async fn lifecycle(srv: &Arc<TestServer>, csr: &Arc<String>, clients: usize, sec
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Starts `lockstep serve` (the binary `bin`) on configuration `cfg`;
+/// returns it and its URL.
+fn spawn_server(bin: &str, cfg: &str) -> (std::process::Child, String) {
+    let mut child = common::tpm::spawn(
+        Command::new(bin)
+            .args(["--config", cfg, "serve", "--listen", "127.0.0.1:0"])
+            .env("SOFTHSM2_CONF", &common::softhsm().conf)
+            .env("LOCKSTEP_LOG", "warn")
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
+            "serve exited"
+        );
+        if let Some(rest) = line.trim().strip_prefix("lockstep serving on ") {
+            break rest.to_owned();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in std::io::BufRead::lines(stderr) {});
+    (child, url)
+}
+
+fn stop_server(child: &mut std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+}
+
+/// This build against `old` (another `lockstep` binary), alternating
+/// between them round after round on the same machine, each with a store
+/// of its own: certificates/s at 8 and 64 clients and full lifecycles/s
+/// at 8, the median of the rounds, and new ÷ old.
+async fn compare(
+    srv: &mut Arc<TestServer>,
+    csr: &Arc<String>,
+    old: &str,
+    quick: bool,
+    secs: f64,
+) -> Value {
+    let dir = srv.dir.path().to_owned();
+    let text = std::fs::read_to_string(&srv.config_path).unwrap();
+    let mut configs = Vec::new();
+    for name in ["old", "new"] {
+        let path = dir.join(format!("compare-{name}.toml"));
+        let store = format!("sqlite = \"compare-{name}.db\"");
+        std::fs::write(&path, text.replace("sqlite = \"lockstep.db\"", &store)).unwrap();
+        configs.push(path.to_str().unwrap().to_owned());
+    }
+    let binaries = [old.to_owned(), env!("CARGO_BIN_EXE_lockstep").to_owned()];
+    let rounds = if quick { 1 } else { 3 };
+    let mut figures: [Vec<[f64; 3]>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        // Alternate which goes first, so drift over the run falls on both.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let (mut child, url) = spawn_server(&binaries[which], &configs[which]);
+            Arc::get_mut(srv).expect("no load task holds the server").url = url;
+            let c8 = certificate_load(srv, csr, 8, secs).await.certs_per_sec;
+            let c64 = certificate_load(srv, csr, 64, secs).await.certs_per_sec;
+            let life = lifecycle(srv, csr, 8, secs).await;
+            stop_server(&mut child);
+            figures[which].push([c8, c64, life]);
+        }
+    }
+    let median = |runs: &Vec<[f64; 3]>, k: usize| {
+        let mut v: Vec<f64> = runs.iter().map(|r| r[k]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("\nthis build against {old}, {rounds} alternating rounds (median):");
+    println!("{:>30} {:>10} {:>10} {:>10}", "", "old", "new", "new ÷ old");
+    let mut out = Vec::new();
+    for (k, label) in ["certs/s, 8 clients", "certs/s, 64 clients", "lifecycles/s, 8 clients"]
+        .iter()
+        .enumerate()
+    {
+        let (o, n) = (median(&figures[0], k), median(&figures[1], k));
+        println!("{label:>30} {o:>10.0} {n:>10.0} {:>10.2}", n / o);
+        out.push(json!({ "figure": label, "old": o, "new": n, "ratio": n / o }));
+    }
+    json!(out)
+}
+
 /// Issues certificates at `clients` concurrency until the service has
 /// minted `total` in this phase; samples the server's RSS along the way.
 async fn soak(
@@ -452,28 +547,11 @@ async fn run(opts: &Options, backend: Backend, threads: usize) -> Value {
     // The service in its own process (spawned while this process has no
     // TPM command in flight, so it inherits no TPM socket).
     let cfg = srv.config_path.to_str().unwrap().to_owned();
-    let mut child = common::tpm::spawn(
-        Command::new(env!("CARGO_BIN_EXE_lockstep"))
-            .args(["--config", &cfg, "serve", "--listen", "127.0.0.1:0"])
-            .env("SOFTHSM2_CONF", &common::softhsm().conf)
-            .env("LOCKSTEP_LOG", "warn")
-            .stderr(Stdio::piped()),
-    )
-    .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    srv.url = loop {
-        let mut line = String::new();
-        assert!(
-            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
-            "serve exited"
-        );
-        if let Some(rest) = line.trim().strip_prefix("lockstep serving on ") {
-            break rest.to_owned();
-        }
-    };
+    let (mut child, url) = spawn_server(env!("CARGO_BIN_EXE_lockstep"), &cfg);
+    srv.url = url;
     let pid = child.id();
     eprintln!("{device}: server pid {pid}");
-    let srv = Arc::new(srv);
+    let mut srv = Arc::new(srv);
     let csr = Arc::new(String::from_utf8(csr_pem).unwrap());
     let rss_start = rss_kib(pid);
 
@@ -491,11 +569,11 @@ async fn run(opts: &Options, backend: Backend, threads: usize) -> Value {
     } else {
         soak(&srv, &csr, pid, 64, 100_000).await
     };
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    child.wait().unwrap();
+    stop_server(&mut child);
+    let comparison = match (&opts.baseline, backend) {
+        (Some(old), Backend::SoftHsm) => compare(&mut srv, &csr, old, opts.quick, secs).await,
+        _ => Value::Null,
+    };
 
     println!(
         "\nlockstep bench — {device} key, SQLite store (synchronous=FULL), HTTPS keep-alive on loopback, {threads} cores{}",
@@ -550,6 +628,7 @@ async fn run(opts: &Options, backend: Backend, threads: usize) -> Value {
         })).collect::<Vec<_>>(),
         "lifecycle_sessions_per_sec": life,
         "server_rss_kib": { "start": rss_start, "end": rss_end },
+        "against_baseline": comparison,
         "soak_rss_kib": rss_soak.iter().map(|(n, kib)| json!({ "certificates": n, "rss_kib": kib })).collect::<Vec<_>>(),
     })
 }
