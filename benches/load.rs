@@ -408,7 +408,9 @@ async fn compare(
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for which in order {
             let (mut child, url) = spawn_server(&binaries[which], &configs[which]);
-            Arc::get_mut(srv).expect("no load task holds the server").url = url;
+            Arc::get_mut(srv)
+                .expect("no load task holds the server")
+                .url = url;
             let c8 = certificate_load(srv, csr, 8, secs).await.certs_per_sec;
             let c64 = certificate_load(srv, csr, 64, secs).await.certs_per_sec;
             let life = lifecycle(srv, csr, 8, secs).await;
@@ -424,9 +426,13 @@ async fn compare(
     println!("\nthis build against {old}, {rounds} alternating rounds (median):");
     println!("{:>30} {:>10} {:>10} {:>10}", "", "old", "new", "new ÷ old");
     let mut out = Vec::new();
-    for (k, label) in ["certs/s, 8 clients", "certs/s, 64 clients", "lifecycles/s, 8 clients"]
-        .iter()
-        .enumerate()
+    for (k, label) in [
+        "certs/s, 8 clients",
+        "certs/s, 64 clients",
+        "lifecycles/s, 8 clients",
+    ]
+    .iter()
+    .enumerate()
     {
         let (o, n) = (median(&figures[0], k), median(&figures[1], k));
         println!("{label:>30} {o:>10.0} {n:>10.0} {:>10.2}", n / o);

@@ -415,3 +415,80 @@ async fn a_newer_schema_is_refused() {
     let err = SqliteStore::open(&path).unwrap_err();
     assert!(err.to_string().contains("upgrade lockstep"), "{err}");
 }
+
+#[tokio::test]
+async fn a_slot_is_given_back_once_however_often_a_finish_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (s, ev) = new_session(1, 2, 1);
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &s, "token:approver-0", 1).await.unwrap();
+    let (_, a) = store
+        .reserve_credential(&s.id, cert("a1"), t(2))
+        .await
+        .unwrap();
+    let (_, b) = store
+        .reserve_credential(&s.id, cert("b1"), t(2))
+        .await
+        .unwrap();
+    let a = a.unwrap();
+    for _ in 0..3 {
+        store
+            .finish_credential(&a, Finish::Failed, t(2))
+            .await
+            .unwrap();
+    }
+    // One slot back (b's is still taken): one more mint, not two.
+    assert_eq!(store.session(&s.id, t(3)).await.unwrap().minted, 1);
+    let (_, c) = store
+        .reserve_credential(&s.id, cert("c1"), t(3))
+        .await
+        .unwrap();
+    assert!(c.is_some());
+    let (applied, d) = store
+        .reserve_credential(&s.id, cert("d1"), t(3))
+        .await
+        .unwrap();
+    assert!(d.is_none());
+    assert_eq!(
+        applied.result.unwrap_err().code(),
+        "credential_limit_reached"
+    );
+    drop(b);
+}
+
+#[tokio::test]
+async fn a_live_owners_reservation_is_kept_until_its_lease_runs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (s, ev) = new_session(1, 1, 1);
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &s, "token:approver-0", 1).await.unwrap();
+    let (_, r) = store
+        .reserve_credential(&s.id, cert("ff"), t(2))
+        .await
+        .unwrap();
+    let r = r.unwrap();
+    // Another process recovering the same file leaves it alone...
+    let other = open_store(&dir);
+    assert_eq!(other.recover(t(3)).await.unwrap(), 0);
+    // ...until the lease has run out; then the late finish is refused.
+    assert_eq!(other.recover(r.lease_until).await.unwrap(), 1);
+    let f = store
+        .finish_credential(
+            &r,
+            Finish::Issued {
+                der: Some(vec![1]),
+                facts: CredentialFacts::Certificate {
+                    key_sha256: "k".into(),
+                },
+            },
+            r.lease_until,
+        )
+        .await
+        .unwrap();
+    assert_eq!(f, Finished::Lapsed);
+    let creds = store.credentials(&s.id).await.unwrap();
+    assert_eq!(creds[0].state, "void");
+    assert_eq!(store.session(&s.id, t(4)).await.unwrap().minted, 0);
+}
