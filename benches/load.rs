@@ -10,7 +10,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -346,28 +346,10 @@ async fn lifecycle(srv: &Arc<TestServer>, csr: &Arc<String>, clients: usize, sec
 }
 
 /// Starts `lockstep serve` (the binary `bin`) on configuration `cfg`;
-/// returns it and its URL.
+/// returns it and its URL, its log drained so it never blocks on a full
+/// pipe.
 fn spawn_server(bin: &str, cfg: &str) -> (std::process::Child, String) {
-    let mut child = common::tpm::spawn(
-        Command::new(bin)
-            .args(["--config", cfg, "serve", "--listen", "127.0.0.1:0"])
-            .env("SOFTHSM2_CONF", &common::softhsm().conf)
-            .env("LOCKSTEP_LOG", "warn")
-            .stderr(Stdio::piped()),
-    )
-    .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(
-            std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0,
-            "serve exited"
-        );
-        if let Some(rest) = line.trim().strip_prefix("lockstep serving on ") {
-            break rest.to_owned();
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
+    let (child, stderr, url) = common::server::spawn_serve(bin, std::path::Path::new(cfg), "warn");
     std::thread::spawn(move || for _ in std::io::BufRead::lines(stderr) {});
     (child, url)
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,26 +43,8 @@ const AUDIT: &str = "[audit]\ncheckpoint_every = 8\ncheckpoint_interval = \"1s\"
 /// A `lockstep serve` child on the server's configuration; its stderr is
 /// drained by a thread. Returns the child and its URL.
 fn serve(srv: &TestServer) -> (Child, String) {
-    let cfg = srv.config_path.to_str().unwrap().to_owned();
-    let mut child = common::tpm::spawn(
-        Command::new(env!("CARGO_BIN_EXE_lockstep"))
-            .args(["--config", &cfg, "serve", "--listen", "127.0.0.1:0"])
-            .env("SOFTHSM2_CONF", &common::softhsm().conf)
-            .env("LOCKSTEP_LOG", "warn")
-            .stderr(Stdio::piped()),
-    )
-    .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited early"
-        );
-        if let Some(rest) = line.trim().strip_prefix("lockstep serving on ") {
-            break rest.to_owned();
-        }
-    };
+    let (child, stderr, url) =
+        common::server::spawn_serve(env!("CARGO_BIN_EXE_lockstep"), &srv.config_path, "warn");
     std::thread::spawn(move || for _ in stderr.lines() {});
     (child, url)
 }

@@ -184,27 +184,8 @@ impl TestServer {
         std::process::Child,
         std::io::BufReader<std::process::ChildStderr>,
     ) {
-        use std::io::BufRead;
-        let cfg = self.config_path.to_str().unwrap().to_owned();
-        let mut child = super::tpm::spawn(
-            std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
-                .args(["--config", &cfg, "serve", "--listen", "127.0.0.1:0"])
-                .env("SOFTHSM2_CONF", &super::softhsm().conf)
-                .env("LOCKSTEP_LOG", log)
-                .stderr(std::process::Stdio::piped()),
-        )
-        .unwrap();
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let url = loop {
-            let mut line = String::new();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "serve exited early"
-            );
-            if let Some(rest) = line.trim().strip_prefix("lockstep serving on ") {
-                break rest.to_owned();
-            }
-        };
+        let (child, stderr, url) =
+            spawn_serve(env!("CARGO_BIN_EXE_lockstep"), &self.config_path, log);
         self.url = url;
         (child, stderr)
     }
@@ -281,4 +262,41 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// Starts `lockstep serve` (the binary `bin`) as a child process on the
+/// configuration `config`, listening on a free loopback port, with
+/// `LOCKSTEP_LOG` = `log`; returns once it serves: the child, its stderr
+/// after the "serving" line, and its URL.
+pub fn spawn_serve(
+    bin: &str,
+    config: &std::path::Path,
+    log: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+    String,
+) {
+    use std::io::BufRead;
+    let cfg = config.to_str().unwrap().to_owned();
+    let mut child = super::tpm::spawn(
+        std::process::Command::new(bin)
+            .args(["--config", &cfg, "serve", "--listen", "127.0.0.1:0"])
+            .env("SOFTHSM2_CONF", &super::softhsm().conf)
+            .env("LOCKSTEP_LOG", log)
+            .stderr(std::process::Stdio::piped()),
+    )
+    .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let url = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "serve exited early"
+        );
+        if let Some(rest) = line.trim().strip_prefix("lockstep serving on ") {
+            break rest.to_owned();
+        }
+    };
+    (child, stderr, url)
 }

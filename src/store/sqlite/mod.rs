@@ -561,17 +561,12 @@ impl Backend for Sqlite {
     async fn events(&self, id: &SessionId) -> Result<Vec<EventRecord>, StoreError> {
         let id = id.clone();
         self.run(move |c| {
-            let mut stmt = c
-                .prepare_cached(
+            let rows: Vec<(i64, i64, String)> = c
+                .all(
                     "SELECT seq, at, body FROM events WHERE session_id = ?1 ORDER BY seq",
+                    params![id.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
-                .map_err(unavailable)?;
-            let rows: Vec<(i64, i64, String)> = stmt
-                .query_map(params![id.as_str()], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .map_err(unavailable)?
-                .collect::<Result<_, _>>()
                 .map_err(unavailable)?;
             rows.into_iter()
                 .map(|(seq, at, body)| {

@@ -14,6 +14,12 @@ pub(super) trait Cached {
     where
         P: Params,
         F: FnOnce(&Row<'_>) -> rusqlite::Result<T>;
+
+    /// Runs a query and maps every row.
+    fn all<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<Vec<T>>
+    where
+        P: Params,
+        F: FnMut(&Row<'_>) -> rusqlite::Result<T>;
 }
 
 impl Cached for Connection {
@@ -27,5 +33,13 @@ impl Cached for Connection {
         F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     {
         self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn all<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<Vec<T>>
+    where
+        P: Params,
+        F: FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_map(params, f)?.collect()
     }
 }

@@ -162,16 +162,13 @@ impl LedgerTx for SqliteTx<'_> {
     }
 
     fn session_credentials(&mut self, id: &SessionId) -> Result<Vec<CredentialEntry>, StoreError> {
-        let mut stmt = self
+        let rows: Vec<(String, String, i64)> = self
             .tx
-            .prepare_cached("SELECT serial, kind, not_after FROM credentials WHERE session_id = ?1")
-            .map_err(unavailable)?;
-        let rows: Vec<(String, String, i64)> = stmt
-            .query_map(params![id.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .map_err(unavailable)?
-            .collect::<Result<_, _>>()
+            .all(
+                "SELECT serial, kind, not_after FROM credentials WHERE session_id = ?1",
+                params![id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .map_err(unavailable)?;
         rows.into_iter()
             .map(|(serial, kind, not_after)| {
@@ -264,29 +261,25 @@ impl LedgerTx for SqliteTx<'_> {
             Option<String>,
             Option<i64>,
         );
-        let rows: Vec<Row> = {
-            let mut stmt = self
-                .tx
-                .prepare_cached(
-                    "SELECT serial, session_id, kind, counted, not_after, owner, lease_until
-                     FROM credentials WHERE state = 'reserved'",
-                )
-                .map_err(unavailable)?;
-            stmt.query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })
-            .map_err(unavailable)?
-            .collect::<Result<_, _>>()
-            .map_err(unavailable)?
-        };
+        let rows: Vec<Row> = self
+            .tx
+            .all(
+                "SELECT serial, session_id, kind, counted, not_after, owner, lease_until
+                 FROM credentials WHERE state = 'reserved'",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                },
+            )
+            .map_err(unavailable)?;
         rows.into_iter()
             .map(
                 |(serial, session, kind, counted, not_after, owner, lease_until)| {
@@ -308,18 +301,15 @@ impl LedgerTx for SqliteTx<'_> {
     }
 
     fn due_sessions(&mut self, now: Timestamp) -> Result<Vec<SessionId>, StoreError> {
-        let mut stmt = self
+        let ids: Vec<String> = self
             .tx
-            .prepare_cached(
+            .all(
                 "SELECT id FROM sessions WHERE state = 'pending' AND pending_until <= ?1
                  UNION ALL
                  SELECT id FROM sessions WHERE state = 'open' AND closes_at <= ?1",
+                params![now.unix()],
+                |r| r.get(0),
             )
-            .map_err(unavailable)?;
-        let ids: Vec<String> = stmt
-            .query_map(params![now.unix()], |r| r.get(0))
-            .map_err(unavailable)?
-            .collect::<Result<_, _>>()
             .map_err(unavailable)?;
         ids.iter()
             .map(|id| SessionId::parse(id).map_err(corrupt))
