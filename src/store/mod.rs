@@ -7,6 +7,8 @@
 //! so concurrent callers can never open a session twice, mint past its
 //! limit, or resurrect a closed one.
 
+mod open;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 use async_trait::async_trait;
@@ -17,6 +19,8 @@ use crate::sessions::{
     Event, MintSlot, Profile, RevocationReason, Session, SessionError, SessionId, SessionOp, State,
 };
 
+pub use open::open;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
 /// A store failure: the operation did not happen.
