@@ -35,7 +35,8 @@ pub enum Feature {
 }
 
 impl Feature {
-    /// The Cargo feature's name.
+    /// The Cargo feature's name, which is also the `type` that selects it
+    /// in the configuration.
     pub fn name(self) -> &'static str {
         match self {
             Self::Pkcs11 => "pkcs11",
@@ -53,7 +54,7 @@ impl Feature {
         }
     }
 
-    /// Every feature this build has, for logs and `--version`-like output.
+    /// Every feature this build has (logged at start).
     pub fn built() -> Vec<Self> {
         [Self::Pkcs11, Self::Tpm, Self::Sqlite]
             .into_iter()
@@ -104,7 +105,7 @@ pub struct Config {
 }
 
 /// The key backend, chosen by `type`. A backend this build leaves out is
-/// still recognised (its settings read as [`NotBuilt`]), so the refusal can
+/// still recognised (its settings read as `NotBuilt`), so the refusal can
 /// name the Cargo feature instead of calling the type unknown.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -644,9 +645,7 @@ impl Config {
         }
         Ok(config)
     }
-}
 
-impl Config {
     /// The first setting naming a backend or store this build leaves out,
     /// and the Cargo feature that builds it in.
     fn not_built(&self) -> Option<(String, Feature)> {

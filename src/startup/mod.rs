@@ -3,15 +3,15 @@
 //!
 //! [`prepare`] builds it in named steps, each in its own file:
 //!
-//! 1. [`store`]: open the configured store and void what a crash left;
-//! 2. [`keys`]: open the key backend and load the issuing CA, then the
+//! 1. `store.rs`: open the configured store and void what a crash left;
+//! 2. `keys.rs`: open the key backend and load the issuing CA, then the
 //!    token and audit signers;
-//! 3. [`auth`]: who callers are (static API tokens, OIDC issuers);
-//! 4. [`service`]: the issuer service over all of the above;
-//! 5. [`tls`]: the server's own TLS identity.
+//! 3. `auth.rs`: who callers are (static API tokens, OIDC issuers);
+//! 4. `service.rs`: the issuer service over all of the above;
+//! 5. `tls.rs`: the server's own TLS identity.
 //!
 //! [`Prepared::run`] serves the router of [`crate::api`] and runs the
-//! [`background`] duties beside it.
+//! background duties (`background.rs`) beside it.
 
 mod auth;
 mod background;
@@ -95,7 +95,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         auth: Arc::new(auth),
     };
     let (tls, identity) = tls::identity(server, &issuer, now).await?;
-    let (listen, sweep_interval) = timing_and_address(server)?;
+    let (listen, sweep_interval) = address_and_sweep_interval(server)?;
     tracing::info!(
         policy_sha256 = %hex::encode(policy.sha256()),
         issuer = ?issuer,
@@ -119,7 +119,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
 }
 
 /// `[server] listen` and `sweep_interval`, parsed.
-fn timing_and_address(server: &ServerConfig) -> Result<(SocketAddr, Duration), Error> {
+fn address_and_sweep_interval(server: &ServerConfig) -> Result<(SocketAddr, Duration), Error> {
     let sweep_interval = humantime::parse_duration(&server.sweep_interval)
         .map_err(|e| Error::InvalidArgument(format!("[server] sweep_interval: {e}")))?;
     let listen: SocketAddr = server
