@@ -47,12 +47,13 @@ fn leaf_spec(now: Timestamp) -> LeafSpec {
 fn device(c: &mut Criterion) {
     let mut g = c.benchmark_group("device");
     g.throughput(Throughput::Elements(1));
-    for backend in [Backend::SoftHsm, Backend::Tpm] {
+    for backend in Backend::all() {
         let ca = common::test_ca_on(backend, &format!("bench-raw-{backend:?}"), 3650, 1095);
         let key = ca.issuer.key().clone();
         let digest = [7u8; 32];
         let name = match backend {
             Backend::SoftHsm => "softhsm_sign_p256",
+            #[cfg(feature = "tpm")]
             Backend::Tpm => "swtpm_sign_p256",
         };
         g.bench_function(name, |b| {
@@ -191,7 +192,7 @@ fn service(c: &mut Criterion) {
             common::server::TestServer::start("bench-service", POLICY, &["load"], "").await;
         srv.stop().await;
         let config = lockstep::config::Config::load(&srv.config_path).unwrap();
-        let prepared = lockstep::api::setup::prepare(&config, Arc::new(SystemClock))
+        let prepared = lockstep::startup::prepare(&config, Arc::new(SystemClock))
             .await
             .unwrap();
         (srv, prepared.state.service.clone())

@@ -259,7 +259,7 @@ async fn in_process_service(
     use lockstep::auth::Caller;
     use lockstep::service::NewSession;
     use lockstep::sessions::Profile;
-    let prepared = lockstep::api::setup::prepare(config, Arc::new(SystemClock))
+    let prepared = lockstep::startup::prepare(config, Arc::new(SystemClock))
         .await
         .unwrap();
     let service = prepared.state.service.clone();
@@ -484,7 +484,7 @@ fn main() {
     runtime.block_on(async {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut reports = Vec::new();
-        for backend in [Backend::SoftHsm, Backend::Tpm] {
+        for backend in Backend::all() {
             reports.push(run(&opts, backend, threads).await);
         }
         let report = json!({ "threads": threads, "quick": opts.quick, "backends": reports });
@@ -499,6 +499,7 @@ async fn run(opts: &Options, backend: Backend, threads: usize) -> Value {
     let secs = if opts.quick { 0.5 } else { 5.0 };
     let device = match backend {
         Backend::SoftHsm => "SoftHSM2",
+        #[cfg(feature = "tpm")]
         Backend::Tpm => "swtpm",
     };
     let mut srv = TestServer::start_on(backend, "bench", POLICY, &["load", "a1", "a2"], "").await;
@@ -552,7 +553,7 @@ async fn run(opts: &Options, backend: Backend, threads: usize) -> Value {
     let rss_end = rss_kib(pid);
     // Memory over 100 000 more certificates (full runs, SoftHSM2 only:
     // on swtpm it would take minutes and measure the same code).
-    let rss_soak = if opts.quick || backend == Backend::Tpm {
+    let rss_soak = if opts.quick || backend != Backend::SoftHsm {
         Vec::new()
     } else {
         soak(&srv, &csr, pid, 64, 100_000).await

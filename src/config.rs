@@ -4,17 +4,72 @@
 //! module path) are relative to the file's own directory, so a
 //! configuration works from wherever lockstep is started. Secrets are only
 //! ever references (`env:NAME`, `file:PATH`).
+//!
+//! The key backend (`[backend] type`) and the store (`[store] type`) are
+//! chosen here; each kind is built in by a Cargo feature ([`Feature`]). A
+//! file naming a kind this build leaves out is refused by [`Config::parse`]
+//! with [`ConfigError::NotBuilt`], which names the feature to enable.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+#[cfg(feature = "pkcs11")]
 use crate::keys::pkcs11::{Pkcs11Backend, Pkcs11Config};
+#[cfg(feature = "tpm")]
 use crate::keys::tpm::{TpmBackend, TpmConfig};
 use crate::keys::{KeyBackend, KeyError, KeyRef};
 use crate::secret::SecretRef;
 use crate::x509::SubjectName;
+
+/// A part of lockstep that is built in only with its Cargo feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// The PKCS#11 key backend (`cryptoki`).
+    Pkcs11,
+    /// The TPM 2.0 key backend (`tss-esapi`, which needs tpm2-tss).
+    Tpm,
+    /// The embedded SQLite store (`rusqlite`).
+    Sqlite,
+}
+
+impl Feature {
+    /// The Cargo feature's name, which is also the `type` that selects it
+    /// in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pkcs11 => "pkcs11",
+            Self::Tpm => "tpm",
+            Self::Sqlite => "sqlite",
+        }
+    }
+
+    /// Whether this build of lockstep has it.
+    pub fn is_built(self) -> bool {
+        match self {
+            Self::Pkcs11 => cfg!(feature = "pkcs11"),
+            Self::Tpm => cfg!(feature = "tpm"),
+            Self::Sqlite => cfg!(feature = "sqlite"),
+        }
+    }
+
+    /// Every feature this build has (logged at start).
+    pub fn built() -> Vec<Self> {
+        [Self::Pkcs11, Self::Tpm, Self::Sqlite]
+            .into_iter()
+            .filter(|f| f.is_built())
+            .collect()
+    }
+
+    /// What to tell someone whose configuration needs this feature.
+    pub fn missing(self, what: &str) -> String {
+        format!(
+            "{what} is not built into this lockstep: build it with the Cargo feature `{name}` (`cargo build --features {name}`; it is in the default set)",
+            name = self.name()
+        )
+    }
+}
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -30,7 +85,7 @@ pub struct Config {
     #[serde(default)]
     pub server: Option<ServerConfig>,
     /// Where state is kept.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "store_section")]
     pub store: Option<StoreConfig>,
     /// Where the policy file is.
     #[serde(default)]
@@ -49,23 +104,61 @@ pub struct Config {
     pub source: PathBuf,
 }
 
-/// The key backend, chosen by `type`.
+/// The key backend, chosen by `type`. A backend this build leaves out is
+/// still recognised (its settings read as `NotBuilt`), so the refusal can
+/// name the Cargo feature instead of calling the type unknown.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum BackendConfig {
     /// A PKCS#11 token.
+    #[cfg(feature = "pkcs11")]
     Pkcs11(Pkcs11Config),
+    /// A PKCS#11 token, in a build without the `pkcs11` feature.
+    #[cfg(not(feature = "pkcs11"))]
+    Pkcs11(NotBuilt),
     /// A TPM 2.0; keys by persistent `handle` in `[keys.*]`.
+    #[cfg(feature = "tpm")]
     Tpm(TpmConfig),
+    /// A TPM 2.0, in a build without the `tpm` feature.
+    #[cfg(not(feature = "tpm"))]
+    Tpm(NotBuilt),
 }
 
 impl BackendConfig {
+    /// The Cargo feature that builds this backend in.
+    pub fn feature(&self) -> Feature {
+        match self {
+            Self::Pkcs11(_) => Feature::Pkcs11,
+            Self::Tpm(_) => Feature::Tpm,
+        }
+    }
+
     /// Prepares the backend (connects lazily, on first use).
     pub fn open(&self) -> Result<Arc<dyn KeyBackend>, KeyError> {
         match self {
+            #[cfg(feature = "pkcs11")]
             Self::Pkcs11(c) => Ok(Arc::new(Pkcs11Backend::new(c)?)),
+            #[cfg(feature = "tpm")]
             Self::Tpm(c) => Ok(Arc::new(TpmBackend::new(c)?)),
+            #[cfg(not(all(feature = "pkcs11", feature = "tpm")))]
+            other => Err(KeyError::Config(other.feature().missing(&format!(
+                "[backend] type = \"{}\"",
+                other.feature().name()
+            )))),
         }
+    }
+}
+
+/// The settings of a backend this build leaves out: accepted as anything
+/// and discarded, because [`Config::parse`] refuses the file anyway.
+#[cfg(not(all(feature = "pkcs11", feature = "tpm")))]
+#[derive(Clone, Copy, Debug)]
+pub struct NotBuilt;
+
+#[cfg(not(all(feature = "pkcs11", feature = "tpm")))]
+impl<'de> Deserialize<'de> for NotBuilt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Self)
     }
 }
 
@@ -306,12 +399,60 @@ fn secs(name: &str, text: &str) -> Result<i64, String> {
     Ok(d.as_secs() as i64)
 }
 
-/// `[store]`: where state is kept.
+/// `[store]`: where state is kept, chosen by `type`.
+///
+/// ```toml
+/// [store]
+/// type = "sqlite"
+/// path = "var/lockstep.db"
+/// ```
+///
+/// `sqlite = "var/lockstep.db"` alone is short for the same.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum StoreConfig {
+    /// The embedded store: one SQLite file, no server.
+    Sqlite(SqliteConfig),
+}
+
+/// `[store] type = "sqlite"`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StoreConfig {
+pub struct SqliteConfig {
     /// The SQLite file (created if missing).
-    pub sqlite: PathBuf,
+    pub path: PathBuf,
+}
+
+impl StoreConfig {
+    /// The Cargo feature that builds this store in.
+    pub fn feature(&self) -> Feature {
+        match self {
+            Self::Sqlite(_) => Feature::Sqlite,
+        }
+    }
+
+    /// The SQLite file, when the store is one (`lockstep audit` reads it
+    /// offline).
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Self::Sqlite(c) => Some(&c.path),
+        }
+    }
+}
+
+/// Reads `[store]`, taking the short form `sqlite = "PATH"` (the only form
+/// before stores had a `type`) for `type = "sqlite"` and `path = "PATH"`.
+fn store_section<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StoreConfig>, D::Error> {
+    let mut table = toml::Table::deserialize(d)?;
+    if !table.contains_key("type")
+        && let Some(path) = table.remove("sqlite")
+    {
+        table.insert("type".into(), "sqlite".into());
+        table.insert("path".into(), path);
+    }
+    StoreConfig::deserialize(toml::Value::Table(table))
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(e.message()))
 }
 
 /// `[policy]`: the policy file.
@@ -357,6 +498,26 @@ pub enum ConfigError {
         /// What is wrong, and where (line and column, key path).
         message: String,
     },
+    /// The file names a key backend or store this build leaves out.
+    #[error("configuration {path}: {}", feature.missing(what))]
+    NotBuilt {
+        /// The file.
+        path: PathBuf,
+        /// The setting that names it, e.g. `[backend] type = "tpm"`.
+        what: String,
+        /// The Cargo feature that builds it in.
+        feature: Feature,
+    },
+}
+
+impl ConfigError {
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Read { .. } | Self::Invalid { .. } => "config_invalid",
+            Self::NotBuilt { .. } => "feature_not_built",
+        }
+    }
 }
 
 impl Config {
@@ -376,6 +537,13 @@ impl Config {
             message,
         };
         let mut config: Config = toml::from_str(text).map_err(|e| invalid(locate(text, &e)))?;
+        if let Some((what, feature)) = config.not_built() {
+            return Err(ConfigError::NotBuilt {
+                path: path.to_owned(),
+                what,
+                feature,
+            });
+        }
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -383,8 +551,9 @@ impl Config {
             .to_owned();
         config.source = path.to_owned();
         config.ca.dir = clean(&base.join(&config.ca.dir));
-        if let Some(store) = &mut config.store {
-            store.sqlite = clean(&base.join(&store.sqlite));
+        match &mut config.store {
+            Some(StoreConfig::Sqlite(sqlite)) => sqlite.path = clean(&base.join(&sqlite.path)),
+            None => {}
         }
         if let Some(policy) = &mut config.policy {
             policy.file = clean(&base.join(&policy.file));
@@ -427,47 +596,13 @@ impl Config {
             }
         }
         match &mut config.backend {
-            BackendConfig::Pkcs11(p) => {
-                if p.module.is_relative() && p.module.components().count() > 1 {
-                    p.module = clean(&base.join(&p.module));
-                }
-                p.user_pin = match p.user_pin.clone().relative_to(&base) {
-                    SecretRef::File(f) => SecretRef::File(clean(&f)),
-                    other => other,
-                };
-                p.token().map_err(|e| invalid(format!("[backend]: {e}")))?;
-            }
-            BackendConfig::Tpm(t) => {
-                let relative = |s: Option<SecretRef>| {
-                    s.map(|s| match s.relative_to(&base) {
-                        SecretRef::File(f) => SecretRef::File(clean(&f)),
-                        other => other,
-                    })
-                };
-                t.owner_auth = relative(t.owner_auth.take());
-                t.key_auth = relative(t.key_auth.take());
-                if t.tcti.trim().is_empty() {
-                    return Err(invalid(
-                        "[backend] tcti must name the TPM, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`".into(),
-                    ));
-                }
-                let mut handles = Vec::new();
-                for (role, key) in [
-                    ("root", &config.keys.root),
-                    ("issuing", &config.keys.issuing),
-                ] {
-                    let handle = crate::keys::tpm::persistent_handle(key).map_err(|e| {
-                        invalid(format!("[keys.{role}] handle: {}", config_message(&e)))
-                    })?;
-                    if handles.contains(&handle) {
-                        return Err(invalid(format!(
-                            "[keys]: the root and issuing keys need different handles ({handle:#010x} twice)"
-                        )));
-                    }
-                    handles.push(handle);
-                    t.key_names.insert(handle, key.label.clone());
-                }
-            }
+            #[cfg(feature = "pkcs11")]
+            BackendConfig::Pkcs11(p) => resolve_pkcs11(p, &base).map_err(invalid)?,
+            #[cfg(feature = "tpm")]
+            BackendConfig::Tpm(t) => resolve_tpm(t, &config.keys, &base).map_err(invalid)?,
+            // Refused above, before any path was resolved.
+            #[cfg(not(all(feature = "pkcs11", feature = "tpm")))]
+            _ => {}
         }
         for (role, key) in [
             ("root", &config.keys.root),
@@ -510,9 +645,69 @@ impl Config {
         }
         Ok(config)
     }
+
+    /// The first setting naming a backend or store this build leaves out,
+    /// and the Cargo feature that builds it in.
+    fn not_built(&self) -> Option<(String, Feature)> {
+        let backend = ("[backend]", self.backend.feature());
+        let store = self.store.as_ref().map(|s| ("[store]", s.feature()));
+        std::iter::once(backend)
+            .chain(store)
+            .find(|(_, feature)| !feature.is_built())
+            .map(|(section, feature)| (format!("{section} type = \"{}\"", feature.name()), feature))
+    }
+}
+
+/// Resolves the PKCS#11 module and PIN file against the configuration's
+/// directory and checks the token is named.
+#[cfg(feature = "pkcs11")]
+fn resolve_pkcs11(p: &mut Pkcs11Config, base: &Path) -> Result<(), String> {
+    if p.module.is_relative() && p.module.components().count() > 1 {
+        p.module = clean(&base.join(&p.module));
+    }
+    p.user_pin = match p.user_pin.clone().relative_to(base) {
+        SecretRef::File(f) => SecretRef::File(clean(&f)),
+        other => other,
+    };
+    p.token().map_err(|e| format!("[backend]: {e}"))?;
+    Ok(())
+}
+
+/// Resolves the TPM auth files against the configuration's directory,
+/// checks the TCTI and the CA keys' persistent handles, and names the
+/// handles for `keys list`.
+#[cfg(feature = "tpm")]
+fn resolve_tpm(t: &mut TpmConfig, keys: &KeysConfig, base: &Path) -> Result<(), String> {
+    let relative = |s: Option<SecretRef>| {
+        s.map(|s| match s.relative_to(base) {
+            SecretRef::File(f) => SecretRef::File(clean(&f)),
+            other => other,
+        })
+    };
+    t.owner_auth = relative(t.owner_auth.take());
+    t.key_auth = relative(t.key_auth.take());
+    if t.tcti.trim().is_empty() {
+        return Err(
+            "[backend] tcti must name the TPM, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`".into(),
+        );
+    }
+    let mut handles = Vec::new();
+    for (role, key) in [("root", &keys.root), ("issuing", &keys.issuing)] {
+        let handle = crate::keys::tpm::persistent_handle(key)
+            .map_err(|e| format!("[keys.{role}] handle: {}", config_message(&e)))?;
+        if handles.contains(&handle) {
+            return Err(format!(
+                "[keys]: the root and issuing keys need different handles ({handle:#010x} twice)"
+            ));
+        }
+        handles.push(handle);
+        t.key_names.insert(handle, key.label.clone());
+    }
+    Ok(())
 }
 
 /// The message of a configuration error, without the generic prefix.
+#[cfg(feature = "tpm")]
 fn config_message(e: &KeyError) -> String {
     match e {
         KeyError::Config(m) => m.clone(),
@@ -604,6 +799,7 @@ id = "02"
 dir = "ca"
 "#;
 
+    #[cfg(feature = "pkcs11")]
     #[test]
     fn relative_paths_follow_the_config_file() {
         let c = Config::parse(GOOD, Path::new("/etc/lockstep/lockstep.toml")).unwrap();
@@ -621,6 +817,7 @@ dir = "ca"
         assert_eq!(c.ca.dir, Path::new("var/ca"));
     }
 
+    #[cfg(feature = "pkcs11")]
     #[test]
     fn errors_name_the_place() {
         let inline_pin = GOOD.replace("file:pin.txt", "123456");
@@ -677,6 +874,7 @@ handle = 0x81000011
 dir = "ca"
 "#;
 
+    #[cfg(feature = "tpm")]
     #[test]
     fn tpm_backend_reads_handles_and_auth_references() {
         let c = Config::parse(TPM, Path::new("/etc/lockstep/lockstep.toml")).unwrap();
@@ -696,6 +894,7 @@ dir = "ca"
         );
     }
 
+    #[cfg(feature = "tpm")]
     #[test]
     fn tpm_handles_must_be_present_persistent_and_distinct() {
         let missing = TPM.replace("handle = 0x81000010", "");
@@ -729,6 +928,61 @@ dir = "ca"
         );
     }
 
+    /// The examples in hsm-config/, each with the Cargo feature of its key
+    /// backend.
+    const EXAMPLES: [(&str, Feature); 4] = [
+        ("softhsm.toml", Feature::Pkcs11),
+        ("pkcs11-hsm.toml", Feature::Pkcs11),
+        ("swtpm.toml", Feature::Tpm),
+        ("tpm-device.toml", Feature::Tpm),
+    ];
+
+    fn example(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("hsm-config")
+            .join(name)
+    }
+
+    /// Each example parses where its backend is built, and is refused with
+    /// `feature_not_built` naming the feature where it is not (the reduced
+    /// build of scripts/test runs the second branch).
+    #[test]
+    fn example_configurations_parse_or_name_the_feature_they_need() {
+        for (name, feature) in EXAMPLES {
+            match Config::load(&example(name)) {
+                Ok(c) => {
+                    assert!(
+                        feature.is_built(),
+                        "{name} parsed without `{}`",
+                        feature.name()
+                    );
+                    assert_eq!(c.backend.feature(), feature, "{name}");
+                    let store = c.store.as_ref().and_then(StoreConfig::sqlite_path);
+                    assert!(
+                        store.is_some_and(|p| p.extension().is_some_and(|e| e == "db")),
+                        "{name}: {store:?}"
+                    );
+                }
+                Err(e) => {
+                    assert!(!feature.is_built(), "{name}: {e}");
+                    let text = e.to_string();
+                    // The code the CLI prints with the error.
+                    assert_eq!(
+                        crate::Error::from(e).code(),
+                        "feature_not_built",
+                        "{name}: {text}"
+                    );
+                    assert!(
+                        text.contains(&format!("[backend] type = \"{}\"", feature.name()))
+                            && text.contains(&format!("--features {}", feature.name())),
+                        "{name}: {text}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[cfg(feature = "tpm")]
     #[test]
     fn example_tpm_configurations_parse() {
         for name in ["swtpm.toml", "tpm-device.toml"] {
@@ -739,5 +993,72 @@ dir = "ca"
             assert!(matches!(c.backend, BackendConfig::Tpm(_)), "{name}");
             assert_eq!(c.keys.issuing.handle, Some(0x8100_0011), "{name}");
         }
+    }
+
+    /// A configuration with a key backend this build has.
+    const BUILT: &str = if cfg!(feature = "pkcs11") { GOOD } else { TPM };
+
+    fn store(section: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            &format!("{BUILT}\n[store]\n{section}\n"),
+            Path::new("/etc/lockstep/lockstep.toml"),
+        )
+    }
+
+    #[test]
+    fn store_is_chosen_by_type_and_keeps_its_short_form() {
+        for section in [
+            "type = \"sqlite\"\npath = \"../var/lockstep.db\"",
+            "sqlite = \"../var/lockstep.db\"",
+        ] {
+            let c = store(section).unwrap_or_else(|e| panic!("{section}: {e}"));
+            let store = c.store.expect("a store");
+            assert_eq!(store.feature(), Feature::Sqlite);
+            assert_eq!(
+                store.sqlite_path(),
+                Some(Path::new("/etc/var/lockstep.db")),
+                "{section}"
+            );
+        }
+        let c = Config::parse(BUILT, Path::new("x.toml")).unwrap();
+        assert!(c.store.is_none());
+    }
+
+    #[test]
+    fn store_errors_name_the_section_and_what_to_write() {
+        for (section, wanted) in [
+            // Both forms at once: the short one is not a field of the long.
+            (
+                "type = \"sqlite\"\npath = \"a.db\"\nsqlite = \"b.db\"",
+                "unknown field `sqlite`",
+            ),
+            ("type = \"sqlite\"", "missing field `path`"),
+            ("path = \"a.db\"", "missing field `type`"),
+            (
+                "type = \"etcd\"\npath = \"a.db\"",
+                "unknown variant `etcd`, expected `sqlite`",
+            ),
+            ("sqlite = 7", "invalid type: integer `7`"),
+        ] {
+            let err = store(section).unwrap_err();
+            let text = err.to_string();
+            assert_eq!(err.code(), "config_invalid", "{section}: {text}");
+            assert!(
+                text.contains("[store]") && text.contains(wanted),
+                "{section}: {text}"
+            );
+        }
+    }
+
+    #[cfg(not(feature = "sqlite"))]
+    #[test]
+    fn a_sqlite_store_is_refused_naming_the_feature() {
+        let err = store("sqlite = \"a.db\"").unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.code(), "feature_not_built", "{text}");
+        assert!(
+            text.contains("[store] type = \"sqlite\"") && text.contains("--features sqlite"),
+            "{text}"
+        );
     }
 }

@@ -62,7 +62,7 @@ impl Error {
     /// server's code).
     pub fn code(&self) -> &str {
         match self {
-            Self::Config(_) => "config_invalid",
+            Self::Config(e) => e.code(),
             Self::Key(e) => e.code(),
             Self::X509(e) => e.code(),
             Self::Store(e) => e.code(),

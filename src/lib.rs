@@ -10,12 +10,24 @@
 //! - [`ca`]: setting up the CA and loading the issuer;
 //! - [`config`], [`secret`], [`clock`]: configuration, secrets by
 //!   reference, time;
+//! - [`store`]: durable state, in the store `[store]` names;
+//! - [`startup`]: the running service assembled from the configuration;
+//! - [`api`]: the HTTPS router and server;
 //! - [`cli`]: the `lockstep` command.
+//!
+//! Key backends and stores are Cargo features (`pkcs11`, `tpm`, `sqlite`;
+//! all on by default), so a build for one kind of device needs only that
+//! device's libraries.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Outside tests, every failure is an error path: no `unwrap`/`expect`.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+#[cfg(not(any(feature = "pkcs11", feature = "tpm")))]
+compile_error!(
+    "lockstep needs a key backend: enable the Cargo feature `pkcs11`, `tpm` or both (the default)"
+);
 
 pub mod api;
 pub mod audit;
@@ -34,6 +46,7 @@ pub mod policy;
 pub mod revocation;
 pub mod secret;
 pub mod service;
+pub mod startup;
 pub mod store;
 pub mod tokens;
 pub mod x509;

@@ -2607,7 +2607,7 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
 
     // --- Run ----------------------------------------------------------------------------------
     let config = lockstep::config::Config::load(&srv.config_path).unwrap();
-    let store = SqliteStore::open(&config.store.unwrap().sqlite).unwrap();
+    let store = SqliteStore::open(config.store.unwrap().sqlite_path().unwrap()).unwrap();
     let mut before = snapshot(&store).await;
     let mut failures = Vec::new();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();

@@ -664,7 +664,8 @@ async fn pending_sessions_are_abandoned_by_the_sweeper() {
     }
     // Read straight from the store: the background sweep closed it, not a read.
     let config = lockstep::config::Config::load(&srv.config_path).unwrap();
-    let store = lockstep::store::SqliteStore::open(&config.store.unwrap().sqlite).unwrap();
+    let store =
+        lockstep::store::SqliteStore::open(config.store.unwrap().sqlite_path().unwrap()).unwrap();
     let all = lockstep::store::Store::sessions(&store, Default::default())
         .await
         .unwrap();
@@ -939,6 +940,7 @@ async fn health_ca_and_openapi(backend: Backend) {
 /// The TPM goes away under a running service: readiness fails, a
 /// certificate request fails fast with `key_backend_unavailable` and
 /// changes nothing; once the TPM is back, the same service issues again.
+#[cfg(feature = "tpm")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_tpm_fails_fast_changes_nothing_and_recovers() {
     let mut tpm = common::tpm::SwTpm::start();

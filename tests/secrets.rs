@@ -31,6 +31,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use common::oidc::TestIssuer;
+#[cfg(feature = "tpm")]
 use common::tpm::{SwTpm, tpm2, unique_handle};
 use common::{USER_PIN, ca_config_text, openssl_csr, softhsm, write};
 
@@ -39,9 +40,13 @@ const WRONG_PIN: &str = "0815-Wrong-Pin-5150";
 /// A numeric PIN pasted into the configuration, unquoted.
 const NUMERIC_PIN: &str = "80417263";
 /// TPM owner and key auth values, and wrong ones.
+#[cfg(feature = "tpm")]
 const OWNER_AUTH: &str = "Owner-Auth-77e1c";
+#[cfg(feature = "tpm")]
 const WRONG_OWNER_AUTH: &str = "Owner-Auth-Wrong-31";
+#[cfg(feature = "tpm")]
 const KEY_AUTH: &str = "Key-Auth-3b9d2f";
+#[cfg(feature = "tpm")]
 const WRONG_KEY_AUTH: &str = "Key-Auth-Wrong-8a4";
 
 /// The forms of a secret looked for.
@@ -294,14 +299,17 @@ async fn debug_output_shows_references_not_secrets() {
     );
 
     // TPM auth values by reference.
-    let mut tpm = lockstep::keys::tpm::TpmConfig::new("swtpm:host=127.0.0.1,port=1");
-    tpm.owner_auth = Some(SecretRef::Env("LOCKSTEP_OWNER_AUTH".into()));
-    tpm.key_auth = Some(SecretRef::File(pin_file.clone()));
-    let tpm_backend = lockstep::keys::tpm::TpmBackend::new(&tpm).unwrap();
-    secrets.assert_absent(
-        "Debug of the TPM configuration",
-        &format!("{tpm:?} {tpm_backend:?}"),
-    );
+    #[cfg(feature = "tpm")]
+    {
+        let mut tpm = lockstep::keys::tpm::TpmConfig::new("swtpm:host=127.0.0.1,port=1");
+        tpm.owner_auth = Some(SecretRef::Env("LOCKSTEP_OWNER_AUTH".into()));
+        tpm.key_auth = Some(SecretRef::File(pin_file.clone()));
+        let tpm_backend = lockstep::keys::tpm::TpmBackend::new(&tpm).unwrap();
+        secrets.assert_absent(
+            "Debug of the TPM configuration",
+            &format!("{tpm:?} {tpm_backend:?}"),
+        );
+    }
 
     // The command line, with the token given as a flag.
     let parsed = lockstep::cli::Cli::try_parse_from([
@@ -905,6 +913,7 @@ async fn serve_logs_errors_and_the_audit_trail_name_no_secret() {
 }
 
 /// A TPM-backed configuration with owner and key auth by reference.
+#[cfg(feature = "tpm")]
 fn tpm_config(tcti: &str, name: &str) -> String {
     let mut text = format!(
         "[backend]\ntype = \"tpm\"\ntcti = \"{tcti}\"\nowner_auth = \"file:owner.auth\"\nkey_auth = \"file:key.auth\"\n"
@@ -921,6 +930,7 @@ fn tpm_config(tcti: &str, name: &str) -> String {
     text
 }
 
+#[cfg(feature = "tpm")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpm_auth_values_never_leak() {
     // A swtpm of its own: wrong auth values count toward its lockout.

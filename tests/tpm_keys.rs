@@ -5,6 +5,7 @@
 //! Tests that kill or restart swtpm (or make auth fail, which counts toward
 //! the TPM's dictionary-attack lockout) have a swtpm of their own; the rest
 //! share the binary's [`SwTpm::shared`] one.
+#![cfg(feature = "tpm")]
 
 mod common;
 

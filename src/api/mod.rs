@@ -1,7 +1,8 @@
 //! The HTTPS API: axum on tokio, TLS by rustls.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests start
-//! it on port 0 and the binary on the configured address.
+//! it on port 0 and the binary on the configured address. The service
+//! behind the handlers is assembled by [`crate::startup`].
 
 mod error;
 mod health;
@@ -9,7 +10,6 @@ pub mod input;
 mod openapi;
 mod published;
 mod sessions;
-pub mod setup;
 pub mod tls;
 pub mod views;
 

@@ -1,8 +1,10 @@
 //! Reading a trail straight from a store file, read-only and without the
 //! store's own code paths, for `lockstep audit verify` and `export`.
 
+#[cfg(feature = "sqlite")]
 use std::path::Path;
 
+#[cfg(feature = "sqlite")]
 use rusqlite::{Connection, OpenFlags, params};
 
 use super::{Checkpoint, Entry, ExportLine};
@@ -18,6 +20,7 @@ pub struct Trail {
     pub certificates: Vec<Vec<u8>>,
 }
 
+#[cfg(feature = "sqlite")]
 fn hex_blob(b: Option<Vec<u8>>) -> String {
     b.map(hex::encode).unwrap_or_default()
 }
@@ -26,6 +29,7 @@ fn hex_blob(b: Option<Vec<u8>>) -> String {
 /// which SQLite cannot create on a read-only filesystem (a snapshot, a
 /// read-only mount); a store closed cleanly has no write-ahead log left,
 /// so it is then read as an immutable file.
+#[cfg(feature = "sqlite")]
 fn open_read_only(path: &Path) -> Result<Connection, String> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let first = Connection::open_with_flags(path, flags).and_then(|c| {
@@ -61,6 +65,7 @@ fn open_read_only(path: &Path) -> Result<Connection, String> {
 
 impl Trail {
     /// Reads the trail of the SQLite store at `path` (read-only).
+    #[cfg(feature = "sqlite")]
     pub fn from_sqlite(path: &Path) -> Result<Self, String> {
         let conn = open_read_only(path)?;
         let err = |e: rusqlite::Error| format!("{}: {e}", path.display());

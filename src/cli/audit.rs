@@ -20,7 +20,8 @@ pub enum AuditCommand {
     /// every edited, deleted, inserted or reordered entry, truncation or
     /// forged checkpoint.
     Verify {
-        /// The store file (default: `[store] sqlite` of the configuration).
+        /// The SQLite store file (default: the `[store]` of the
+        /// configuration).
         #[arg(long, conflicts_with = "export")]
         db: Option<PathBuf>,
         /// Verify an export (JSON lines) instead of a store file.
@@ -32,7 +33,8 @@ pub enum AuditCommand {
     },
     /// Print the trail as JSON lines: certificates, entries, checkpoints.
     Export {
-        /// The store file (default: `[store] sqlite` of the configuration).
+        /// The SQLite store file (default: the `[store]` of the
+        /// configuration).
         #[arg(long)]
         db: Option<PathBuf>,
         /// Only the entries of this session.
@@ -51,8 +53,12 @@ fn store_path(config: &Path, db: Option<PathBuf>) -> Result<PathBuf, Error> {
     let config = Config::load(config)?;
     config
         .store
-        .map(|s| s.sqlite)
-        .ok_or_else(|| Error::InvalidArgument("no --db and no [store] in the configuration".into()))
+        .as_ref()
+        .and_then(|s| s.sqlite_path())
+        .map(Path::to_owned)
+        .ok_or_else(|| {
+            Error::InvalidArgument("no --db and no SQLite [store] in the configuration".into())
+        })
 }
 
 fn read_trail(config: &Path, db: Option<PathBuf>) -> Result<Trail, Error> {
@@ -63,7 +69,21 @@ fn read_trail(config: &Path, db: Option<PathBuf>) -> Result<Trail, Error> {
             path.display()
         )));
     }
-    Trail::from_sqlite(&path).map_err(Error::InvalidArgument)
+    read_sqlite(&path)
+}
+
+/// The trail of the SQLite store file at `path`, read-only.
+#[cfg(feature = "sqlite")]
+fn read_sqlite(path: &Path) -> Result<Trail, Error> {
+    Trail::from_sqlite(path).map_err(Error::InvalidArgument)
+}
+
+/// A build without SQLite cannot read a store file.
+#[cfg(not(feature = "sqlite"))]
+fn read_sqlite(_path: &Path) -> Result<Trail, Error> {
+    Err(Error::InvalidArgument(
+        crate::config::Feature::Sqlite.missing("reading a SQLite store file"),
+    ))
 }
 
 /// Runs an `audit` subcommand.

@@ -61,18 +61,17 @@ fn record(config: &Config, report: &InitReport, now: crate::clock::Timestamp) ->
     if report.generated.is_empty() {
         return Ok(());
     }
-    use crate::store::Store;
     let fail = |e: crate::store::StoreError| {
         Error::InvalidArgument(format!(
             "the keys were created but could not be recorded: {e}"
         ))
     };
-    let store = crate::store::SqliteStore::open(&store.sqlite).map_err(fail)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
     runtime.block_on(async {
+        let store = crate::store::open(store).await.map_err(fail)?;
         for k in &report.generated {
             let event = crate::sessions::Event::KeyInitialised {
                 role: k.role.clone(),

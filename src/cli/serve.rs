@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use crate::api::setup::{prepare, shutdown_signal};
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::error::Error;
+use crate::startup::{prepare, shutdown_signal};
 
 /// Run the issuer service (HTTPS) until SIGTERM or SIGINT.
 #[derive(Debug, Args)]

@@ -9,9 +9,11 @@ use crate::secret::SecretError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceCode {
     /// A PKCS#11 `CKR_*` return value.
+    #[cfg(feature = "pkcs11")]
     Pkcs11(cryptoki::error::RvError),
     /// A TPM or TSS return code (`TSS2_RC`): the TPM's own `TPM_RC_*` in
     /// layer 0, or a TSS layer's (`TSS2_TCTI_RC_*`, `TSS2_ESYS_RC_*`, ...).
+    #[cfg(feature = "tpm")]
     Tpm(u32),
 }
 
@@ -20,14 +22,17 @@ impl fmt::Display for DeviceCode {
         match self {
             // `RvError`'s Debug is the variant name (`SessionHandleInvalid`);
             // print it the way the specification spells it.
+            #[cfg(feature = "pkcs11")]
             Self::Pkcs11(rv) => f.write_str(&ckr_name(&format!("{rv:?}"))),
             // `TPM_RC_AUTH_FAIL (session 1) (0x0000098e)`.
+            #[cfg(feature = "tpm")]
             Self::Tpm(rc) => write!(f, "{} ({rc:#010x})", super::tpm::rc::name(*rc)),
         }
     }
 }
 
 /// `SessionHandleInvalid` → `CKR_SESSION_HANDLE_INVALID`.
+#[cfg(feature = "pkcs11")]
 fn ckr_name(variant: &str) -> String {
     let mut out = String::from("CKR_");
     for (i, ch) in variant.chars().enumerate() {
@@ -157,7 +162,7 @@ impl KeyError {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "pkcs11"))]
 mod tests {
     use super::*;
     use cryptoki::error::RvError;

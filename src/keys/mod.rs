@@ -7,9 +7,12 @@
 //!
 //! A [`KeyBackend`] is the device itself: it creates keys inside the device,
 //! opens existing ones, lists what is stored and answers health checks.
+//! Each backend is built in by its Cargo feature (`pkcs11`, `tpm`).
 
 mod error;
+#[cfg(feature = "pkcs11")]
 pub mod pkcs11;
+#[cfg(feature = "tpm")]
 pub mod tpm;
 
 use std::fmt;

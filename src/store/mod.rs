@@ -8,6 +8,8 @@
 //! limit, or resurrect a closed one.
 
 pub mod ledger;
+mod open;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 use async_trait::async_trait;
@@ -21,9 +23,12 @@ use crate::sessions::{
 
 pub use crate::sessions::CredentialKind;
 pub use ledger::{Backend, Durability, Ledger, LedgerTx};
+pub use open::open;
+#[cfg(feature = "sqlite")]
 pub use sqlite::Sqlite;
 
 /// The embedded store: the ledger over one SQLite file.
+#[cfg(feature = "sqlite")]
 pub type SqliteStore = Ledger<Sqlite>;
 
 /// A store failure: the operation did not happen.

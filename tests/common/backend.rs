@@ -3,13 +3,18 @@
 //! TPM 2.0 (swtpm), from the same test body.
 //!
 //! `on_both_backends!(name)` turns `fn name(backend: Backend)` (or
-//! `async fn`) into the tests `name::softhsm` and `name::tpm`.
+//! `async fn`) into the tests `name::softhsm` and `name::tpm`; the second
+//! only when lockstep is built with its `tpm` feature.
 
+#[cfg(feature = "tpm")]
 use lockstep::keys::KeyBackend;
 use lockstep::keys::KeyRef;
+#[cfg(feature = "tpm")]
 use lockstep::keys::tpm::{TpmBackend, TpmConfig};
 
-use super::tpm::{SwTpm, tpm_key_ref, unique_handle};
+#[cfg(feature = "tpm")]
+use super::tpm::SwTpm;
+use super::tpm::{tpm_key_ref, unique_handle};
 use super::{ca_config_text, softhsm};
 
 /// Where a test CA keeps its keys.
@@ -18,6 +23,7 @@ pub enum Backend {
     /// The test process's SoftHSM2 token.
     SoftHsm,
     /// The swtpm of the test run (or of this test binary).
+    #[cfg(feature = "tpm")]
     Tpm,
 }
 
@@ -28,6 +34,7 @@ pub struct Evict {
     keys: Vec<KeyRef>,
 }
 
+#[cfg(feature = "tpm")]
 impl Drop for Evict {
     fn drop(&mut self) {
         if let Ok(b) = TpmBackend::new(&TpmConfig::new(self.tcti.clone())) {
@@ -39,6 +46,15 @@ impl Drop for Evict {
 }
 
 impl Backend {
+    /// Every backend of this build: the TPM only with the `tpm` feature.
+    pub fn all() -> Vec<Backend> {
+        #[cfg_attr(not(feature = "tpm"), allow(unused_mut))]
+        let mut all = vec![Backend::SoftHsm];
+        #[cfg(feature = "tpm")]
+        all.push(Backend::Tpm);
+        all
+    }
+
     /// The configuration text (backend, the four keys, `[ca]`) for a CA
     /// called `name`, and what to clean up once it is no longer used.
     pub fn ca_config_text(
@@ -53,6 +69,7 @@ impl Backend {
                 let text = ca_config_text(hsm, &hsm.token, name, root_days, issuing_days);
                 (text, None)
             }
+            #[cfg(feature = "tpm")]
             Backend::Tpm => {
                 let (text, evict) =
                     tpm_ca_config_at(&SwTpm::shared().tcti(), name, root_days, issuing_days);
@@ -113,6 +130,7 @@ macro_rules! on_both_backends {
                 super::$name(Backend::SoftHsm).await
             }
 
+            #[cfg(feature = "tpm")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn tpm() {
                 super::$name(Backend::Tpm).await
@@ -128,6 +146,7 @@ macro_rules! on_both_backends {
                 super::$name(Backend::SoftHsm)
             }
 
+            #[cfg(feature = "tpm")]
             #[test]
             fn tpm() {
                 super::$name(Backend::Tpm)

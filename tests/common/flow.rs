@@ -67,7 +67,9 @@ impl TestServer {
     /// from the store file.
     pub async fn events(&self, id: &str) -> Vec<String> {
         let config = lockstep::config::Config::load(&self.config_path).unwrap();
-        let store = lockstep::store::SqliteStore::open(&config.store.unwrap().sqlite).unwrap();
+        let store =
+            lockstep::store::SqliteStore::open(config.store.unwrap().sqlite_path().unwrap())
+                .unwrap();
         let id = lockstep::sessions::SessionId::parse(id).unwrap();
         lockstep::store::Store::events(&store, &id)
             .await

@@ -119,7 +119,7 @@ impl TestServer {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let config = Config::load(&config_path).unwrap();
-        let prepared = lockstep::api::setup::prepare(&config, clock.clone())
+        let prepared = lockstep::startup::prepare(&config, clock.clone())
             .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -224,8 +224,16 @@ impl Drop for SwTpm {
 
 /// Spawns `command` while no TPM command of this process is in flight, so
 /// that it inherits no TPM socket (see the module documentation).
+#[cfg(feature = "tpm")]
 pub fn spawn(command: &mut Command) -> std::io::Result<Child> {
     lockstep::keys::tpm::with_tpm_idle(|| command.spawn())
+}
+
+/// Spawns `command`: without the `tpm` feature this process opens no TPM
+/// socket for it to inherit.
+#[cfg(not(feature = "tpm"))]
+pub fn spawn(command: &mut Command) -> std::io::Result<Child> {
+    command.spawn()
 }
 
 /// Runs `command` to completion like [`Command::output`], spawned through

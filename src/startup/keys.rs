@@ -1,0 +1,88 @@
+//! Step 2: the key backend, the issuing CA on it, and the service's other
+//! signers (session tokens, audit checkpoints).
+
+use std::sync::Arc;
+
+use super::blocking;
+use crate::audit::AuditSigner;
+use crate::clock::Timestamp;
+use crate::config::Config;
+use crate::error::Error;
+use crate::keys::KeyBackend;
+use crate::tokens::TokenSigner;
+use crate::x509::Issuer;
+
+/// The signers beside the issuing CA, each optional.
+pub struct Signers {
+    /// Signs session-bound tokens (`[keys.token]`).
+    pub tokens: Option<TokenSigner>,
+    /// Signs audit checkpoints (`[keys.audit]`).
+    pub audit: Option<AuditSigner>,
+}
+
+/// Opens the configured key backend and loads the issuing CA: its
+/// certificates from `[ca] dir`, its key from the device.
+pub async fn open(
+    config: &Config,
+    now: Timestamp,
+) -> Result<(Arc<dyn KeyBackend>, Arc<Issuer>), Error> {
+    let backend = config.backend.open()?;
+    let config = config.clone();
+    blocking(move || {
+        let issuer = crate::ca::load_issuer(&config, backend.as_ref(), now)?;
+        Ok((backend, Arc::new(issuer)))
+    })
+    .await
+}
+
+/// Opens the token and audit keys the configuration names.
+pub async fn signers(
+    config: &Config,
+    backend: &Arc<dyn KeyBackend>,
+    issuer: &Arc<Issuer>,
+    now: Timestamp,
+) -> Result<Signers, Error> {
+    Ok(Signers {
+        tokens: token_signer(config, backend).await?,
+        audit: audit_signer(config, backend, issuer, now).await?,
+    })
+}
+
+/// The `[keys.token]` signer; without it tokens are unavailable.
+async fn token_signer(
+    config: &Config,
+    backend: &Arc<dyn KeyBackend>,
+) -> Result<Option<TokenSigner>, Error> {
+    let Some(key) = config.keys.token.clone() else {
+        return Ok(None);
+    };
+    let backend = backend.clone();
+    let opened = blocking(move || Ok(backend.open_key(&key)?)).await?;
+    Ok(Some(TokenSigner::new(opened)))
+}
+
+/// The `[keys.audit]` signer with its certificate from the issuing CA
+/// (kept in `[ca] dir`/audit.pem); without it checkpoints are not signed.
+async fn audit_signer(
+    config: &Config,
+    backend: &Arc<dyn KeyBackend>,
+    issuer: &Arc<Issuer>,
+    now: Timestamp,
+) -> Result<Option<AuditSigner>, Error> {
+    let Some(key) = config.keys.audit.clone() else {
+        tracing::warn!(
+            "no [keys.audit]: the audit trail is chained but checkpoints are not signed"
+        );
+        return Ok(None);
+    };
+    let backend = backend.clone();
+    let issuer = issuer.clone();
+    let path = config.ca.dir.join("audit.pem");
+    let signer = blocking(move || {
+        let key = backend.open_key(&key)?;
+        let cert = crate::audit::certificate_for(&issuer, key.as_ref(), &path, now)?;
+        Ok(AuditSigner::new(key, cert))
+    })
+    .await?;
+    Ok(Some(signer))
+}
