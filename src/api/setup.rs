@@ -161,6 +161,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             .map_err(Error::InvalidArgument)?,
         anonymous_refusals_per_sec: config.audit.anonymous_refusals_per_sec,
         anonymous_refusals_burst: config.audit.anonymous_refusals_burst,
+        events: config.events.settings().map_err(Error::InvalidArgument)?,
     };
     let service = Arc::new(Service::new(parts).map_err(|e| Error::InvalidArgument(e.to_string()))?);
     service
@@ -266,6 +267,13 @@ impl Prepared {
                 }
             }
         });
+        // Event streams never end on their own: end them when shutdown
+        // begins, so they do not hold up the drain of in-flight requests.
+        let hub = self.state.service.clone();
+        let shutdown = async move {
+            shutdown.await;
+            hub.events().stop();
+        };
         let result = serve(listener, self.tls, self.app, shutdown).await;
         background.abort();
         if let Err(e) = self.state.service.stopped().await {

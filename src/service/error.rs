@@ -48,9 +48,21 @@ pub enum ServiceError {
     /// No token key is configured.
     #[error("tokens are not configured: add [keys.token] and run `lockstep init`")]
     TokensNotConfigured,
+    /// The service is shutting down.
+    #[error("the service is stopping; try again")]
+    Stopping,
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::events::EventsError> for ServiceError {
+    fn from(e: crate::events::EventsError) -> Self {
+        match e {
+            crate::events::EventsError::Store(s) => Self::Store(s),
+            crate::events::EventsError::Stopping => Self::Stopping,
+        }
+    }
 }
 
 impl From<der::Error> for ServiceError {
@@ -91,6 +103,7 @@ impl ServiceError {
             Self::ConditionFailed(_) => "condition_failed",
             Self::AudienceNotAllowed(_) => "audience_not_allowed",
             Self::TokensNotConfigured => "tokens_not_configured",
+            Self::Stopping => "service_stopping",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -119,7 +132,7 @@ impl ServiceError {
                 | SessionError::LimitReached(_) => 409,
             },
             Self::Store(StoreError::NotFound(_)) | Self::NotFound(_) => 404,
-            Self::Store(_) => 503,
+            Self::Store(_) | Self::Stopping => 503,
             Self::X509(X509Error::Key(k)) | Self::Key(k) => key_status(k),
             Self::X509(X509Error::CsrTooLarge { .. }) => 413,
             Self::X509(X509Error::Encoding(_)) | Self::X509(X509Error::Chain(_)) => 500,
