@@ -539,3 +539,232 @@ async fn a_slow_subscriber_holds_up_nothing_and_misses_nothing() {
     assert_eq!(seqs(&rest), expected);
     assert_eq!(rest.iter().filter(|e| e["kind"] == "minted").count(), 40);
 }
+
+/// Drains a child's stderr so it never blocks on a full pipe.
+fn drain(stderr: std::io::BufReader<std::process::ChildStderr>) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in stderr.lines() {
+            match line {
+                Ok(l) => eprintln!("[serve] {l}"),
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_one_process_sees_the_commits_of_another() {
+    let mut srv = start("events-two", "").await;
+    srv.stop().await;
+    let (mut a, err_a) = srv.serve_process("warn");
+    drain(err_a);
+    let url_a = srv.url.clone();
+    let (mut b, err_b) = srv.serve_process("warn");
+    drain(err_b);
+    let url_b = srv.url.clone();
+    assert_ne!(url_a, url_b);
+
+    let mut on_a = sse::connect(&srv.http, &url_a, srv.token("auditor"), "?after=0", None).await;
+    // Committed by B: A learns of it by polling the shared file.
+    srv.url = url_b;
+    let by_b = lifecycle(&srv, "alice", "bob", "db:via-b").await;
+    let mut got = on_a.until("closed", &by_b).await;
+    // Committed by A itself: signalled at once.
+    srv.url = url_a;
+    let by_a = lifecycle(&srv, "alice", "bob", "db:via-a").await;
+    got.extend(on_a.until("closed", &by_a).await);
+    let expected: Vec<u64> = (1..=got.len() as u64).collect();
+    assert_eq!(
+        seqs(&got),
+        expected,
+        "both processes' commits, in order, once"
+    );
+    let started = got
+        .iter()
+        .filter(|e| e["kind"] == "service_started")
+        .count();
+    assert_eq!(started, 3, "the first start and both processes'");
+    for child in [&mut a, &mut b] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+/// The EventSource client of `tests/eventsource`, installed (`npm ci`, from
+/// its lock file) once into the test target directory.
+fn eventsource_client() -> std::path::PathBuf {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/eventsource");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("eventsource-client");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::read(source.join("package-lock.json")).unwrap();
+    let installed = std::fs::read(dir.join("package-lock.json")).ok();
+    for file in ["package.json", "package-lock.json", "follow.mjs"] {
+        std::fs::copy(source.join(file), dir.join(file)).unwrap();
+    }
+    if installed.as_ref() != Some(&lock) || !dir.join("node_modules/eventsource").exists() {
+        let out = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .output()
+            .expect("npm runs (scripts/setup installs Node.js)");
+        assert!(
+            out.status.success(),
+            "npm ci: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+/// A TCP proxy in front of the service whose connections the test cuts.
+struct Proxy {
+    port: u16,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let list = connections.clone();
+        let accepting = tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = listener.accept().await else {
+                    return;
+                };
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                list.lock().unwrap().push(relay.abort_handle());
+            }
+        });
+        Self {
+            port,
+            connections,
+            accepting,
+        }
+    }
+
+    /// Drops every open connection; returns how many there were.
+    fn cut(&self) -> usize {
+        let open: Vec<_> = self.connections.lock().unwrap().drain(..).collect();
+        let n = open.iter().filter(|c| !c.is_finished()).count();
+        open.iter().for_each(tokio::task::AbortHandle::abort);
+        n
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.cut();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_eventsource_client_reconnects_by_itself_and_misses_nothing() {
+    let client = eventsource_client();
+    let srv = Arc::new(start("events-es", "").await);
+    let proxy = Proxy::start(srv.addr).await;
+    let mut node = common::tpm::spawn(
+        std::process::Command::new("node")
+            .arg(client.join("follow.mjs"))
+            .arg(format!(
+                "https://127.0.0.1:{}/v1/events?after=0",
+                proxy.port
+            ))
+            .env("LOCKSTEP_TOKEN", srv.token("auditor"))
+            .env("NODE_EXTRA_CA_CERTS", srv.root_pem())
+            .stdout(std::process::Stdio::piped()),
+    )
+    .unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let stdout = node.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines_tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (srv, stop) = (srv.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                lifecycle(&srv, "alice", "bob", &format!("db:es{n}")).await;
+                n += 1;
+            }
+        })
+    };
+
+    let mut events: Vec<Value> = Vec::new();
+    let mut reconnects = 0;
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(30), lines.recv())
+            .await
+            .expect("the client prints within 30 s")
+            .expect("the client runs")
+    };
+    // Cut the connection three times, each after the client noticed the
+    // last cut and got a few events on its new connection.
+    for round in 0..3 {
+        let mut since_reconnect = 0;
+        while reconnects < round || since_reconnect < 3 {
+            let line = next().await;
+            match line["type"].as_str().unwrap() {
+                "reconnecting" => {
+                    reconnects += 1;
+                    since_reconnect = 0;
+                }
+                _ => {
+                    events.push(line);
+                    since_reconnect += 1;
+                }
+            }
+        }
+        assert_eq!(proxy.cut(), 1, "one connection to cut");
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let marker = lifecycle(&srv, "alice", "bob", "db:es-marker").await;
+    loop {
+        let line = next().await;
+        match line["type"].as_str().unwrap() {
+            "reconnecting" => reconnects += 1,
+            _ => {
+                let done = line["type"] == "closed" && line["data"]["session"] == marker;
+                events.push(line);
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+    node.kill().unwrap();
+    node.wait().unwrap();
+
+    assert!(reconnects >= 3, "the client noticed each cut: {reconnects}");
+    for e in &events {
+        assert_ne!(e["type"], "stream_error", "{e}");
+        assert_eq!(e["lastEventId"], e["data"]["seq"].to_string(), "{e}");
+        assert_eq!(e["type"], e["data"]["kind"], "{e}");
+    }
+    let got: Vec<u64> = events
+        .iter()
+        .map(|e| e["data"]["seq"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (1..=got.len() as u64).collect();
+    assert_eq!(
+        got, expected,
+        "every event once, in order, across three reconnections"
+    );
+}

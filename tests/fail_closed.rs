@@ -74,7 +74,7 @@ impl Corrupted {
     }
 }
 
-/// Events until the stream's `error` message; returns them and the error.
+/// Events until the stream's `stream_error` message; returns them and the error.
 async fn until_error(stream: &mut EventStream) -> (Vec<Value>, Value) {
     let mut events = Vec::new();
     loop {
@@ -82,7 +82,7 @@ async fn until_error(stream: &mut EventStream) -> (Vec<Value>, Value) {
             .message()
             .await
             .expect("an error message before the end");
-        if event == "error" {
+        if event == "stream_error" {
             assert_eq!(
                 id, None,
                 "an error carries no id, so the client resumes from its last"

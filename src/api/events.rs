@@ -4,9 +4,10 @@
 //! `event:` its kind, `data:` one JSON object ([`EventView`]). A client
 //! that reconnects with `Last-Event-ID` gets exactly the events after that
 //! one. A stream that cannot go on without a gap (the store cannot be
-//! read, a session cannot be looked up, the service stops) ends with an
-//! `error` message, which carries no id: the client reconnects from the
-//! last event it got. Silent streams get `:heartbeat` comments.
+//! read, a session cannot be looked up, the service stops) ends with a
+//! `stream_error` message (not `error`, which EventSource clients use for
+//! their own connection errors), which carries no id: the client
+//! reconnects from the last event it got. Silent streams get `:heartbeat` comments.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -121,7 +122,7 @@ fn start(headers: &HeaderMap, after: Option<&str>) -> Result<Option<u64>, ApiErr
     responses(
         (status = 200, description = "An endless stream of `id:` (audit sequence number), \
             `event:` (kind) and `data:` (one JSON object) messages; `:heartbeat` comments on a \
-            silent stream; an `error` message (data: {error, message}, no id) when the stream \
+            silent stream; a `stream_error` message (data: {error, message}, no id) when the stream \
             cannot go on, after which the client reconnects with Last-Event-ID",
             content_type = "text/event-stream", body = EventView),
         (status = 400, description = "Malformed Last-Event-ID, after or resource, or an id past the end of the trail", body = ErrorBody),
@@ -156,7 +157,7 @@ enum Phase {
 }
 
 /// The SSE messages of a followed stream: `retry:` first, then one
-/// message per event, then an `error` message if it ends.
+/// message per event, then a `stream_error` message if it ends.
 fn messages(
     followed: FollowedEvents,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static {
@@ -197,5 +198,7 @@ fn failure(e: &EventsError) -> Event {
         "error": e.code(),
         "message": format!("{e}; reconnect with Last-Event-ID to resume after the last event received"),
     });
-    Event::default().event("error").data(body.to_string())
+    Event::default()
+        .event("stream_error")
+        .data(body.to_string())
 }

@@ -109,11 +109,11 @@ impl EventStream {
     }
 
     /// The next event (a message with an id), checking that `id` is
-    /// `data.seq` and `event` is `data.kind`; panics on an `error` message
+    /// `data.seq` and `event` is `data.kind`; panics on a `stream_error` message
     /// or the end of the stream.
     pub async fn event(&mut self) -> Value {
         let (id, event, data) = self.message().await.expect("the stream goes on");
-        assert_ne!(event, "error", "the stream failed: {data}");
+        assert_ne!(event, "stream_error", "the stream failed: {data}");
         assert_eq!(
             id,
             data["seq"].as_u64(),
