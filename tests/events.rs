@@ -766,3 +766,35 @@ async fn a_real_eventsource_client_reconnects_by_itself_and_misses_nothing() {
         "every event once, in order, across three reconnections"
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_stream() {
+    let srv = start("events-openapi", "").await;
+    let (status, doc) = srv.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    let get = &doc["paths"]["/v1/events"]["get"];
+    let stream = &get["responses"]["200"]["content"]["text/event-stream"];
+    assert_eq!(
+        stream["schema"]["$ref"], "#/components/schemas/EventView",
+        "{get}"
+    );
+    let params: Vec<(&str, &str)> = get["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["in"].as_str().unwrap()))
+        .collect();
+    for want in [
+        ("after", "query"),
+        ("resource", "query"),
+        ("Last-Event-ID", "header"),
+    ] {
+        assert!(params.contains(&want), "{want:?} in {params:?}");
+    }
+    let view = &doc["components"]["schemas"]["EventView"];
+    for field in [
+        "seq", "at", "session", "resource", "tenant", "kind", "fields",
+    ] {
+        assert!(view["properties"][field].is_object(), "{field} in {view}");
+    }
+}

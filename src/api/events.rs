@@ -32,6 +32,7 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Query of `GET /v1/events`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Start after this event id (the `Last-Event-ID` header wins when both
