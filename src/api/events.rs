@@ -7,7 +7,8 @@
 //! read, a session cannot be looked up, the service stops) ends with a
 //! `stream_error` message (not `error`, which EventSource clients use for
 //! their own connection errors), which carries no id: the client
-//! reconnects from the last event it got. Silent streams get `:heartbeat` comments.
+//! reconnects from the last event it got. Silent streams get `:heartbeat`
+//! comments.
 
 use std::convert::Infallible;
 use std::sync::Arc;

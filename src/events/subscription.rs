@@ -103,6 +103,10 @@ impl Subscription {
                 return Ok(entry);
             }
             if self.behind {
+                // A long replay ends at shutdown too, page by page.
+                if matches!(*self.state.borrow(), State::Stopping) {
+                    return Err(EventsError::Stopping);
+                }
                 let page = self
                     .shared
                     .store

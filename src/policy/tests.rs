@@ -28,6 +28,11 @@ fn the_example_policy_loads() {
     );
     assert!(p.rule("release:other/app").is_none());
     assert!(p.rule("db:payroll2").is_none());
+    assert!(p.gateway_follows(
+        "token:plant7-gateway",
+        Some("plant7"),
+        "ot-gateway:plant7/hmi"
+    ));
     assert_ne!(p.sha256(), [0; 32]);
 }
 
