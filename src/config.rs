@@ -96,6 +96,9 @@ pub struct Config {
     /// How the audit trail is checkpointed.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// How committed events are published (`GET /v1/events`).
+    #[serde(default)]
+    pub events: EventsConfig,
     /// How callers authenticate.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -397,6 +400,70 @@ fn secs(name: &str, text: &str) -> Result<i64, String> {
         return Err(format!("[revocation] {name} must be 10s to 7 days"));
     }
     Ok(d.as_secs() as i64)
+}
+
+/// `[events]`: how committed events are published to subscribers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// An event stream silent this long gets a heartbeat, so a proxy or a
+    /// gateway notices a dead stream.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat: String,
+    /// How often the store is read for commits of other processes sharing
+    /// it (this process's own commits are published at once).
+    #[serde(default = "default_poll")]
+    pub poll: String,
+    /// Events kept for subscribers that fall behind; one further behind
+    /// reads the store instead (memory stays bounded, writers never wait).
+    #[serde(default = "default_events_buffer")]
+    pub buffer: usize,
+}
+
+fn default_heartbeat() -> String {
+    "15s".into()
+}
+
+fn default_poll() -> String {
+    "1s".into()
+}
+
+fn default_events_buffer() -> usize {
+    1024
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: default_heartbeat(),
+            poll: default_poll(),
+            buffer: default_events_buffer(),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The settings of the event hub, checked: heartbeat and poll from
+    /// 100 ms to 1 hour, a buffer of 1 to 1,000,000 events.
+    pub fn settings(&self) -> Result<crate::events::Settings, String> {
+        let interval = |name: &str, text: &str| {
+            let d = humantime::parse_duration(text)
+                .map_err(|e| format!("[events] {name} `{text}`: {e}"))?;
+            if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(3600)
+            {
+                return Err(format!("[events] {name} must be 100ms to 1h"));
+            }
+            Ok(d)
+        };
+        if self.buffer == 0 || self.buffer > 1_000_000 {
+            return Err("[events] buffer must be 1 to 1000000".into());
+        }
+        Ok(crate::events::Settings {
+            buffer: self.buffer,
+            poll: interval("poll", &self.poll)?,
+            heartbeat: interval("heartbeat", &self.heartbeat)?,
+        })
+    }
 }
 
 /// `[store]`: where state is kept, chosen by `type`.

@@ -8,6 +8,8 @@
 //! - [`keys`]: the hardware-key boundary and its backends;
 //! - [`x509`]: CSR checks, certificate minting, CA certificates;
 //! - [`ca`]: setting up the CA and loading the issuer;
+//! - [`events`]: the committed-event stream (in-process subscribers and
+//!   `GET /v1/events`);
 //! - [`config`], [`secret`], [`clock`]: configuration, secrets by
 //!   reference, time;
 //! - [`store`]: durable state, in the store `[store]` names;
@@ -38,6 +40,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod fsio;
 pub mod keys;
 pub mod lane;

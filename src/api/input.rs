@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::views::{NewSessionBody, TokenBody};
+use crate::policy::ResourceMatch;
 use crate::service::NewSession;
 use crate::sessions::{Profile, SessionId, is_bidi_control, parse_hash};
 use crate::store::SessionCursor;
@@ -86,6 +87,43 @@ pub fn session_cursor(text: &str) -> Result<SessionCursor, ApiError> {
             400,
             "invalid_request",
             "before must be the next_before of an earlier listing",
+        )
+    })
+}
+
+/// Longest event id accepted, in digits (a u64 has at most 20).
+const MAX_EVENT_ID_DIGITS: usize = 20;
+
+/// An event id (`Last-Event-ID`, the `after` of `GET /v1/events`): the
+/// decimal audit sequence number of an event seen before.
+pub fn event_id(text: &str) -> Result<u64, ApiError> {
+    let bad = || {
+        ApiError::new(
+            400,
+            "invalid_request",
+            "Last-Event-ID must be the id of an event received before: a decimal sequence number",
+        )
+    };
+    if text.is_empty()
+        || text.len() > MAX_EVENT_ID_DIGITS
+        || !text.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    text.parse().map_err(|_| bad())
+}
+
+/// The `resource` filter of `GET /v1/events`: a resource name, or a prefix
+/// followed by `*`, as in the policy.
+pub fn resource_pattern(text: &str) -> Result<ResourceMatch, ApiError> {
+    ResourceMatch::parse(text).map_err(|m| {
+        ApiError::new(
+            400,
+            "invalid_request",
+            format!(
+                "resource must be a resource name or a prefix ending in `*`: {}",
+                detail(&m)
+            ),
         )
     })
 }
@@ -203,6 +241,52 @@ mod tests {
         let err = json::<RevokeBody>(body.as_bytes()).unwrap_err();
         assert_eq!(err.code(), "invalid_request");
         assert!(err.message().chars().count() < 400, "{}", err.message());
+    }
+
+    #[test]
+    fn event_ids_are_sequence_numbers() {
+        assert_eq!(event_id("0").unwrap(), 0);
+        assert_eq!(event_id("18446744073709551615").unwrap(), u64::MAX);
+        for bad in [
+            "",
+            " 1",
+            "1 ",
+            "+1",
+            "-1",
+            "0x10",
+            "1.5",
+            "18446744073709551616",
+            "١",
+        ] {
+            assert_eq!(
+                event_id(bad).unwrap_err().code(),
+                "invalid_request",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn resource_filters_are_policy_patterns() {
+        assert_eq!(
+            resource_pattern("db:payroll").unwrap(),
+            ResourceMatch::Exact("db:payroll".into())
+        );
+        assert_eq!(
+            resource_pattern("db:*").unwrap(),
+            ResourceMatch::Prefix("db:".into())
+        );
+        assert_eq!(
+            resource_pattern("*").unwrap(),
+            ResourceMatch::Prefix(String::new())
+        );
+        for bad in ["", "db:*x", "d?b", "a\nb", "*db"] {
+            assert_eq!(
+                resource_pattern(bad).unwrap_err().code(),
+                "invalid_request",
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! behind the handlers is assembled by [`crate::startup`].
 
 mod error;
+pub mod events;
 mod health;
 pub mod input;
 mod openapi;
@@ -136,6 +137,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/v1/ocsp/{request}", get(published::ocsp_get))
         .route("/v1/introspect", post(published::introspect))
         .route("/v1/audit", get(published::audit))
+        .route("/v1/events", get(events::events))
         .route("/.well-known/jwks.json", get(published::jwks))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{health, published, sessions, views};
+use super::{events, health, published, sessions, views};
 
 struct BearerAuth;
 
@@ -33,13 +33,14 @@ impl Modify for BearerAuth {
         sessions::create, sessions::list, sessions::get, sessions::approve, sessions::deny,
         sessions::close, sessions::revoke, sessions::certificate,
         published::token, published::crl, published::ocsp_post, published::ocsp_get,
-        published::jwks, published::introspect, published::audit,
+        published::jwks, published::introspect, published::audit, events::events,
         health::ca, health::healthz, health::readyz,
     ),
     components(schemas(
         ErrorBody, views::NewSessionBody, views::VoteBody, views::RevokeBody, views::CsrBody,
         views::SessionView, views::VoteView, views::SessionList, views::CertificateView, views::Health,
         views::TokenBody, views::TokenView, views::IntrospectionView, published::IntrospectBody,
+        events::EventView,
     )),
     modifiers(&BearerAuth)
 )]

@@ -25,6 +25,11 @@
 //! audiences = ["payroll-api"]        # token audiences besides the resource
 //! count_tokens = true                 # tokens count against `credentials`
 //! conditions = { source_networks = ["10.0.0.0/8"], requester_token_valid = true }
+//!
+//! [[gateway]]                         # optional: follows sessions on GET /v1/events
+//! identities = ["token:gw-plant1"]
+//! resources = ["plc:line1*"]          # exact names or prefixes ending in `*`
+//! tenant = "acme"                     # optional; without: sessions without tenant
 //! ```
 //!
 //! `profiles` may list `token` (session-bound JWTs): a session requested
@@ -38,10 +43,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Policy, ResourceMatch, ResourceRule, Tenant};
+use super::{Gateway, Policy, ResourceMatch, ResourceRule, Tenant};
 use crate::identity;
 use crate::sessions::Profile;
-use crate::sessions::{Conditions, Rules, validate_resource};
+use crate::sessions::{Conditions, Rules};
 
 /// The longest session a policy may allow: 30 days.
 const MAX_SESSION_SECS: u64 = 30 * 86_400;
@@ -83,6 +88,17 @@ struct PolicyFile {
     tenants: Vec<TenantFile>,
     #[serde(default, rename = "resource")]
     resources: Vec<ResourceFile>,
+    #[serde(default, rename = "gateway")]
+    gateways: Vec<GatewayFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    identities: Vec<String>,
+    resources: Vec<String>,
+    #[serde(default)]
+    tenant: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -214,23 +230,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
     for (i, r) in file.resources.into_iter().enumerate() {
         let place = format!("[[resource]] #{} ({})", i + 1, r.matches);
         let bad = |m: String| invalid(place.clone(), m);
-        let (body, prefix) = match r.matches.strip_suffix('*') {
-            Some(body) => (body, true),
-            None => (r.matches.as_str(), false),
-        };
-        if body.contains(['*', '?']) {
-            return Err(bad("`*` may only end a match pattern".into()));
-        }
-        let matches = if prefix {
-            if !body.is_empty() {
-                validate_resource(body.trim_end_matches(['/', ':']))
-                    .map_err(|e| bad(e.to_string()))?;
-            }
-            ResourceMatch::Prefix(body.to_owned())
-        } else {
-            validate_resource(body).map_err(|e| bad(e.to_string()))?;
-            ResourceMatch::Exact(body.to_owned())
-        };
+        let matches = ResourceMatch::parse(&r.matches).map_err(bad)?;
         if !seen.insert(r.matches.clone()) {
             return Err(bad("another [[resource]] has the same match".into()));
         }
@@ -319,9 +319,37 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             },
         });
     }
+    let mut gateways = Vec::new();
+    for (i, g) in file.gateways.into_iter().enumerate() {
+        let place = format!("[[gateway]] #{}", i + 1);
+        let bad = |m: String| invalid(place.clone(), m);
+        if g.identities.is_empty() {
+            return Err(bad("identities must not be empty".into()));
+        }
+        check_patterns(&place, "identity", &g.identities)?;
+        if g.resources.is_empty() {
+            return Err(bad("resources must not be empty".into()));
+        }
+        let resources = g
+            .resources
+            .iter()
+            .map(|r| ResourceMatch::parse(r).map_err(|m| bad(format!("resource `{r}`: {m}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(t) = &g.tenant
+            && !tenants.contains_key(t)
+        {
+            return Err(bad(format!("tenant `{t}` is not defined")));
+        }
+        gateways.push(Gateway {
+            identities: g.identities,
+            resources,
+            tenant: g.tenant,
+        });
+    }
     Ok(Policy {
         resources,
         tenants,
+        gateways,
         operators: file.operators,
         auditors: file.auditors,
         sha256: [0; 32],

@@ -15,6 +15,7 @@ use crate::auth::Caller;
 use crate::identity;
 use crate::sessions::Profile;
 use crate::sessions::Rules;
+use crate::sessions::validate_resource;
 
 pub use file::PolicyError;
 
@@ -28,7 +29,30 @@ pub enum ResourceMatch {
 }
 
 impl ResourceMatch {
-    fn matches(&self, resource: &str) -> bool {
+    /// Parses a match pattern: a resource name, or a prefix followed by `*`
+    /// (a lone `*` matches every resource). `*` anywhere else, `?`, and
+    /// names that are not resource names are refused.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (body, prefix) = match text.strip_suffix('*') {
+            Some(body) => (body, true),
+            None => (text, false),
+        };
+        if body.contains(['*', '?']) {
+            return Err("`*` may only end a match pattern".into());
+        }
+        if prefix {
+            if !body.is_empty() {
+                validate_resource(body.trim_end_matches(['/', ':'])).map_err(|e| e.to_string())?;
+            }
+            Ok(Self::Prefix(body.to_owned()))
+        } else {
+            validate_resource(body).map_err(|e| e.to_string())?;
+            Ok(Self::Exact(body.to_owned()))
+        }
+    }
+
+    /// Whether `resource` is one this pattern names.
+    pub fn matches(&self, resource: &str) -> bool {
         match self {
             Self::Exact(e) => e == resource,
             Self::Prefix(p) => resource.starts_with(p.as_str()),
@@ -75,11 +99,32 @@ pub struct Tenant {
     pub auditors: Vec<String>,
 }
 
+/// A gateway role: identities that may follow, on the event stream, the
+/// sessions of some resources within one tenant (or, without tenant, of
+/// sessions without tenant). An enforcement point needs to learn when a
+/// session of its resource opens, mints and closes, and nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gateway {
+    /// Identity patterns of the gateways.
+    pub identities: Vec<String>,
+    /// The resources whose sessions they follow.
+    pub resources: Vec<ResourceMatch>,
+    /// The tenant those sessions must belong to (none: sessions without
+    /// tenant).
+    pub tenant: Option<String>,
+}
+
+/// The event kinds a gateway receives about the sessions it follows: what
+/// it needs to admit and cut connections. Approvals, denials and refused
+/// calls stay with the auditors.
+pub const GATEWAY_EVENT_KINDS: &[&str] = &["requested", "opened", "minted", "closed"];
+
 /// The loaded policy.
 #[derive(Clone, Debug)]
 pub struct Policy {
     resources: Vec<ResourceRule>,
     tenants: BTreeMap<String, Tenant>,
+    gateways: Vec<Gateway>,
     operators: Vec<String>,
     auditors: Vec<String>,
     sha256: [u8; 32],
@@ -260,6 +305,24 @@ impl Policy {
         self.tenants
             .values()
             .any(|t| identity::matches_any(&t.auditors, identity))
+    }
+
+    /// Whether `identity` is named by at least one gateway role.
+    pub fn is_gateway(&self, identity: &str) -> bool {
+        self.gateways
+            .iter()
+            .any(|g| identity::matches_any(&g.identities, identity))
+    }
+
+    /// Whether `identity` may follow, as a gateway, the sessions of
+    /// `resource` in `tenant`: a gateway role names it, for that tenant
+    /// exactly and a pattern matching the resource.
+    pub fn gateway_follows(&self, identity: &str, tenant: Option<&str>, resource: &str) -> bool {
+        self.gateways.iter().any(|g| {
+            g.tenant.as_deref() == tenant
+                && identity::matches_any(&g.identities, identity)
+                && g.resources.iter().any(|r| r.matches(resource))
+        })
     }
 
     /// Whether `identity` audits sessions of `tenant` (same scoping as

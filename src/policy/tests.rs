@@ -28,6 +28,11 @@ fn the_example_policy_loads() {
     );
     assert!(p.rule("release:other/app").is_none());
     assert!(p.rule("db:payroll2").is_none());
+    assert!(p.gateway_follows(
+        "token:plant7-gateway",
+        Some("plant7"),
+        "ot-gateway:plant7/hmi"
+    ));
     assert_ne!(p.sha256(), [0; 32]);
 }
 
@@ -248,4 +253,124 @@ max_duration = "5m"
 profiles = ["mtls-client"]
 "#;
     assert!(Policy::parse(text, Path::new("p.toml")).is_ok());
+}
+
+const GATEWAYS: &str = r#"
+auditors = ["token:auditor"]
+
+[[tenant]]
+name = "acme"
+members = ["token:acme-*"]
+auditors = ["token:acme-audit"]
+
+[[tenant]]
+name = "globex"
+members = ["token:globex-*"]
+
+[[gateway]]
+identities = ["token:gw-line1"]
+resources = ["plc:line1*", "hmi:panel"]
+tenant = "acme"
+
+[[gateway]]
+identities = ["token:gw-lab"]
+resources = ["lab:*"]
+"#;
+
+#[test]
+fn gateways_follow_their_resources_in_their_tenant_only() {
+    let p = Policy::parse(GATEWAYS, Path::new("p.toml")).unwrap();
+    assert!(p.is_gateway("token:gw-line1"));
+    assert!(!p.is_gateway("token:acme-audit"));
+    assert!(p.gateway_follows("token:gw-line1", Some("acme"), "plc:line1/press"));
+    assert!(p.gateway_follows("token:gw-line1", Some("acme"), "hmi:panel"));
+    assert!(!p.gateway_follows("token:gw-line1", Some("acme"), "hmi:panel2"));
+    assert!(!p.gateway_follows("token:gw-line1", Some("acme"), "plc:line2"));
+    // The same resource in another tenant, or without tenant, is not its.
+    assert!(!p.gateway_follows("token:gw-line1", Some("globex"), "plc:line1"));
+    assert!(!p.gateway_follows("token:gw-line1", None, "plc:line1"));
+    assert!(p.gateway_follows("token:gw-lab", None, "lab:x"));
+    assert!(!p.gateway_follows("token:gw-lab", Some("acme"), "lab:x"));
+    assert!(!p.gateway_follows("token:auditor", None, "lab:x"));
+}
+
+#[test]
+fn what_each_caller_sees_of_the_trail() {
+    use crate::events::{SessionInfo, Visibility};
+    let p = std::sync::Arc::new(Policy::parse(GATEWAYS, Path::new("p.toml")).unwrap());
+    let acme = SessionInfo {
+        resource: "plc:line1".into(),
+        tenant: Some("acme".into()),
+    };
+    let lab = SessionInfo {
+        resource: "lab:x".into(),
+        tenant: None,
+    };
+    let follower = |who: &str| Visibility::follower(p.clone(), who);
+    let auditor = |who: &str| Visibility::auditor(p.clone(), who);
+
+    // Top-level auditors: sessions without tenant and entries of none.
+    assert!(follower("token:auditor").sees("refused", None));
+    assert!(follower("token:auditor").sees("approved", Some(&lab)));
+    assert!(!follower("token:auditor").sees("approved", Some(&acme)));
+    // Tenant auditors: their tenant's sessions only.
+    assert!(auditor("token:acme-audit").sees("refused", Some(&acme)));
+    assert!(!auditor("token:acme-audit").sees("refused", None));
+    assert!(!auditor("token:acme-audit").sees("opened", Some(&lab)));
+    // Gateways: a few kinds of their sessions, on the stream only.
+    let gw = follower("token:gw-line1");
+    assert!(gw.sees_anything());
+    for kind in ["requested", "opened", "minted", "closed"] {
+        assert!(gw.sees(kind, Some(&acme)), "{kind}");
+    }
+    for kind in ["approved", "denied", "refused", "voided"] {
+        assert!(!gw.sees(kind, Some(&acme)), "{kind}");
+    }
+    assert!(!gw.sees("opened", Some(&lab)));
+    assert!(!gw.sees("service_started", None));
+    assert!(!auditor("token:gw-line1").sees_anything());
+    assert!(!follower("token:acme-alice").sees_anything());
+}
+
+#[test]
+fn bad_gateways_name_the_place() {
+    let tenant = "[[tenant]]\nname = \"acme\"\nmembers = [\"token:a\"]\n";
+    let cases = [
+        (
+            "[[gateway]]\nidentities = []\nresources = [\"plc:*\"]\n".to_owned(),
+            "identities must not be empty",
+        ),
+        (
+            "[[gateway]]\nidentities = [\"gw\"]\nresources = [\"plc:*\"]\n".to_owned(),
+            "identity `gw`",
+        ),
+        (
+            "[[gateway]]\nidentities = [\"token:gw\"]\nresources = []\n".to_owned(),
+            "resources must not be empty",
+        ),
+        (
+            "[[gateway]]\nidentities = [\"token:gw\"]\nresources = [\"plc:*:x\"]\n".to_owned(),
+            "resource `plc:*:x`: `*` may only end",
+        ),
+        (
+            format!(
+                "{tenant}[[gateway]]\nidentities = [\"token:gw\"]\nresources = [\"plc:*\"]\ntenant = \"nope\"\n"
+            ),
+            "tenant `nope` is not defined",
+        ),
+        (
+            "[[gateway]]\nidentities = [\"token:gw\"]\nresources = [\"plc:*\"]\nkinds = []\n"
+                .to_owned(),
+            "unknown field",
+        ),
+    ];
+    for (text, message) in cases {
+        let err = Policy::parse(&text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(message), "want {message}: {err}");
+        if !message.contains("unknown field") {
+            assert!(err.contains("[[gateway]] #1"), "{err}");
+        }
+    }
 }

@@ -54,9 +54,21 @@ pub enum ServiceError {
         "the device took longer than the reservation's lease to sign; nothing was issued: ask again"
     )]
     ReservationLapsed,
+    /// The service is shutting down.
+    #[error("the service is stopping; try again")]
+    Stopping,
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::events::EventsError> for ServiceError {
+    fn from(e: crate::events::EventsError) -> Self {
+        match e {
+            crate::events::EventsError::Store(s) => Self::Store(s),
+            crate::events::EventsError::Stopping => Self::Stopping,
+        }
+    }
 }
 
 impl From<der::Error> for ServiceError {
@@ -98,6 +110,7 @@ impl ServiceError {
             Self::AudienceNotAllowed(_) => "audience_not_allowed",
             Self::TokensNotConfigured => "tokens_not_configured",
             Self::ReservationLapsed => "reservation_lapsed",
+            Self::Stopping => "service_stopping",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -126,7 +139,7 @@ impl ServiceError {
                 | SessionError::LimitReached(_) => 409,
             },
             Self::Store(StoreError::NotFound(_)) | Self::NotFound(_) => 404,
-            Self::Store(_) | Self::ReservationLapsed => 503,
+            Self::Store(_) | Self::ReservationLapsed | Self::Stopping => 503,
             Self::X509(X509Error::Key(k)) | Self::Key(k) => key_status(k),
             Self::X509(X509Error::CsrTooLarge { .. }) => 413,
             Self::X509(X509Error::Encoding(_)) | Self::X509(X509Error::Chain(_)) => 500,

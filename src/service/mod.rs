@@ -5,6 +5,7 @@
 //! Every refused call on a session is recorded as a `refused` event.
 
 mod error;
+mod events;
 mod listing;
 mod mint;
 mod published;
@@ -31,6 +32,7 @@ use crate::x509::csr::{VerifiedCsr, parse_and_verify};
 use crate::x509::{Issuer, RevocationUrls};
 
 pub use error::ServiceError;
+pub use events::{Follow, FollowedEvents};
 pub use listing::{LIST_SCAN_BUDGET, SessionPage};
 pub use mint::{IssuedToken, TokenRequest};
 pub use published::{AuditPage, Introspection};
@@ -123,6 +125,8 @@ pub struct ServiceParts {
     pub anonymous_refusals_per_sec: u32,
     /// ...and at most this many at once.
     pub anonymous_refusals_burst: u32,
+    /// How committed events are published.
+    pub events: crate::events::Settings,
 }
 
 /// The issuer service.
@@ -143,6 +147,7 @@ pub struct Service {
     checkpoint_interval_secs: i64,
     checkpointing: tokio::sync::Mutex<()>,
     anonymous: refusals::RefusalGate,
+    events: crate::events::Hub,
     /// The way to the signing device, about as wide as its session limit.
     device: Lane,
 }
@@ -179,6 +184,7 @@ impl Service {
                 parts.crl_validity_secs,
             ),
             ocsp,
+            events: crate::events::Hub::new(parts.store.clone(), parts.clock.clone(), parts.events),
             ocsp_validity_secs: parts.ocsp_validity_secs,
             store: parts.store,
             policy: parts.policy,

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::{Service, ServiceError};
 use crate::auth::Caller;
+use crate::events::Visibility;
 use crate::revocation::ocsp::{OcspError, Status};
 use crate::sessions::{SessionId, State};
 use crate::store::CredentialKind;
@@ -45,8 +46,13 @@ pub struct AuditPage {
 
 impl Service {
     /// Audit entries for an auditor: of one session, or of every session it
-    /// audits (global auditors also see entries of no session). Tenants
-    /// stay apart: an auditor of one tenant never sees another's.
+    /// audits (top-level auditors also see entries of no session). Tenants
+    /// stay apart: an auditor of one tenant never sees another's (see
+    /// [`Visibility`]).
+    ///
+    /// Which entries are visible depends on each session's tenant; when
+    /// that cannot be looked up, the listing is refused, never answered as
+    /// if the session had no tenant.
     pub async fn audit(
         &self,
         caller: &Caller,
@@ -54,23 +60,21 @@ impl Service {
         after: u64,
         limit: usize,
     ) -> Result<AuditPage, ServiceError> {
-        let global = self.policy.is_auditor(None, &caller.identity);
+        let visibility = Visibility::auditor(self.policy.clone(), &caller.identity);
+        let only_auditors = || {
+            ServiceError::Forbidden("only auditors named by the policy read the audit trail".into())
+        };
         if let Some(id) = session {
             let (_, relation) = self.visible(caller, id, "audit").await?;
             if relation != super::Relation::Auditor {
-                let err = ServiceError::Forbidden(
-                    "only auditors named by the policy read the audit trail".into(),
-                );
-                return self.refuse(caller, Some(id), "audit", err).await;
+                return self
+                    .refuse(caller, Some(id), "audit", only_auditors())
+                    .await;
             }
-        } else if !global && !self.policy.audits_any_tenant(&caller.identity) {
-            let err = ServiceError::Forbidden(
-                "only auditors named by the policy read the audit trail".into(),
-            );
-            return self.refuse(caller, None, "audit", err).await;
+        } else if !visibility.sees_anything() {
+            return self.refuse(caller, None, "audit", only_auditors()).await;
         }
         let limit = limit.clamp(1, 1000);
-        let mut tenants: std::collections::HashMap<String, Option<String>> = Default::default();
         let mut entries = Vec::new();
         let mut cursor = after;
         let mut exhausted = false;
@@ -79,26 +83,14 @@ impl Service {
             exhausted = batch.len() < limit;
             for e in batch {
                 cursor = e.seq;
-                let allowed = match &e.session {
-                    None => global,
-                    Some(sid) => {
-                        if !tenants.contains_key(sid) {
-                            let tenant = match SessionId::parse(sid) {
-                                Ok(id) => self
-                                    .store
-                                    .session(&id, self.now())
-                                    .await
-                                    .ok()
-                                    .and_then(|s| s.request.tenant),
-                                Err(_) => None,
-                            };
-                            tenants.insert(sid.clone(), tenant);
-                        }
-                        let tenant = tenants.get(sid).cloned().flatten();
-                        self.policy.is_auditor(tenant.as_deref(), &caller.identity)
-                    }
+                let about = match &e.session {
+                    None => None,
+                    Some(sid) => match self.events.directory().info(sid).await {
+                        Ok(about) => about,
+                        Err(err) => return self.refuse(caller, session, "audit", err.into()).await,
+                    },
                 };
-                if allowed {
+                if visibility.sees(&e.kind, about.as_deref()) {
                     entries.push(e);
                     if entries.len() == limit {
                         break;

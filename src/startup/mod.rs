@@ -144,6 +144,13 @@ impl Prepared {
             self.sweep_interval,
             self.identity.clone(),
         ));
+        // Event streams never end on their own: end them when shutdown
+        // begins, so they do not hold up the drain of in-flight requests.
+        let hub = self.state.service.clone();
+        let shutdown = async move {
+            shutdown.await;
+            hub.events().stop();
+        };
         let result = serve(listener, self.tls, self.app, shutdown).await;
         background.abort();
         if let Err(e) = self.state.service.stopped().await {

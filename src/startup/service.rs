@@ -60,6 +60,7 @@ pub async fn start(
             .map_err(Error::InvalidArgument)?,
         anonymous_refusals_per_sec: config.audit.anonymous_refusals_per_sec,
         anonymous_refusals_burst: config.audit.anonymous_refusals_burst,
+        events: config.events.settings().map_err(Error::InvalidArgument)?,
     };
     let service = Arc::new(Service::new(parts).map_err(|e| Error::InvalidArgument(e.to_string()))?);
     service

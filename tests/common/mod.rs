@@ -9,6 +9,7 @@ pub mod backend;
 pub mod flow;
 pub mod oidc;
 pub mod server;
+pub mod sse;
 pub mod tls;
 pub mod tpm;
 
