@@ -96,6 +96,7 @@ pub async fn jwks(State(app): State<AppState>) -> Result<Json<serde_json::Value>
 
 /// Query of `GET /v1/audit`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only this session's entries.
