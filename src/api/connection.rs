@@ -13,10 +13,10 @@
 //!   the connection ends after it.
 //! - HTTP/2: each request is a stream of its own, and `Connection` headers
 //!   are not allowed. The body is read and discarded after the answer, up
-//!   to [`DISCARD_BYTES`], so the client ends its stream as usual; beyond
-//!   that the stream is reset with `NO_ERROR` once its answer is complete
-//!   (RFC 9113, 8.1), never before: a reset (`CANCEL`) before the answer
-//!   would lose it.
+//!   to [`DISCARD_BYTES`], so the client ends its stream as usual. Beyond
+//!   that h2 resets the stream with `NO_ERROR` once its answer is complete
+//!   (RFC 9113, 8.1), which some clients (curl 7.88) take for an error and
+//!   drop the answer: hence the draining.
 //!
 //! A connection that ends while the client is still sending would answer
 //! the client with a TCP reset, which can destroy the response before the
@@ -79,18 +79,12 @@ pub async fn settle_body(State(max_body): State<usize>, req: Request, next: Next
     }
     if !http1 {
         let budget = if holds_back { 0 } else { DISCARD_BYTES };
-        let (done, answered) = oneshot::channel();
-        tokio::spawn(drain(body, budget, Some(answered)));
-        return response.map(|answer| {
-            Body::new(Answer {
-                body: answer,
-                _done: done,
-            })
-        });
+        tokio::spawn(drain(body, budget));
+        return response;
     }
     match body.size_hint().exact() {
         Some(rest) if !holds_back && rest <= max_body as u64 => {
-            tokio::spawn(drain(body, max_body, None));
+            tokio::spawn(drain(body, max_body));
         }
         _ => {
             response
@@ -102,9 +96,8 @@ pub async fn settle_body(State(max_body): State<usize>, req: Request, next: Next
 }
 
 /// Reads and discards the rest of `body`, up to `budget` bytes and for at
-/// most [`DRAIN_TIME`]. A body that does not end within them is dropped,
-/// after `answered` (when given) says the answer is complete.
-async fn drain(mut body: Body, budget: usize, answered: Option<oneshot::Receiver<()>>) {
+/// most [`DRAIN_TIME`]; then drops it.
+async fn drain(mut body: Body, budget: usize) {
     let rest = async {
         let mut read = 0usize;
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
@@ -122,37 +115,6 @@ async fn drain(mut body: Body, budget: usize, answered: Option<oneshot::Receiver
     let ended = budget > 0 && tokio::time::timeout(DRAIN_TIME, rest).await == Ok(true);
     if !ended {
         tracing::debug!("request body not finished within the limits; closing");
-        if let Some(answered) = answered {
-            // The answer's body is dropped once it is complete.
-            let _ = answered.await;
-        }
-    }
-    drop(body);
-}
-
-/// An answer whose end [`drain`] waits for before it gives up on a body.
-struct Answer {
-    body: Body,
-    _done: oneshot::Sender<()>,
-}
-
-impl HttpBody for Answer {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
