@@ -4,6 +4,7 @@
 //! it on port 0 and the binary on the configured address. The service
 //! behind the handlers is assembled by [`crate::startup`].
 
+mod connection;
 mod error;
 pub mod events;
 mod health;
@@ -21,9 +22,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -119,29 +122,69 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionPath {
     }
 }
 
-/// The router with every endpoint, a body limit of `max_body` bytes and
-/// JSON errors for unknown paths and methods.
+/// One endpoint: its method, its path and the handler that answers it.
+pub struct Route {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, with `{name}` for path parameters as in the OpenAPI document.
+    pub path: &'static str,
+    endpoint: MethodRouter<AppState>,
+}
+
+impl Route {
+    fn get<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Self {
+            method: Method::GET,
+            path,
+            endpoint: get(handler),
+        }
+    }
+
+    fn post<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Self {
+            method: Method::POST,
+            path,
+            endpoint: post(handler),
+        }
+    }
+}
+
+/// Every endpoint. [`router`] serves exactly these, and a test checks that
+/// they are exactly the operations of the OpenAPI document.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::post("/v1/sessions", sessions::create),
+        Route::get("/v1/sessions", sessions::list),
+        Route::get("/v1/sessions/{id}", sessions::get),
+        Route::post("/v1/sessions/{id}/approve", sessions::approve),
+        Route::post("/v1/sessions/{id}/deny", sessions::deny),
+        Route::post("/v1/sessions/{id}/close", sessions::close),
+        Route::post("/v1/sessions/{id}/revoke", sessions::revoke),
+        Route::post("/v1/sessions/{id}/certificate", sessions::certificate),
+        Route::post("/v1/sessions/{id}/token", published::token),
+        Route::get("/v1/ca", health::ca),
+        Route::get("/v1/crl", published::crl),
+        Route::post("/v1/ocsp", published::ocsp_post),
+        Route::get("/v1/ocsp/{request}", published::ocsp_get),
+        Route::post("/v1/introspect", published::introspect),
+        Route::get("/v1/audit", published::audit),
+        Route::get("/v1/events", events::events),
+        Route::get("/.well-known/jwks.json", published::jwks),
+        Route::get("/healthz", health::healthz),
+        Route::get("/readyz", health::readyz),
+        Route::get("/openapi.json", openapi::document),
+    ]
+}
+
+/// The router with every endpoint of [`routes`], a body limit of
+/// `max_body` bytes, JSON errors for unknown paths and methods, and
+/// [`connection::settle_body`] for bodies a handler did not read.
 pub fn router(state: AppState, max_body: usize) -> Router {
-    Router::new()
-        .route("/v1/sessions", post(sessions::create).get(sessions::list))
-        .route("/v1/sessions/{id}", get(sessions::get))
-        .route("/v1/sessions/{id}/approve", post(sessions::approve))
-        .route("/v1/sessions/{id}/deny", post(sessions::deny))
-        .route("/v1/sessions/{id}/close", post(sessions::close))
-        .route("/v1/sessions/{id}/revoke", post(sessions::revoke))
-        .route("/v1/sessions/{id}/certificate", post(sessions::certificate))
-        .route("/v1/sessions/{id}/token", post(published::token))
-        .route("/v1/ca", get(health::ca))
-        .route("/v1/crl", get(published::crl))
-        .route("/v1/ocsp", post(published::ocsp_post))
-        .route("/v1/ocsp/{request}", get(published::ocsp_get))
-        .route("/v1/introspect", post(published::introspect))
-        .route("/v1/audit", get(published::audit))
-        .route("/v1/events", get(events::events))
-        .route("/.well-known/jwks.json", get(published::jwks))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(openapi::document))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, route| {
+            router.route(route.path, route.endpoint)
+        })
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -159,6 +202,10 @@ pub fn router(state: AppState, max_body: usize) -> Router {
                 },
             ),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            connection::settle_body,
+        ))
         .with_state(state)
 }
 
@@ -222,7 +269,9 @@ pub async fn serve(
                     app.clone().oneshot(req)
                 },
             );
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            // Closes cleanly: no reset while the client is still sending.
+            let io = TokioIo::new(connection::Lingering::new(tls));
+            let conn = builder.serve_connection_with_upgrades(io, service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

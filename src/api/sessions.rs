@@ -52,6 +52,7 @@ pub async fn create(
 
 /// Query of `GET /v1/sessions`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only sessions in this state: `pending`, `open` or `closed`.

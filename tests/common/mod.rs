@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod flow;
 pub mod oidc;
+pub mod python;
 pub mod server;
 pub mod sse;
 pub mod tls;
