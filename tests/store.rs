@@ -492,3 +492,26 @@ async fn a_live_owners_reservation_is_kept_until_its_lease_runs_out() {
     assert_eq!(creds[0].state, "void");
     assert_eq!(store.session(&s.id, t(4)).await.unwrap().minted, 0);
 }
+
+#[tokio::test]
+async fn a_reservation_on_a_session_time_has_closed_records_the_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&dir);
+    let (s, ev) = new_session(1, 1, 1);
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &s, "token:approver-0", 1).await.unwrap();
+    let (applied, r) = store
+        .reserve_credential(&s.id, cert("ab"), t(121))
+        .await
+        .unwrap();
+    assert!(r.is_none());
+    assert_eq!(applied.result.unwrap_err().code(), "session_closed");
+    let kinds: Vec<_> = store
+        .events(&s.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind())
+        .collect();
+    assert_eq!(kinds, ["requested", "approved", "opened", "closed"]);
+}

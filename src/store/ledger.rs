@@ -292,6 +292,37 @@ fn finish_in(
     })
 }
 
+/// Takes a slot and records the credential as reserved by `owner` until
+/// `lease_until`.
+fn reserve_in(
+    tx: &mut dyn LedgerTx,
+    id: &SessionId,
+    credential: NewCredential,
+    owner: String,
+    lease_until: Timestamp,
+    now: Timestamp,
+) -> Result<(Applied, Option<Reservation>), StoreError> {
+    let op = SessionOp::ReserveMint {
+        counted: credential.counted,
+    };
+    let applied = apply_in(tx, id, &op, now)?;
+    let Ok(Some(slot)) = &applied.result else {
+        return Ok((applied, None));
+    };
+    let reservation = Reservation {
+        session: id.clone(),
+        serial: credential.serial,
+        kind: credential.kind,
+        profile: credential.profile,
+        counted: credential.counted,
+        not_after: slot.not_after,
+        owner,
+        lease_until,
+    };
+    tx.insert_credential(&reservation, now)?;
+    Ok((applied, Some(reservation)))
+}
+
 /// Voids the reservations that are provably abandoned and gives their
 /// slots back; a live owner's reservation within its lease is kept.
 fn recover_in(tx: &mut dyn LedgerTx, now: Timestamp) -> Result<usize, StoreError> {
@@ -376,33 +407,32 @@ impl<B: Backend> Store for Ledger<B> {
         credential: NewCredential,
         now: Timestamp,
     ) -> Result<(Applied, Option<Reservation>), StoreError> {
-        let id = id.clone();
         let owner = self.backend.owner().to_owned();
         let lease_until = now.plus_secs(self.lease_secs);
         // A slot taken before signing: visible to every later transaction
         // at once, durable with the next synced commit (the credential's
         // own, at the latest). Lost in a crash, it was never handed out.
+        // Such a commit appends nothing to the trail (an entry a crash
+        // could lose would give its sequence number to another): a
+        // session that time has changed is saved by a synced commit.
+        let volatile = {
+            let (id, credential, owner) = (id.clone(), credential.clone(), owner.clone());
+            self.backend
+                .transact(Durability::Volatile, move |tx| {
+                    if tx.lock_session(&id)?.due(now) {
+                        return Ok(None);
+                    }
+                    reserve_in(tx, &id, credential, owner, lease_until, now).map(Some)
+                })
+                .await?
+        };
+        if let Some(reserved) = volatile {
+            return Ok(reserved);
+        }
+        let id = id.clone();
         self.backend
-            .transact(Durability::Volatile, move |tx| {
-                let op = SessionOp::ReserveMint {
-                    counted: credential.counted,
-                };
-                let applied = apply_in(tx, &id, &op, now)?;
-                let Ok(Some(slot)) = &applied.result else {
-                    return Ok((applied, None));
-                };
-                let reservation = Reservation {
-                    session: id.clone(),
-                    serial: credential.serial,
-                    kind: credential.kind,
-                    profile: credential.profile,
-                    counted: credential.counted,
-                    not_after: slot.not_after,
-                    owner,
-                    lease_until,
-                };
-                tx.insert_credential(&reservation, now)?;
-                Ok((applied, Some(reservation)))
+            .transact(Durability::Synced, move |tx| {
+                reserve_in(tx, &id, credential, owner, lease_until, now)
             })
             .await
     }
