@@ -201,7 +201,17 @@ fn apply_in(
     op: &SessionOp,
     now: Timestamp,
 ) -> Result<Applied, StoreError> {
-    let mut s = tx.lock_session(id)?;
+    let s = tx.lock_session(id)?;
+    apply_to(tx, s, op, now)
+}
+
+/// [`apply_in`] on a session already locked and loaded.
+fn apply_to(
+    tx: &mut dyn LedgerTx,
+    mut s: Session,
+    op: &SessionOp,
+    now: Timestamp,
+) -> Result<Applied, StoreError> {
     let before = s.clone();
     let (events, result) = s.apply(op, now);
     if s != before {
@@ -211,7 +221,7 @@ fn apply_in(
         }
     }
     for e in &events {
-        tx.append(now, Some(id), e)?;
+        tx.append(now, Some(&s.id), e)?;
     }
     Ok(Applied { session: s, result })
 }
@@ -296,7 +306,7 @@ fn finish_in(
 /// `lease_until`.
 fn reserve_in(
     tx: &mut dyn LedgerTx,
-    id: &SessionId,
+    session: Session,
     credential: NewCredential,
     owner: String,
     lease_until: Timestamp,
@@ -305,12 +315,12 @@ fn reserve_in(
     let op = SessionOp::ReserveMint {
         counted: credential.counted,
     };
-    let applied = apply_in(tx, id, &op, now)?;
+    let applied = apply_to(tx, session, &op, now)?;
     let Ok(Some(slot)) = &applied.result else {
         return Ok((applied, None));
     };
     let reservation = Reservation {
-        session: id.clone(),
+        session: applied.session.id.clone(),
         serial: credential.serial,
         kind: credential.kind,
         profile: credential.profile,
@@ -419,10 +429,11 @@ impl<B: Backend> Store for Ledger<B> {
             let (id, credential, owner) = (id.clone(), credential.clone(), owner.clone());
             self.backend
                 .transact(Durability::Volatile, move |tx| {
-                    if tx.lock_session(&id)?.due(now) {
+                    let session = tx.lock_session(&id)?;
+                    if session.due(now) {
                         return Ok(None);
                     }
-                    reserve_in(tx, &id, credential, owner, lease_until, now).map(Some)
+                    reserve_in(tx, session, credential, owner, lease_until, now).map(Some)
                 })
                 .await?
         };
@@ -432,7 +443,8 @@ impl<B: Backend> Store for Ledger<B> {
         let id = id.clone();
         self.backend
             .transact(Durability::Synced, move |tx| {
-                reserve_in(tx, &id, credential, owner, lease_until, now)
+                let session = tx.lock_session(&id)?;
+                reserve_in(tx, session, credential, owner, lease_until, now)
             })
             .await
     }
