@@ -9,6 +9,8 @@
 
 pub mod ledger;
 mod open;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -24,12 +26,18 @@ use crate::sessions::{
 pub use crate::sessions::CredentialKind;
 pub use ledger::{Backend, Durability, Ledger, LedgerTx};
 pub use open::open;
+#[cfg(feature = "postgres")]
+pub use postgres::Postgres;
 #[cfg(feature = "sqlite")]
 pub use sqlite::Sqlite;
 
 /// The embedded store: the ledger over one SQLite file.
 #[cfg(feature = "sqlite")]
 pub type SqliteStore = Ledger<Sqlite>;
+
+/// The shared store: the ledger over a PostgreSQL database.
+#[cfg(feature = "postgres")]
+pub type PostgresStore = Ledger<Postgres>;
 
 /// A store failure: the operation did not happen.
 #[derive(Debug, thiserror::Error)]
