@@ -528,3 +528,130 @@ async fn a_reservation_on_a_session_time_has_closed_records_the_expiry(kind: Sto
         .collect();
     assert_eq!(kinds, ["requested", "approved", "opened", "closed"]);
 }
+
+on_both_stores!(multi two_processes_append_to_one_dense_chained_trail);
+async fn two_processes_append_to_one_dense_chained_trail(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let stores = [place.open().await, place.open().await];
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = stores[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let (s, ev) = new_session(1, 1, 1);
+            store.create_session(s.clone(), ev, t(0)).await.unwrap();
+            approve(&store, &s, "token:approver-0", 1).await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let entries = stores[0].audit_entries(0, 1000, None).await.unwrap();
+    // requested, approved, opened for each session.
+    assert_eq!(entries.len(), 120);
+    let mut prev = lockstep::audit::GENESIS;
+    for (n, e) in (1u64..).zip(&entries) {
+        assert_eq!(e.seq, n, "sequence numbers are dense, from 1");
+        assert_eq!(e.prev_hash, hex::encode(prev));
+        let hash = lockstep::audit::entry_hash(
+            &prev,
+            e.seq,
+            e.at,
+            e.session.as_deref(),
+            &e.kind,
+            &e.body,
+        );
+        assert_eq!(e.hash, hex::encode(hash), "entry {n} hashes as chained");
+        prev = hash;
+    }
+    assert_eq!(
+        stores[1].audit_head().await.unwrap(),
+        Some((120, prev)),
+        "both processes see the same head"
+    );
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_only {
+    use super::*;
+
+    /// A commit by another process sharing the database wakes this one's
+    /// readers (LISTEN/NOTIFY), not only its own commits.
+    #[tokio::test]
+    async fn a_commit_by_another_process_wakes_readers() {
+        let place = TestStore::new(StoreKind::Postgres).await;
+        let reader = place.open().await;
+        let writer = place.open().await;
+        let mut committed = reader.committed();
+        committed.borrow_and_update();
+        let (s, ev) = new_session(1, 1, 1);
+        writer.create_session(s, ev, t(0)).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), committed.changed())
+            .await
+            .expect("woken by the other process's commit")
+            .unwrap();
+        assert_eq!(reader.audit_head().await.unwrap().map(|h| h.0), Some(1));
+    }
+
+    /// A password written into the URL is refused, naming what to write
+    /// instead, and never echoed.
+    #[tokio::test]
+    async fn a_password_in_the_url_is_refused() {
+        let place = TestStore::new(StoreKind::Postgres).await;
+        let mut config = place.postgres_config();
+        config.url = format!("{} password=hunter2-secret", config.url);
+        let err = lockstep::store::PostgresStore::connect(&config)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("password = \"env:NAME\""), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    /// The password by reference: a variable that is not set is refused
+    /// before any connection is tried.
+    #[tokio::test]
+    async fn a_password_reference_that_does_not_resolve_is_refused() {
+        let place = TestStore::new(StoreKind::Postgres).await;
+        let mut config = place.postgres_config();
+        config.password = Some(
+            lockstep::secret::SecretRef::parse("env:LOCKSTEP_TEST_NO_SUCH_PASSWORD").unwrap(),
+        );
+        let err = lockstep::store::PostgresStore::connect(&config)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "store_unavailable");
+        assert!(
+            err.to_string().contains("LOCKSTEP_TEST_NO_SUCH_PASSWORD"),
+            "{err}"
+        );
+    }
+
+    /// An owner whose process is gone is told apart from a live one at
+    /// once, without waiting for the lease: a live owner's reservation is
+    /// kept, a gone one's is voided.
+    #[tokio::test]
+    async fn a_gone_owner_is_told_from_a_live_one() {
+        let place = TestStore::new(StoreKind::Postgres).await;
+        let a = place.open().await;
+        let b = place.open().await;
+        let (s, ev) = new_session(1, 2, 1);
+        a.create_session(s.clone(), ev, t(0)).await.unwrap();
+        approve(&a, &s, "token:approver-0", 1).await.unwrap();
+        let (_, kept) = a.reserve_credential(&s.id, cert("a0"), t(2)).await.unwrap();
+        let (_, lost) = b.reserve_credential(&s.id, cert("b0"), t(2)).await.unwrap();
+        assert!(kept.is_some() && lost.is_some());
+        place.close(b).await;
+        assert_eq!(a.recover(t(3)).await.unwrap(), 1, "only b's is voided");
+        let states: Vec<_> = a
+            .credentials(&s.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.serial, c.state))
+            .collect();
+        assert_eq!(
+            states,
+            [("a0".into(), "reserved".into()), ("b0".into(), "void".into())]
+        );
+    }
+}

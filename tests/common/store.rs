@@ -73,14 +73,17 @@ impl TestStore {
     }
 
     /// Closes `store` as a process ending would, and waits until the
-    /// store has seen it go (PostgreSQL: until its connections, and so
-    /// its owner lock, are gone).
+    /// store has seen it go (PostgreSQL: until its owner lock is
+    /// released, which happens once the server sees its connection end).
     pub async fn close(&self, store: Arc<dyn Store>) {
-        drop(store);
         #[cfg(feature = "postgres")]
         if let Some(db) = &self.database {
-            db.wait_until_unused().await;
+            let before = db.owner_locks().await;
+            drop(store);
+            db.wait_for_fewer_owners(before).await;
+            return;
         }
+        drop(store);
     }
 
     /// The `[store]` section of a lockstep configuration for it.
@@ -171,25 +174,32 @@ mod postgres {
             connect(&self.url).await.batch_execute(sql).await.unwrap();
         }
 
-        /// Waits until no lockstep connection to it is left.
-        pub async fn wait_until_unused(&self) {
+        /// How many advisory locks (owner locks) are held on it.
+        pub async fn owner_locks(&self) -> i64 {
             let admin = connect(&format!("{} dbname=postgres", server())).await;
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                     WHERE l.locktype = 'advisory' AND l.granted AND d.datname = $1",
+                    &[&self.name],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        }
+
+        /// Waits until fewer than `before` owner locks are held: a
+        /// closed process's connection is gone and its lock with it.
+        pub async fn wait_for_fewer_owners(&self, before: i64) {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let n: i64 = admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'lockstep'",
-                        &[&self.name],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                if n == 0 {
+                let n = self.owner_locks().await;
+                if n < before {
                     return;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "{n} lockstep connections to {} left",
+                    "{n} owner locks on {} still held",
                     self.name
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;

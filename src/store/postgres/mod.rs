@@ -90,7 +90,7 @@ impl Postgres {
         let owner = Owner::claim(target.clone()).await?;
         let (commits, _) = watch::channel(0);
         let commits = Arc::new(commits);
-        let listener = notify::Listener::start(target.clone(), commits.clone());
+        let listener = notify::Listener::start(target.clone(), commits.clone()).await?;
         Ok(Self {
             pool,
             target,
