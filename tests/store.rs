@@ -552,14 +552,8 @@ async fn two_processes_append_to_one_dense_chained_trail(kind: StoreKind) {
     for (n, e) in (1u64..).zip(&entries) {
         assert_eq!(e.seq, n, "sequence numbers are dense, from 1");
         assert_eq!(e.prev_hash, hex::encode(prev));
-        let hash = lockstep::audit::entry_hash(
-            &prev,
-            e.seq,
-            e.at,
-            e.session.as_deref(),
-            &e.kind,
-            &e.body,
-        );
+        let hash =
+            lockstep::audit::entry_hash(&prev, e.seq, e.at, e.session.as_deref(), &e.kind, &e.body);
         assert_eq!(e.hash, hex::encode(hash), "entry {n} hashes as chained");
         prev = hash;
     }
@@ -613,9 +607,8 @@ mod postgres_only {
     async fn a_password_reference_that_does_not_resolve_is_refused() {
         let place = TestStore::new(StoreKind::Postgres).await;
         let mut config = place.postgres_config();
-        config.password = Some(
-            lockstep::secret::SecretRef::parse("env:LOCKSTEP_TEST_NO_SUCH_PASSWORD").unwrap(),
-        );
+        config.password =
+            Some(lockstep::secret::SecretRef::parse("env:LOCKSTEP_TEST_NO_SUCH_PASSWORD").unwrap());
         let err = lockstep::store::PostgresStore::connect(&config)
             .await
             .unwrap_err();
@@ -651,7 +644,67 @@ mod postgres_only {
             .collect();
         assert_eq!(
             states,
-            [("a0".into(), "reserved".into()), ("b0".into(), "void".into())]
+            [
+                ("a0".into(), "reserved".into()),
+                ("b0".into(), "void".into())
+            ]
         );
+    }
+
+    /// A transaction that loses a deadlock (SQLSTATE 40P01) is run again,
+    /// not surfaced: another connection holds the audit head while the
+    /// store's transaction holds the session, then asks for the session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_that_loses_a_deadlock_is_run_again() {
+        let place = TestStore::new(StoreKind::Postgres).await;
+        let store = place.open().await;
+        let (s, ev) = new_session(1, 1, 1);
+        store.create_session(s.clone(), ev, t(0)).await.unwrap();
+        approve(&store, &s, "token:approver-0", 1).await.unwrap();
+
+        let (mut other, conn) =
+            tokio_postgres::connect(&place.postgres_config().url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let tx = other.transaction().await.unwrap();
+        // The store's transaction waits first, so it is the one the
+        // server picks to break the deadlock.
+        tx.batch_execute("SET LOCAL deadlock_timeout = '30s'; SELECT 1 FROM audit_head FOR UPDATE")
+            .await
+            .unwrap();
+        // Time has closed the session: the refresh saves it and appends.
+        let closing = {
+            let store = store.clone();
+            let id = s.id.clone();
+            tokio::spawn(async move { store.apply(&id, SessionOp::Refresh, t(200)).await })
+        };
+        let waiting = "SELECT count(*) FROM pg_stat_activity
+                       WHERE application_name = 'lockstep' AND wait_event_type = 'Lock'";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tx.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store never waited"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tx.query(
+            "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE",
+            &[&s.id.as_str()],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let applied = closing.await.unwrap().expect("run again, not failed");
+        assert_eq!(applied.session.state, State::Closed);
+        let kinds: Vec<_> = store
+            .events(&s.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.kind())
+            .collect();
+        assert_eq!(kinds, ["requested", "approved", "opened", "closed"]);
     }
 }

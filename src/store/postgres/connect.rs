@@ -15,7 +15,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::unavailable;
+use super::{unavailable, why};
 use crate::config::PostgresConfig;
 use crate::store::StoreError;
 
@@ -45,10 +45,9 @@ impl Target {
     /// Reads `[store]`: refuses a password in the URL, resolves the
     /// password reference, and prepares TLS when `sslmode=require`.
     pub fn new(c: &PostgresConfig) -> Result<Self, StoreError> {
-        let mut config: Config = c
-            .url
-            .parse()
-            .map_err(|e| unavailable(format!("[store] url is not a PostgreSQL URL: {e}")))?;
+        let mut config: Config = c.url.parse().map_err(|e| {
+            unavailable(format!("[store] url is not a PostgreSQL URL: {}", why(&e)))
+        })?;
         if config.get_password().is_some() {
             return Err(unavailable(
                 "[store] url contains a password: remove it and give it by reference, password = \"env:NAME\" or \"file:PATH\"",
@@ -115,7 +114,7 @@ impl Target {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
-            .map_err(|e| unavailable(format!("connection pool: {e}")))
+            .map_err(|e| unavailable(format!("connection pool: {}", why(&e))))
     }
 
     /// A connection of its own, outside the pool; `on_notify` runs for
@@ -126,7 +125,11 @@ impl Target {
         on_notify: Option<Arc<dyn Fn() + Send + Sync>>,
     ) -> Result<(Client, JoinHandle<()>), StoreError> {
         let connect_error = |e: tokio_postgres::Error| {
-            unavailable(format!("cannot connect to {}: {e}", self.describe()))
+            unavailable(format!(
+                "cannot connect to {}: {}",
+                self.describe(),
+                why(&e)
+            ))
         };
         match &self.tls {
             Tls::Plain => {
@@ -165,7 +168,7 @@ where
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "PostgreSQL connection lost");
+                    tracing::warn!(error = %why(&e), "PostgreSQL connection lost");
                     break;
                 }
             }

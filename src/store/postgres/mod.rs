@@ -61,6 +61,24 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// A failure of the database or the connection to it, with its causes
+/// (tokio-postgres says only "db error"; the server's message is below).
+fn failed(e: impl std::error::Error) -> StoreError {
+    StoreError::Unavailable(why(&e))
+}
+
+/// An error and its causes, as one line.
+fn why(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
@@ -81,11 +99,13 @@ impl Postgres {
         let pool = target.pool()?;
         // The first connection says whether the database is reachable at
         // all, with the server's own words.
-        drop(
-            pool.get().await.map_err(|e| {
-                unavailable(format!("cannot connect to {}: {e}", target.describe()))
-            })?,
-        );
+        drop(pool.get().await.map_err(|e| {
+            unavailable(format!(
+                "cannot connect to {}: {}",
+                target.describe(),
+                why(&e)
+            ))
+        })?);
         schema::migrate(&pool).await?;
         let owner = Owner::claim(target.clone()).await?;
         let (commits, _) = watch::channel(0);
@@ -102,10 +122,13 @@ impl Postgres {
 
     /// A pooled connection.
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| unavailable(format!("no connection to {}: {e}", self.target.describe())))
+        self.pool.get().await.map_err(|e| {
+            unavailable(format!(
+                "no connection to {}: {}",
+                self.target.describe(),
+                why(&e)
+            ))
+        })
     }
 
     /// Runs a read query on a pooled connection.
@@ -115,8 +138,8 @@ impl Postgres {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
         let client = self.client().await?;
-        let st = client.prepare_cached(sql).await.map_err(unavailable)?;
-        client.query(&st, params).await.map_err(unavailable)
+        let st = client.prepare_cached(sql).await.map_err(failed)?;
+        client.query(&st, params).await.map_err(failed)
     }
 }
 
@@ -142,9 +165,9 @@ where
 {
     let other = |e: tokio_postgres::Error| {
         if tx::is_conflict(&e) {
-            Failure::Conflict(unavailable(&e))
+            Failure::Conflict(failed(&e))
         } else {
-            Failure::Other(unavailable(&e))
+            Failure::Other(failed(&e))
         }
     };
     let tx = handle.block_on(client.transaction()).map_err(other)?;
@@ -404,17 +427,17 @@ impl Backend for Postgres {
             (bytes(&cp.head)?, bytes(&cp.signer)?, bytes(&cp.signature)?);
         let (number, upto) = (cp.number as i64, cp.upto as i64);
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(unavailable)?;
+        let tx = client.transaction().await.map_err(failed)?;
         // Under the audit head's lock: two processes signing the same
         // range at once both read the same last checkpoint; the first to
         // commit takes the number, the other adds nothing.
         tx.execute("SELECT 1 FROM audit_head FOR UPDATE", &[])
             .await
-            .map_err(unavailable)?;
+            .map_err(failed)?;
         let last: Option<i64> = tx
             .query_one("SELECT MAX(number) FROM checkpoints", &[])
             .await
-            .map_err(unavailable)?
+            .map_err(failed)?
             .get(0);
         let last = last.unwrap_or(0) as u64;
         if cp.number <= last {
@@ -429,7 +452,7 @@ impl Backend for Postgres {
         let signed: Option<Vec<u8>> = tx
             .query_opt("SELECT hash FROM events WHERE seq = $1", &[&upto])
             .await
-            .map_err(unavailable)?
+            .map_err(failed)?
             .map(|r| r.get(0));
         if signed.as_deref() != Some(head.as_slice()) {
             return Err(corrupt(format!(
@@ -443,8 +466,8 @@ impl Backend for Postgres {
             &[&number, &upto, &head, &cp.at, &signer, &signature],
         )
         .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
         Ok(true)
     }
 

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 
 use super::connect::Target;
 use super::tx::CHANNEL;
-use super::unavailable;
+use super::{unavailable, why};
 use crate::store::StoreError;
 
 /// The listening task; it stops when this is dropped.
@@ -59,7 +59,7 @@ async fn subscribe(
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .await
-        .map_err(|e| unavailable(format!("cannot LISTEN for commits: {e}")))?;
+        .map_err(|e| unavailable(format!("cannot LISTEN for commits: {}", why(&e))))?;
     Ok((client, conn))
 }
 
@@ -82,7 +82,7 @@ async fn listen(
                 wake(&commits);
                 current = Some(again);
             }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for commits"),
+            Err(e) => tracing::warn!(error = %why(&e), "cannot listen for commits"),
         }
     }
 }

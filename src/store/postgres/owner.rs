@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 
 use super::connect::Target;
-use super::unavailable;
+use super::{unavailable, why};
 use crate::sessions::credential::OwnerStatus;
 use crate::store::StoreError;
 
@@ -43,7 +43,7 @@ impl Owner {
             let row = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
                 .await
-                .map_err(|e| unavailable(format!("claiming an owner lock: {e}")))?;
+                .map_err(|e| unavailable(format!("claiming an owner lock: {}", why(&e))))?;
             if row.get::<_, bool>(0) {
                 break key;
             }
@@ -86,10 +86,10 @@ async fn hold(
                         tracing::info!(owner = %id_of(key), "owner lock taken again");
                         held = Some((client, conn));
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot take the owner lock again"),
+                    Err(e) => tracing::warn!(error = %why(&e), "cannot take the owner lock again"),
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot reconnect to take the owner lock"),
+            Err(e) => tracing::warn!(error = %why(&e), "cannot reconnect to take the owner lock"),
         }
     }
 }

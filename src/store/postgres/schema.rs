@@ -7,7 +7,7 @@
 
 use deadpool_postgres::Pool;
 
-use super::{corrupt, unavailable};
+use super::{corrupt, failed, unavailable, why};
 use crate::store::StoreError;
 
 /// The advisory lock key migrations run under ("lockstep" in ASCII).
@@ -106,7 +106,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// Applies the migrations not yet applied; refuses a newer schema.
 pub(super) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
-    let mut client = pool.get().await.map_err(unavailable)?;
+    let mut client = pool.get().await.map_err(failed)?;
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -121,17 +121,17 @@ pub(super) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
             Some(c) if *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION => Ok(()),
             _ => Err(e),
         })
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for (i, sql) in MIGRATIONS.iter().enumerate() {
         let version = (i + 1) as i32;
-        let tx = client.transaction().await.map_err(unavailable)?;
+        let tx = client.transaction().await.map_err(failed)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
-            .map_err(unavailable)?;
+            .map_err(failed)?;
         let done: Option<i32> = tx
             .query_one("SELECT MAX(version) FROM schema_migrations", &[])
             .await
-            .map_err(unavailable)?
+            .map_err(failed)?
             .get(0);
         let done = done.unwrap_or(0);
         if done as usize > MIGRATIONS.len() {
@@ -141,19 +141,19 @@ pub(super) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
             )));
         }
         if done >= version {
-            tx.rollback().await.map_err(unavailable)?;
+            tx.rollback().await.map_err(failed)?;
             continue;
         }
         tx.batch_execute(sql)
             .await
-            .map_err(|e| unavailable(format!("schema migration {version}: {e}")))?;
+            .map_err(|e| unavailable(format!("schema migration {version}: {}", why(&e))))?;
         tx.execute(
             "INSERT INTO schema_migrations (version) VALUES ($1)",
             &[&version],
         )
         .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
     }
     Ok(())
 }

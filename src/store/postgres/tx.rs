@@ -15,7 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::owner;
-use super::{corrupt, load_body, parse_kind};
+use super::{corrupt, failed, load_body, parse_kind};
 use crate::audit::{GENESIS, entry_hash};
 use crate::clock::Timestamp;
 use crate::sessions::credential::{Held, OwnerStatus, Reserved};
@@ -61,7 +61,7 @@ impl<'a> PgTx<'a> {
         if is_conflict(&e) {
             self.conflict = true;
         }
-        StoreError::Unavailable(e.to_string())
+        failed(&e)
     }
 
     /// Runs a query, returning its rows.
