@@ -21,6 +21,17 @@ pub enum StoreKind {
     Postgres,
 }
 
+impl StoreKind {
+    /// Its `[store] type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            #[cfg(feature = "postgres")]
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
 /// The place a test's store lives: a file, or a database dropped with it.
 pub struct TestStore {
     kind: StoreKind,
