@@ -79,6 +79,13 @@ fn why(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Column `i` of a row, as the type the schema gives it; anything else
+/// is a store lockstep cannot read.
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
+    r.try_get(i)
+        .map_err(|e| corrupt(format!("column {i}: {}", why(&e))))
+}
+
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
@@ -238,19 +245,19 @@ fn hash32(seq: i64, hash: Vec<u8>) -> Result<[u8; 32], StoreError> {
 const CREDENTIAL_COLUMNS: &str = "c.serial, c.session_id, c.profile, c.state, c.not_after, c.key_sha256, c.issued_at, c.kind, r.revoked_at, r.reason";
 
 fn credential_record(r: &Row) -> Result<CredentialRecord, StoreError> {
-    let revoked = match (r.get::<_, Option<i64>>(8), r.get::<_, Option<i64>>(9)) {
+    let revoked = match (col::<Option<i64>>(r, 8)?, col::<Option<i64>>(r, 9)?) {
         (Some(at), Some(code)) => Some((Timestamp::from_unix(at), parse_reason(code)?)),
         _ => None,
     };
     Ok(CredentialRecord {
-        serial: r.get(0),
-        session: SessionId::parse(r.get(1)).map_err(corrupt)?,
-        kind: parse_kind(r.get(7))?,
-        profile: parse_profile(r.get(2))?,
-        state: r.get(3),
-        not_after: Timestamp::from_unix(r.get(4)),
-        key_sha256: r.get(5),
-        issued_at: r.get::<_, Option<i64>>(6).map(Timestamp::from_unix),
+        serial: col(r, 0)?,
+        session: SessionId::parse(col(r, 1)?).map_err(corrupt)?,
+        kind: parse_kind(col(r, 7)?)?,
+        profile: parse_profile(col(r, 2)?)?,
+        state: col(r, 3)?,
+        not_after: Timestamp::from_unix(col(r, 4)?),
+        key_sha256: col(r, 5)?,
+        issued_at: col::<Option<i64>>(r, 6)?.map(Timestamp::from_unix),
         revoked,
     })
 }
@@ -293,7 +300,7 @@ impl Backend for Postgres {
         let rows = self
             .rows("SELECT body FROM sessions WHERE id = $1", &[&id.as_str()])
             .await?;
-        load_body(id, rows.first().map(|r| r.get(0)))
+        load_body(id, rows.first().map(|r| col(r, 0)).transpose()?)
     }
 
     async fn sessions(&self, filter: SessionFilter) -> Result<Vec<Session>, StoreError> {
@@ -314,7 +321,7 @@ impl Backend for Postgres {
             )
             .await?;
         rows.iter()
-            .map(|r| serde_json::from_str(r.get(0)).map_err(corrupt))
+            .map(|r| serde_json::from_str(col(r, 0)?).map_err(corrupt))
             .collect()
     }
 
@@ -344,7 +351,7 @@ impl Backend for Postgres {
                 &[&id.as_str()],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?))).collect()
     }
 
     async fn live_revocations(&self, now: Timestamp) -> Result<Vec<RevokedEntry>, StoreError> {
@@ -357,9 +364,9 @@ impl Backend for Postgres {
         rows.iter()
             .map(|r| {
                 Ok(RevokedEntry {
-                    serial: r.get(0),
-                    revoked_at: Timestamp::from_unix(r.get(1)),
-                    reason: parse_reason(r.get(2))?,
+                    serial: col(r, 0)?,
+                    revoked_at: Timestamp::from_unix(col(r, 1)?),
+                    reason: parse_reason(col(r, 2)?)?,
                 })
             })
             .collect()
@@ -372,7 +379,7 @@ impl Backend for Postgres {
         let row = rows
             .first()
             .ok_or_else(|| corrupt("counter revocations is missing"))?;
-        Ok(row.get::<_, i64>(0) as u64)
+        Ok(col::<i64>(row, 0)? as u64)
     }
 
     async fn next_crl_number(&self) -> Result<u64, StoreError> {
@@ -385,7 +392,7 @@ impl Backend for Postgres {
         let row = rows
             .first()
             .ok_or_else(|| corrupt("counter crl_number is missing"))?;
-        Ok(row.get::<_, i64>(0) as u64)
+        Ok(col::<i64>(row, 0)? as u64)
     }
 
     async fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
@@ -397,8 +404,8 @@ impl Backend for Postgres {
             .await?;
         rows.first()
             .map(|r| {
-                let seq: i64 = r.get(0);
-                Ok((seq as u64, hash32(seq, r.get(1))?))
+                let seq: i64 = col(r, 0)?;
+                Ok((seq as u64, hash32(seq, col(r, 1)?)?))
             })
             .transpose()
     }
@@ -411,14 +418,18 @@ impl Backend for Postgres {
                 &[],
             )
             .await?;
-        Ok(rows.first().map(|r| crate::audit::Checkpoint {
-            number: r.get::<_, i64>(0) as u64,
-            upto: r.get::<_, i64>(1) as u64,
-            head: hex::encode(r.get::<_, Vec<u8>>(2)),
-            at: r.get(3),
-            signer: hex::encode(r.get::<_, Vec<u8>>(4)),
-            signature: hex::encode(r.get::<_, Vec<u8>>(5)),
-        }))
+        rows.first()
+            .map(|r| {
+                Ok(crate::audit::Checkpoint {
+                    number: col::<i64>(r, 0)? as u64,
+                    upto: col::<i64>(r, 1)? as u64,
+                    head: hex::encode(col::<Vec<u8>>(r, 2)?),
+                    at: col(r, 3)?,
+                    signer: hex::encode(col::<Vec<u8>>(r, 4)?),
+                    signature: hex::encode(col::<Vec<u8>>(r, 5)?),
+                })
+            })
+            .transpose()
     }
 
     async fn add_checkpoint(&self, cp: crate::audit::Checkpoint) -> Result<bool, StoreError> {
@@ -438,7 +449,8 @@ impl Backend for Postgres {
             .query_one("SELECT MAX(number) FROM checkpoints", &[])
             .await
             .map_err(failed)?
-            .get(0);
+            .try_get(0)
+            .map_err(failed)?;
         let last = last.unwrap_or(0) as u64;
         if cp.number <= last {
             return Ok(false);
@@ -453,7 +465,8 @@ impl Backend for Postgres {
             .query_opt("SELECT hash FROM events WHERE seq = $1", &[&upto])
             .await
             .map_err(failed)?
-            .map(|r| r.get(0));
+            .map(|r| col(&r, 0))
+            .transpose()?;
         if signed.as_deref() != Some(head.as_slice()) {
             return Err(corrupt(format!(
                 "checkpoint {} names entry {} with a hash the trail does not have",
@@ -498,18 +511,19 @@ impl Backend for Postgres {
                 &[&after, &session.map(SessionId::as_str), &limit],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| crate::audit::Entry {
-                seq: r.get::<_, i64>(0) as u64,
-                at: r.get(1),
-                session: r.get(2),
-                kind: r.get(3),
-                body: r.get(4),
-                prev_hash: hex::encode(r.get::<_, Vec<u8>>(5)),
-                hash: hex::encode(r.get::<_, Vec<u8>>(6)),
+        rows.iter()
+            .map(|r| {
+                Ok(crate::audit::Entry {
+                    seq: col::<i64>(r, 0)? as u64,
+                    at: col(r, 1)?,
+                    session: col(r, 2)?,
+                    kind: col(r, 3)?,
+                    body: col(r, 4)?,
+                    prev_hash: hex::encode(col::<Vec<u8>>(r, 5)?),
+                    hash: hex::encode(col::<Vec<u8>>(r, 6)?),
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn events(&self, id: &SessionId) -> Result<Vec<EventRecord>, StoreError> {
@@ -522,10 +536,10 @@ impl Backend for Postgres {
         rows.iter()
             .map(|r| {
                 Ok(EventRecord {
-                    seq: r.get(0),
-                    at: Timestamp::from_unix(r.get(1)),
+                    seq: col(r, 0)?,
+                    at: Timestamp::from_unix(col(r, 1)?),
                     session: Some(id.clone()),
-                    event: serde_json::from_str(r.get(2)).map_err(corrupt)?,
+                    event: serde_json::from_str(col(r, 2)?).map_err(corrupt)?,
                 })
             })
             .collect()

@@ -40,11 +40,12 @@ impl Owner {
         let (client, conn) = target.dedicated(None).await?;
         let key = loop {
             let key = random_key()?;
-            let row = client
+            let taken = client
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
                 .await
+                .and_then(|row| row.try_get::<_, bool>(0))
                 .map_err(|e| unavailable(format!("claiming an owner lock: {}", why(&e))))?;
-            if row.get::<_, bool>(0) {
+            if taken {
                 break key;
             }
         };

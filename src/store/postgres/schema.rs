@@ -132,7 +132,8 @@ pub(super) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
             .query_one("SELECT MAX(version) FROM schema_migrations", &[])
             .await
             .map_err(failed)?
-            .get(0);
+            .try_get(0)
+            .map_err(failed)?;
         let done = done.unwrap_or(0);
         if done as usize > MIGRATIONS.len() {
             return Err(corrupt(format!(

@@ -15,7 +15,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::owner;
-use super::{corrupt, failed, load_body, parse_kind};
+use super::{col, corrupt, failed, load_body, parse_kind};
 use crate::audit::{GENESIS, entry_hash};
 use crate::clock::Timestamp;
 use crate::sessions::credential::{Held, OwnerStatus, Reserved};
@@ -110,7 +110,7 @@ impl<'a> PgTx<'a> {
         owner::status_of(self.handle.block_on(async {
             tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])
                 .await
-                .map(|r| r.get::<_, bool>(0))
+                .and_then(|r| r.try_get::<_, bool>(0))
         }))
     }
 }
@@ -121,7 +121,7 @@ impl LedgerTx for PgTx<'_> {
             "SELECT body FROM sessions WHERE id = $1 FOR UPDATE",
             &[&id.as_str()],
         )?;
-        load_body(id, rows.first().map(|r| r.get(0)))
+        load_body(id, rows.first().map(|r| col(r, 0)).transpose()?)
     }
 
     fn insert_session(&mut self, session: &Session) -> Result<(), StoreError> {
@@ -232,9 +232,9 @@ impl LedgerTx for PgTx<'_> {
         rows.iter()
             .map(|r| {
                 Ok(CredentialEntry {
-                    serial: r.get(0),
-                    kind: parse_kind(r.get(1))?,
-                    not_after: Timestamp::from_unix(r.get(2)),
+                    serial: col(r, 0)?,
+                    kind: parse_kind(col(r, 1)?)?,
+                    not_after: Timestamp::from_unix(col(r, 2)?),
                 })
             })
             .collect()
@@ -277,8 +277,8 @@ impl LedgerTx for PgTx<'_> {
         let head = head
             .first()
             .ok_or_else(|| corrupt("the audit head is missing"))?;
-        let last: i64 = head.get(0);
-        let prev: [u8; 32] = match head.get::<_, Option<Vec<u8>>>(1) {
+        let last: i64 = col(head, 0)?;
+        let prev: [u8; 32] = match col::<Option<Vec<u8>>>(head, 1)? {
             None if last == 0 => GENESIS,
             None => return Err(corrupt(format!("audit entry {last} has no hash"))),
             Some(hash) => hash
@@ -317,16 +317,16 @@ impl LedgerTx for PgTx<'_> {
         )?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            let owner: Option<String> = r.get(5);
-            let lease_until: Option<i64> = r.get(6);
+            let owner: Option<String> = col(r, 5)?;
+            let lease_until: Option<i64> = col(r, 6)?;
             out.push(Reserved {
                 held: Held {
-                    serial: r.get(0),
-                    kind: parse_kind(r.get(2))?,
-                    counted: r.get(3),
-                    not_after: Timestamp::from_unix(r.get(4)),
+                    serial: col(r, 0)?,
+                    kind: parse_kind(col(r, 2)?)?,
+                    counted: col(r, 3)?,
+                    not_after: Timestamp::from_unix(col(r, 4)?),
                 },
-                session: SessionId::parse(r.get(1)).map_err(corrupt)?,
+                session: SessionId::parse(col(r, 1)?).map_err(corrupt)?,
                 owner_status: self.owner_status(owner.as_deref()),
                 owner: owner.unwrap_or_default(),
                 lease_until: Timestamp::from_unix(lease_until.unwrap_or(i64::MIN)),
@@ -344,7 +344,7 @@ impl LedgerTx for PgTx<'_> {
             &[&now.unix()],
         )?;
         rows.iter()
-            .map(|r| SessionId::parse(r.get(0)).map_err(corrupt))
+            .map(|r| SessionId::parse(col(r, 0)?).map_err(corrupt))
             .collect()
     }
 }
