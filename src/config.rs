@@ -1133,6 +1133,34 @@ dir = "ca"
     }
 
     #[test]
+    fn a_postgres_store_takes_its_password_by_reference_only() {
+        let c = store(
+            "type = \"postgres\"\nurl = \"postgres://lockstep@db/lockstep\"\npassword = \"file:db-password\"\nca_file = \"db-ca.pem\"",
+        )
+        .unwrap();
+        let Some(StoreConfig::Postgres(pg)) = c.store else {
+            panic!("a postgres store");
+        };
+        assert_eq!(pg.url, "postgres://lockstep@db/lockstep");
+        assert_eq!(
+            pg.password,
+            Some(SecretRef::File("/etc/lockstep/db-password".into())),
+            "relative to the configuration"
+        );
+        assert_eq!(
+            pg.ca_file.as_deref(),
+            Some(Path::new("/etc/lockstep/db-ca.pem"))
+        );
+        let err = store("type = \"postgres\"\nurl = \"postgres://db/x\"\npassword = \"hunter2\"")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("by reference") && !text.contains("hunter2"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn store_errors_name_the_section_and_what_to_write() {
         for (section, wanted) in [
             // Both forms at once: the short one is not a field of the long.
