@@ -2,7 +2,8 @@
 //! every rule: approvals reaching different processes open a session
 //! once, mints through both never pass a session's count, a process
 //! killed mid-run leaves the other serving, every acknowledged
-//! credential is on the record, and the trail is one dense hash chain.
+//! credential is on the record, and the trail is one dense hash chain
+//! that `lockstep audit verify` checks from the database.
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -122,7 +123,9 @@ async fn two_processes_on_one_database_keep_every_rule() {
     // Every acknowledged certificate is on the record as issued, and the
     // trail is one dense chain.
     let config = lockstep::config::Config::load(&srv.config_path).unwrap();
-    let store = lockstep::store::open(&config.store.unwrap()).await.unwrap();
+    let store = lockstep::store::open(config.store.as_ref().unwrap())
+        .await
+        .unwrap();
     for serial in &issued {
         let c = store.credential(serial).await.unwrap().expect("on record");
         assert_eq!(c.state, "issued", "{serial}");
@@ -139,4 +142,31 @@ async fn two_processes_on_one_database_keep_every_rule() {
     }
     a.kill().unwrap();
     a.wait().unwrap();
+
+    // `lockstep audit verify` reads the trail from the database the
+    // configuration names, and names an entry edited behind its back.
+    let verify = || {
+        let out = common::lockstep_cli(&[
+            "--config",
+            srv.config_path.to_str().unwrap(),
+            "audit",
+            "verify",
+        ]);
+        (out.status.success(), common::output_text(&out))
+    };
+    let (ok, text) = verify();
+    assert!(ok && text.contains("audit trail OK"), "{text}");
+    let Some(lockstep::config::StoreConfig::Postgres(pg)) = config.store.clone() else {
+        panic!("a PostgreSQL store");
+    };
+    let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("UPDATE events SET body = body || ' ' WHERE seq = 3")
+        .await
+        .unwrap();
+    let (ok, text) = verify();
+    assert!(!ok && text.contains("entry 3"), "{text}");
 }

@@ -27,7 +27,7 @@ pub use crate::sessions::CredentialKind;
 pub use ledger::{Backend, Durability, Ledger, LedgerTx};
 pub use open::open;
 #[cfg(feature = "postgres")]
-pub use postgres::Postgres;
+pub use postgres::{Postgres, connect_alone};
 #[cfg(feature = "sqlite")]
 pub use sqlite::Sqlite;
 

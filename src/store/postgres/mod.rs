@@ -150,6 +150,14 @@ impl Postgres {
     }
 }
 
+/// A connection of its own to the configured database, outside any store
+/// (for `lockstep audit`, which reads the trail with its own queries).
+/// It closes when the client is dropped.
+pub async fn connect_alone(config: &PostgresConfig) -> Result<tokio_postgres::Client, StoreError> {
+    let (client, _conn) = Target::new(config)?.dedicated(None).await?;
+    Ok(client)
+}
+
 /// How one attempt at a transaction failed.
 enum Failure {
     /// It lost to another transaction: it may be run again.
