@@ -167,14 +167,15 @@ enum Failure {
 }
 
 /// One attempt: begin, run `f`, commit (notifying readers when it
-/// appended to the trail); rolled back on any error.
+/// appended to the trail, and saying whether it did); rolled back on any
+/// error.
 fn attempt<T, F>(
     handle: &tokio::runtime::Handle,
     client: &mut deadpool_postgres::Client,
     durability: Durability,
     owner: &str,
     f: &mut F,
-) -> Result<T, Failure>
+) -> Result<(T, bool), Failure>
 where
     F: FnMut(&mut dyn LedgerTx) -> Result<T, StoreError>,
 {
@@ -214,7 +215,7 @@ where
             .map_err(other)?;
     }
     handle.block_on(tx.commit()).map_err(other)?;
-    Ok(value)
+    Ok((value, appended))
 }
 
 /// A short, growing pause before running a transaction again, with
@@ -280,7 +281,7 @@ impl Backend for Postgres {
         let mut client = self.client().await?;
         let owner = self.owner.id().to_owned();
         let handle = tokio::runtime::Handle::current();
-        let value = tokio::task::spawn_blocking(move || {
+        let (value, appended) = tokio::task::spawn_blocking(move || {
             let mut tries = 1;
             loop {
                 match attempt(&handle, &mut client, durability, &owner, &mut f) {
@@ -296,7 +297,11 @@ impl Backend for Postgres {
         })
         .await
         .map_err(|e| unavailable(format!("store transaction: {e}")))??;
-        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+        if appended {
+            // Readers of this process hear at once; the NOTIFY reaches
+            // them too, and the other replicas.
+            self.commits.send_modify(|n| *n = n.wrapping_add(1));
+        }
         Ok(value)
     }
 
