@@ -32,6 +32,8 @@ pub enum Feature {
     Tpm,
     /// The embedded SQLite store (`rusqlite`).
     Sqlite,
+    /// The PostgreSQL store (`tokio-postgres`), shared by several replicas.
+    Postgres,
 }
 
 impl Feature {
@@ -42,6 +44,7 @@ impl Feature {
             Self::Pkcs11 => "pkcs11",
             Self::Tpm => "tpm",
             Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
         }
     }
 
@@ -51,12 +54,13 @@ impl Feature {
             Self::Pkcs11 => cfg!(feature = "pkcs11"),
             Self::Tpm => cfg!(feature = "tpm"),
             Self::Sqlite => cfg!(feature = "sqlite"),
+            Self::Postgres => cfg!(feature = "postgres"),
         }
     }
 
     /// Every feature this build has (logged at start).
     pub fn built() -> Vec<Self> {
-        [Self::Pkcs11, Self::Tpm, Self::Sqlite]
+        [Self::Pkcs11, Self::Tpm, Self::Sqlite, Self::Postgres]
             .into_iter()
             .filter(|f| f.is_built())
             .collect()
@@ -475,11 +479,40 @@ impl EventsConfig {
 /// ```
 ///
 /// `sqlite = "var/lockstep.db"` alone is short for the same.
+///
+/// ```toml
+/// [store]
+/// type = "postgres"
+/// url = "postgres://lockstep@db.internal/lockstep?sslmode=require"
+/// password = "env:LOCKSTEP_DB_PASSWORD"
+/// ```
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum StoreConfig {
     /// The embedded store: one SQLite file, no server.
     Sqlite(SqliteConfig),
+    /// A PostgreSQL database, which several lockstep replicas may share.
+    Postgres(PostgresConfig),
+}
+
+/// `[store] type = "postgres"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Where the database is: a `postgres://` URL or libpq keyword
+    /// parameters (`host=/run/postgresql dbname=lockstep`). A password in
+    /// it is refused: give it by reference in `password`. TLS is used
+    /// when it says `sslmode=require` (the server's certificate is then
+    /// always verified).
+    pub url: String,
+    /// The password, by reference (`env:NAME` or `file:PATH`).
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+    /// PEM file of the CA certificates that sign the server's certificate
+    /// (default: the Mozilla root program).
+    pub ca_file: Option<PathBuf>,
+    /// Connections kept for this process (default 16).
+    pub pool_size: Option<usize>,
 }
 
 /// `[store] type = "sqlite"`.
@@ -495,6 +528,7 @@ impl StoreConfig {
     pub fn feature(&self) -> Feature {
         match self {
             Self::Sqlite(_) => Feature::Sqlite,
+            Self::Postgres(_) => Feature::Postgres,
         }
     }
 
@@ -503,6 +537,7 @@ impl StoreConfig {
     pub fn sqlite_path(&self) -> Option<&Path> {
         match self {
             Self::Sqlite(c) => Some(&c.path),
+            Self::Postgres(_) => None,
         }
     }
 }
@@ -620,6 +655,12 @@ impl Config {
         config.ca.dir = clean(&base.join(&config.ca.dir));
         match &mut config.store {
             Some(StoreConfig::Sqlite(sqlite)) => sqlite.path = clean(&base.join(&sqlite.path)),
+            Some(StoreConfig::Postgres(pg)) => {
+                pg.password = pg.password.take().map(|p| p.relative_to(&base));
+                if let Some(ca) = &mut pg.ca_file {
+                    *ca = clean(&base.join(&*ca));
+                }
+            }
             None => {}
         }
         if let Some(policy) = &mut config.policy {
@@ -1089,6 +1130,34 @@ dir = "ca"
         }
         let c = Config::parse(BUILT, Path::new("x.toml")).unwrap();
         assert!(c.store.is_none());
+    }
+
+    #[test]
+    fn a_postgres_store_takes_its_password_by_reference_only() {
+        let c = store(
+            "type = \"postgres\"\nurl = \"postgres://lockstep@db/lockstep\"\npassword = \"file:db-password\"\nca_file = \"db-ca.pem\"",
+        )
+        .unwrap();
+        let Some(StoreConfig::Postgres(pg)) = c.store else {
+            panic!("a postgres store");
+        };
+        assert_eq!(pg.url, "postgres://lockstep@db/lockstep");
+        assert_eq!(
+            pg.password,
+            Some(SecretRef::File("/etc/lockstep/db-password".into())),
+            "relative to the configuration"
+        );
+        assert_eq!(
+            pg.ca_file.as_deref(),
+            Some(Path::new("/etc/lockstep/db-ca.pem"))
+        );
+        let err = store("type = \"postgres\"\nurl = \"postgres://db/x\"\npassword = \"hunter2\"")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("by reference") && !text.contains("hunter2"),
+            "{text}"
+        );
     }
 
     #[test]

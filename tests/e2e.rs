@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use common::backend::Backend;
 use common::server::TestServer;
+use common::store::StoreKind;
 use common::{openssl, openssl_csr, write};
 
 const POLICY: &str = r#"
@@ -71,8 +72,9 @@ const CALLERS: &[&str] = &[
     "acme-ops",
 ];
 
-async fn start(name: &str) -> TestServer {
-    start_on(Backend::SoftHsm, name).await
+/// A service with its state in a store of `kind`.
+async fn start_in(kind: StoreKind, name: &str) -> TestServer {
+    TestServer::start_in(kind, name, POLICY, CALLERS, "").await
 }
 
 async fn start_on(backend: Backend, name: &str) -> TestServer {
@@ -251,9 +253,9 @@ type Case<'a> = (
     &'a str,
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_are_json_with_the_right_status_and_change_nothing() {
-    let srv = start("e2e-errors").await;
+on_both_stores!(multi errors_are_json_with_the_right_status_and_change_nothing);
+async fn errors_are_json_with_the_right_status_and_change_nothing(store: StoreKind) {
+    let srv = start_in(store, "e2e-errors").await;
     let s = srv.request("alice", "db:payroll", 60).await;
     let id = s["id"].as_str().unwrap();
     let ok_body = json!({"resource": "db:payroll", "task": "t", "duration_secs": 60, "profile": "mtls-client"});
@@ -611,9 +613,9 @@ async fn sessions_survive_a_restart(backend: Backend) {
     assert_eq!((status, body["state"].as_str()), (200, Some("open")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_session_certificate_works_until_closes_at_and_not_after() {
-    let srv = start("e2e-short").await;
+on_both_stores!(multi a_short_session_certificate_works_until_closes_at_and_not_after);
+async fn a_short_session_certificate_works_until_closes_at_and_not_after(store: StoreKind) {
+    let srv = start_in(store, "e2e-short").await;
     let s = srv.request("alice", "quick:plc-7", 3).await;
     let id = s["id"].as_str().unwrap().to_owned();
     let (_, open) = srv.vote("bob", &s, "approve").await;
@@ -653,9 +655,9 @@ async fn a_short_session_certificate_works_until_closes_at_and_not_after() {
     assert_eq!(view["closed_at"], open["closes_at"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_sessions_are_abandoned_by_the_sweeper() {
-    let srv = start("e2e-abandon").await;
+on_both_stores!(multi pending_sessions_are_abandoned_by_the_sweeper);
+async fn pending_sessions_are_abandoned_by_the_sweeper(store: StoreKind) {
+    let srv = start_in(store, "e2e-abandon").await;
     let s = srv.request("alice", "quick:hmi", 30).await;
     let id = s["id"].as_str().unwrap();
     let until = Timestamp::parse_rfc3339(s["pending_until"].as_str().unwrap()).unwrap();
@@ -664,11 +666,8 @@ async fn pending_sessions_are_abandoned_by_the_sweeper() {
     }
     // Read straight from the store: the background sweep closed it, not a read.
     let config = lockstep::config::Config::load(&srv.config_path).unwrap();
-    let store =
-        lockstep::store::SqliteStore::open(config.store.unwrap().sqlite_path().unwrap()).unwrap();
-    let all = lockstep::store::Store::sessions(&store, Default::default())
-        .await
-        .unwrap();
+    let store = lockstep::store::open(&config.store.unwrap()).await.unwrap();
+    let all = store.sessions(Default::default()).await.unwrap();
     let session = all.iter().find(|x| x.id.as_str() == id).unwrap();
     assert_eq!(
         session.closure.as_ref().unwrap().reason,
@@ -681,9 +680,9 @@ async fn pending_sessions_are_abandoned_by_the_sweeper() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deny_revoke_and_roles() {
-    let srv = start("e2e-roles").await;
+on_both_stores!(multi deny_revoke_and_roles);
+async fn deny_revoke_and_roles(store: StoreKind) {
+    let srv = start_in(store, "e2e-roles").await;
     // One deny closes.
     let s = srv.request("alice", "db:payroll", 60).await;
     let id = s["id"].as_str().unwrap();

@@ -589,6 +589,51 @@ async fn a_subscriber_of_one_process_sees_the_commits_of_another() {
     }
 }
 
+/// On PostgreSQL another process's commits wake a subscriber at once
+/// (LISTEN/NOTIFY), not at the next poll: with polling an hour apart,
+/// they still arrive within seconds.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_another_process_commits_wake_a_subscriber_at_once() {
+    let config = "[events]\nheartbeat = \"300ms\"\npoll = \"1h\"\n";
+    let mut srv = TestServer::start_in(
+        common::store::StoreKind::Postgres,
+        "events-pg",
+        POLICY,
+        CALLERS,
+        config,
+    )
+    .await;
+    srv.stop().await;
+    let (a, err_a) = srv.serve_process("warn");
+    drain(err_a);
+    let _a = KillOnDrop(a);
+    let url_a = srv.url.clone();
+    let (b, err_b) = srv.serve_process("warn");
+    drain(err_b);
+    let _b = KillOnDrop(b);
+    let mut on_a = sse::connect(&srv.http, &url_a, srv.token("auditor"), "?after=0", None).await;
+    // Committed by B only.
+    let by_b = lifecycle(&srv, "alice", "bob", "db:via-b").await;
+    let got = tokio::time::timeout(Duration::from_secs(10), on_a.until("closed", &by_b))
+        .await
+        .expect("B's commits reach A's subscriber without waiting for a poll");
+    let expected: Vec<u64> = (1..=got.len() as u64).collect();
+    assert_eq!(seqs(&got), expected, "in order, once");
+}
+
+/// A child process killed when the test ends, passed or failed.
+#[cfg(feature = "postgres")]
+struct KillOnDrop(std::process::Child);
+
+#[cfg(feature = "postgres")]
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The EventSource client of `tests/eventsource`, installed (`npm ci`, from
 /// its lock file) once into the test target directory.
 fn eventsource_client() -> std::path::PathBuf {

@@ -1,5 +1,7 @@
-//! The SQLite store: durable across reopen, race-free under many
-//! concurrent callers.
+//! The stores (SQLite and PostgreSQL, every test on each): durable
+//! across reopen, race-free under many concurrent callers.
+
+mod common;
 
 use std::sync::Arc;
 
@@ -10,6 +12,8 @@ use lockstep::sessions::{
 use lockstep::sessions::{Conditions, CredentialFacts, Profile};
 use lockstep::store::{CredentialKind, NewCredential};
 use lockstep::store::{Finish, Finished, SessionFilter, SqliteStore, Store};
+
+use common::store::{StoreKind, TestStore};
 
 const T0: i64 = 1_900_000_000;
 
@@ -56,11 +60,7 @@ fn cert(serial: impl Into<String>) -> NewCredential {
     }
 }
 
-fn open_store(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
-    Arc::new(SqliteStore::open(&dir.path().join("lockstep.db")).unwrap())
-}
-
-async fn approve(store: &SqliteStore, s: &Session, who: &str, dt: i64) -> Result<(), String> {
+async fn approve(store: &Arc<dyn Store>, s: &Session, who: &str, dt: i64) -> Result<(), String> {
     let applied = store
         .apply(
             &s.id,
@@ -75,17 +75,16 @@ async fn approve(store: &SqliteStore, s: &Session, who: &str, dt: i64) -> Result
     applied.result.map(|_| ()).map_err(|e| e.code().to_owned())
 }
 
-#[tokio::test]
-async fn state_survives_reopening_the_file() {
-    let dir = tempfile::tempdir().unwrap();
+on_both_stores!(async state_survives_reopening_the_file);
+async fn state_survives_reopening_the_file(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
     let (s, ev) = new_session(2, 1, 3);
-    {
-        let store = open_store(&dir);
-        store.create_session(s.clone(), ev, t(0)).await.unwrap();
-        approve(&store, &s, "token:approver-0", 1).await.unwrap();
-        approve(&store, &s, "token:approver-1", 2).await.unwrap();
-    }
-    let store = open_store(&dir);
+    let store = place.open().await;
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &s, "token:approver-0", 1).await.unwrap();
+    approve(&store, &s, "token:approver-1", 2).await.unwrap();
+    place.close(store).await;
+    let store = place.open().await;
     let back = store.session(&s.id, t(3)).await.unwrap();
     assert_eq!(back.state, State::Open);
     assert_eq!(back.closes_at, Some(t(122)));
@@ -105,10 +104,10 @@ async fn state_survives_reopening_the_file() {
     assert_eq!(err.code(), "session_not_found");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn quorum_opens_exactly_once_under_concurrent_approvals() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+on_both_stores!(multi quorum_opens_exactly_once_under_concurrent_approvals);
+async fn quorum_opens_exactly_once_under_concurrent_approvals(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
     let (s, ev) = new_session(3, 1, 20);
     store.create_session(s.clone(), ev, t(0)).await.unwrap();
     let tasks: Vec<_> = approvers(20)
@@ -143,10 +142,10 @@ async fn quorum_opens_exactly_once_under_concurrent_approvals() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_reservations_never_pass_the_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+on_both_stores!(multi concurrent_reservations_never_pass_the_limit);
+async fn concurrent_reservations_never_pass_the_limit(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
     let (s, ev) = new_session(1, 3, 1);
     store.create_session(s.clone(), ev, t(0)).await.unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
@@ -201,11 +200,11 @@ async fn concurrent_reservations_never_pass_the_limit() {
     assert_eq!(store.session(&s.id, t(3)).await.unwrap().minted, 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn approvals_racing_a_close_never_resurrect_it() {
+on_both_stores!(multi approvals_racing_a_close_never_resurrect_it);
+async fn approvals_racing_a_close_never_resurrect_it(kind: StoreKind) {
     for round in 0..10 {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_store(&dir);
+        let place = TestStore::new(kind).await;
+        let store = place.open().await;
         let (s, ev) = new_session(2, 1, 10);
         store.create_session(s.clone(), ev, t(0)).await.unwrap();
         let closer = {
@@ -255,10 +254,10 @@ async fn approvals_racing_a_close_never_resurrect_it() {
     }
 }
 
-#[tokio::test]
-async fn a_session_closed_while_signing_withholds_the_credential() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+on_both_stores!(async a_session_closed_while_signing_withholds_the_credential);
+async fn a_session_closed_while_signing_withholds_the_credential(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
     let (s, ev) = new_session(1, 1, 1);
     store.create_session(s.clone(), ev, t(0)).await.unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
@@ -294,10 +293,10 @@ async fn a_session_closed_while_signing_withholds_the_credential() {
     assert_eq!(store.credentials(&s.id).await.unwrap()[0].state, "withheld");
 }
 
-#[tokio::test]
-async fn a_mint_finishing_after_closes_at_is_withheld() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+on_both_stores!(async a_mint_finishing_after_closes_at_is_withheld);
+async fn a_mint_finishing_after_closes_at_is_withheld(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
     let (s, ev) = new_session(1, 1, 1);
     store.create_session(s.clone(), ev, t(0)).await.unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
@@ -322,10 +321,10 @@ async fn a_mint_finishing_after_closes_at_is_withheld() {
     assert_eq!(f, Finished::Withheld(CloseReason::Expired));
 }
 
-#[tokio::test]
-async fn failed_signing_gives_the_slot_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+on_both_stores!(async failed_signing_gives_the_slot_back);
+async fn failed_signing_gives_the_slot_back(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
     let (s, ev) = new_session(1, 1, 1);
     store.create_session(s.clone(), ev, t(0)).await.unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
@@ -349,21 +348,20 @@ async fn failed_signing_gives_the_slot_back() {
     assert!(r.is_some());
 }
 
-#[tokio::test]
-async fn reservations_left_by_a_crash_are_voided_on_recovery() {
-    let dir = tempfile::tempdir().unwrap();
+on_both_stores!(async reservations_left_by_a_crash_are_voided_on_recovery);
+async fn reservations_left_by_a_crash_are_voided_on_recovery(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
     let (s, ev) = new_session(1, 1, 1);
-    {
-        let store = open_store(&dir);
-        store.create_session(s.clone(), ev, t(0)).await.unwrap();
-        approve(&store, &s, "token:approver-0", 1).await.unwrap();
-        store
-            .reserve_credential(&s.id, cert("ee"), t(2))
-            .await
-            .unwrap();
-        // The process dies here.
-    }
-    let store = open_store(&dir);
+    let store = place.open().await;
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &s, "token:approver-0", 1).await.unwrap();
+    store
+        .reserve_credential(&s.id, cert("ee"), t(2))
+        .await
+        .unwrap();
+    // The process dies here.
+    place.close(store).await;
+    let store = place.open().await;
     assert_eq!(store.recover(t(5)).await.unwrap(), 1);
     assert_eq!(store.recover(t(6)).await.unwrap(), 0);
     let session = store.session(&s.id, t(6)).await.unwrap();
@@ -379,10 +377,10 @@ async fn reservations_left_by_a_crash_are_voided_on_recovery() {
     );
 }
 
-#[tokio::test]
-async fn sweep_expires_and_abandons_due_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+on_both_stores!(async sweep_expires_and_abandons_due_sessions);
+async fn sweep_expires_and_abandons_due_sessions(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
     let (pending, ev) = new_session(2, 1, 3);
     store
         .create_session(pending.clone(), ev, t(0))
@@ -404,22 +402,37 @@ async fn sweep_expires_and_abandons_due_sessions() {
     assert!(reasons.contains(&CloseReason::Abandoned) && reasons.contains(&CloseReason::Expired));
 }
 
-#[tokio::test]
-async fn a_newer_schema_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lockstep.db");
-    drop(SqliteStore::open(&path).unwrap());
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.pragma_update(None, "user_version", 99).unwrap();
-    drop(conn);
-    let err = SqliteStore::open(&path).unwrap_err();
-    assert!(err.to_string().contains("upgrade lockstep"), "{err}");
+on_both_stores!(async a_newer_schema_is_refused);
+async fn a_newer_schema_is_refused(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    place.close(place.open().await).await;
+    match kind {
+        StoreKind::Sqlite => {
+            let conn = rusqlite::Connection::open(place.sqlite_path()).unwrap();
+            conn.pragma_update(None, "user_version", 99).unwrap();
+            drop(conn);
+            let err = SqliteStore::open(&place.sqlite_path()).unwrap_err();
+            assert_eq!(err.code(), "store_corrupt");
+            assert!(err.to_string().contains("upgrade lockstep"), "{err}");
+        }
+        #[cfg(feature = "postgres")]
+        StoreKind::Postgres => {
+            place
+                .sql("INSERT INTO schema_migrations (version) VALUES (99)")
+                .await;
+            let err = lockstep::store::PostgresStore::connect(&place.postgres_config())
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), "store_corrupt");
+            assert!(err.to_string().contains("upgrade lockstep"), "{err}");
+        }
+    }
 }
 
-#[tokio::test]
-async fn a_slot_is_given_back_once_however_often_a_finish_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+on_both_stores!(async a_slot_is_given_back_once_however_often_a_finish_fails);
+async fn a_slot_is_given_back_once_however_often_a_finish_fails(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
     let (s, ev) = new_session(1, 2, 1);
     store.create_session(s.clone(), ev, t(0)).await.unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
@@ -457,10 +470,10 @@ async fn a_slot_is_given_back_once_however_often_a_finish_fails() {
     drop(b);
 }
 
-#[tokio::test]
-async fn a_live_owners_reservation_is_kept_until_its_lease_runs_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+on_both_stores!(async a_live_owners_reservation_is_kept_until_its_lease_runs_out);
+async fn a_live_owners_reservation_is_kept_until_its_lease_runs_out(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
     let (s, ev) = new_session(1, 1, 1);
     store.create_session(s.clone(), ev, t(0)).await.unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
@@ -470,7 +483,7 @@ async fn a_live_owners_reservation_is_kept_until_its_lease_runs_out() {
         .unwrap();
     let r = r.unwrap();
     // Another process recovering the same file leaves it alone...
-    let other = open_store(&dir);
+    let other = place.open().await;
     assert_eq!(other.recover(t(3)).await.unwrap(), 0);
     // ...until the lease has run out; then the late finish is refused.
     assert_eq!(other.recover(r.lease_until).await.unwrap(), 1);
@@ -493,10 +506,10 @@ async fn a_live_owners_reservation_is_kept_until_its_lease_runs_out() {
     assert_eq!(store.session(&s.id, t(4)).await.unwrap().minted, 0);
 }
 
-#[tokio::test]
-async fn a_reservation_on_a_session_time_has_closed_records_the_expiry() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(&dir);
+on_both_stores!(async a_reservation_on_a_session_time_has_closed_records_the_expiry);
+async fn a_reservation_on_a_session_time_has_closed_records_the_expiry(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
     let (s, ev) = new_session(1, 1, 1);
     store.create_session(s.clone(), ev, t(0)).await.unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
@@ -514,4 +527,184 @@ async fn a_reservation_on_a_session_time_has_closed_records_the_expiry() {
         .map(|e| e.event.kind())
         .collect();
     assert_eq!(kinds, ["requested", "approved", "opened", "closed"]);
+}
+
+on_both_stores!(multi two_processes_append_to_one_dense_chained_trail);
+async fn two_processes_append_to_one_dense_chained_trail(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let stores = [place.open().await, place.open().await];
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = stores[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let (s, ev) = new_session(1, 1, 1);
+            store.create_session(s.clone(), ev, t(0)).await.unwrap();
+            approve(&store, &s, "token:approver-0", 1).await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let entries = stores[0].audit_entries(0, 1000, None).await.unwrap();
+    // requested, approved, opened for each session.
+    assert_eq!(entries.len(), 120);
+    let mut prev = lockstep::audit::GENESIS;
+    for (n, e) in (1u64..).zip(&entries) {
+        assert_eq!(e.seq, n, "sequence numbers are dense, from 1");
+        assert_eq!(e.prev_hash, hex::encode(prev));
+        let hash =
+            lockstep::audit::entry_hash(&prev, e.seq, e.at, e.session.as_deref(), &e.kind, &e.body);
+        assert_eq!(e.hash, hex::encode(hash), "entry {n} hashes as chained");
+        prev = hash;
+    }
+    assert_eq!(
+        stores[1].audit_head().await.unwrap(),
+        Some((120, prev)),
+        "both processes see the same head"
+    );
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_only {
+    use super::*;
+
+    /// A commit by another process sharing the database wakes this one's
+    /// readers (LISTEN/NOTIFY), not only its own commits.
+    #[tokio::test]
+    async fn a_commit_by_another_process_wakes_readers() {
+        let place = TestStore::new(StoreKind::Postgres).await;
+        let reader = place.open().await;
+        let writer = place.open().await;
+        let mut committed = reader.committed();
+        committed.borrow_and_update();
+        let (s, ev) = new_session(1, 1, 1);
+        writer.create_session(s, ev, t(0)).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), committed.changed())
+            .await
+            .expect("woken by the other process's commit")
+            .unwrap();
+        assert_eq!(reader.audit_head().await.unwrap().map(|h| h.0), Some(1));
+    }
+
+    /// A password written into the URL is refused, naming what to write
+    /// instead, and never echoed.
+    #[tokio::test]
+    async fn a_password_in_the_url_is_refused() {
+        let place = TestStore::new(StoreKind::Postgres).await;
+        let mut config = place.postgres_config();
+        config.url = format!("{} password=hunter2-secret", config.url);
+        let err = lockstep::store::PostgresStore::connect(&config)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("password = \"env:NAME\""), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    /// The password by reference: a variable that is not set is refused
+    /// before any connection is tried.
+    #[tokio::test]
+    async fn a_password_reference_that_does_not_resolve_is_refused() {
+        let place = TestStore::new(StoreKind::Postgres).await;
+        let mut config = place.postgres_config();
+        config.password =
+            Some(lockstep::secret::SecretRef::parse("env:LOCKSTEP_TEST_NO_SUCH_PASSWORD").unwrap());
+        let err = lockstep::store::PostgresStore::connect(&config)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "store_unavailable");
+        assert!(
+            err.to_string().contains("LOCKSTEP_TEST_NO_SUCH_PASSWORD"),
+            "{err}"
+        );
+    }
+
+    /// An owner whose process is gone is told apart from a live one at
+    /// once, without waiting for the lease: a live owner's reservation is
+    /// kept, a gone one's is voided.
+    #[tokio::test]
+    async fn a_gone_owner_is_told_from_a_live_one() {
+        let place = TestStore::new(StoreKind::Postgres).await;
+        let a = place.open().await;
+        let b = place.open().await;
+        let (s, ev) = new_session(1, 2, 1);
+        a.create_session(s.clone(), ev, t(0)).await.unwrap();
+        approve(&a, &s, "token:approver-0", 1).await.unwrap();
+        let (_, kept) = a.reserve_credential(&s.id, cert("a0"), t(2)).await.unwrap();
+        let (_, lost) = b.reserve_credential(&s.id, cert("b0"), t(2)).await.unwrap();
+        assert!(kept.is_some() && lost.is_some());
+        place.close(b).await;
+        assert_eq!(a.recover(t(3)).await.unwrap(), 1, "only b's is voided");
+        let states: Vec<_> = a
+            .credentials(&s.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.serial, c.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("a0".into(), "reserved".into()),
+                ("b0".into(), "void".into())
+            ]
+        );
+    }
+
+    /// A transaction that loses a deadlock (SQLSTATE 40P01) is run again,
+    /// not surfaced: another connection holds the audit head while the
+    /// store's transaction holds the session, then asks for the session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_that_loses_a_deadlock_is_run_again() {
+        let place = TestStore::new(StoreKind::Postgres).await;
+        let store = place.open().await;
+        let (s, ev) = new_session(1, 1, 1);
+        store.create_session(s.clone(), ev, t(0)).await.unwrap();
+        approve(&store, &s, "token:approver-0", 1).await.unwrap();
+
+        let (mut other, conn) =
+            tokio_postgres::connect(&place.postgres_config().url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let tx = other.transaction().await.unwrap();
+        // The store's transaction waits first, so it is the one the
+        // server picks to break the deadlock.
+        tx.batch_execute("SET LOCAL deadlock_timeout = '30s'; SELECT 1 FROM audit_head FOR UPDATE")
+            .await
+            .unwrap();
+        // Time has closed the session: the refresh saves it and appends.
+        let closing = {
+            let store = store.clone();
+            let id = s.id.clone();
+            tokio::spawn(async move { store.apply(&id, SessionOp::Refresh, t(200)).await })
+        };
+        let waiting = "SELECT count(*) FROM pg_stat_activity
+                       WHERE application_name = 'lockstep' AND wait_event_type = 'Lock'";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tx.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store never waited"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tx.query(
+            "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE",
+            &[&s.id.as_str()],
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let applied = closing.await.unwrap().expect("run again, not failed");
+        assert_eq!(applied.session.state, State::Closed);
+        let kinds: Vec<_> = store
+            .events(&s.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.kind())
+            .collect();
+        assert_eq!(kinds, ["requested", "approved", "opened", "closed"]);
+    }
 }

@@ -1,5 +1,6 @@
-//! Reading a trail straight from a store file, read-only and without the
-//! store's own code paths, for `lockstep audit verify` and `export`.
+//! Reading a trail straight from a store file (or a PostgreSQL
+//! database), read-only and without the store's own code paths, for
+//! `lockstep audit verify` and `export`.
 
 #[cfg(feature = "sqlite")]
 use std::path::Path;
@@ -118,6 +119,72 @@ impl Trail {
         for row in rows {
             trail.certificates.push(row.map_err(err)?);
         }
+        Ok(trail)
+    }
+
+    /// Reads the trail of a PostgreSQL store, as one consistent snapshot
+    /// (a read-only REPEATABLE READ transaction): entries appended while
+    /// it reads are not half in it.
+    #[cfg(feature = "postgres")]
+    pub async fn from_postgres(client: &tokio_postgres::Client) -> Result<Self, String> {
+        let err = |e: tokio_postgres::Error| {
+            let mut text = e.to_string();
+            if let Some(db) = e.as_db_error() {
+                text = format!("{text}: {}", db.message());
+            }
+            text
+        };
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(err)?;
+        let mut trail = Self::default();
+        let rows = client
+            .query(
+                "SELECT seq, at, session_id, kind, body, prev_hash, hash FROM events ORDER BY seq",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        for r in &rows {
+            trail.entries.push(Entry {
+                seq: r.try_get::<_, i64>(0).map_err(err)? as u64,
+                at: r.try_get(1).map_err(err)?,
+                session: r.try_get(2).map_err(err)?,
+                kind: r.try_get(3).map_err(err)?,
+                body: r.try_get(4).map_err(err)?,
+                prev_hash: hex::encode(r.try_get::<_, Vec<u8>>(5).map_err(err)?),
+                hash: hex::encode(r.try_get::<_, Vec<u8>>(6).map_err(err)?),
+            });
+        }
+        let rows = client
+            .query(
+                "SELECT number, upto, head, at, signer, signature FROM checkpoints ORDER BY number",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        for r in &rows {
+            trail.checkpoints.push(Checkpoint {
+                number: r.try_get::<_, i64>(0).map_err(err)? as u64,
+                upto: r.try_get::<_, i64>(1).map_err(err)? as u64,
+                head: hex::encode(r.try_get::<_, Vec<u8>>(2).map_err(err)?),
+                at: r.try_get(3).map_err(err)?,
+                signer: hex::encode(r.try_get::<_, Vec<u8>>(4).map_err(err)?),
+                signature: hex::encode(r.try_get::<_, Vec<u8>>(5).map_err(err)?),
+            });
+        }
+        let rows = client
+            .query(
+                "SELECT der FROM audit_certificates ORDER BY added_at, id",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        for r in &rows {
+            trail.certificates.push(r.try_get(0).map_err(err)?);
+        }
+        client.batch_execute("COMMIT").await.map_err(err)?;
         Ok(trail)
     }
 

@@ -20,8 +20,8 @@ pub enum AuditCommand {
     /// every edited, deleted, inserted or reordered entry, truncation or
     /// forged checkpoint.
     Verify {
-        /// The SQLite store file (default: the `[store]` of the
-        /// configuration).
+        /// The SQLite store file, or a `postgres://` URL (default: the
+        /// `[store]` of the configuration).
         #[arg(long, conflicts_with = "export")]
         db: Option<PathBuf>,
         /// Verify an export (JSON lines) instead of a store file.
@@ -33,8 +33,8 @@ pub enum AuditCommand {
     },
     /// Print the trail as JSON lines: certificates, entries, checkpoints.
     Export {
-        /// The SQLite store file (default: the `[store]` of the
-        /// configuration).
+        /// The SQLite store file, or a `postgres://` URL (default: the
+        /// `[store]` of the configuration).
         #[arg(long)]
         db: Option<PathBuf>,
         /// Only the entries of this session.
@@ -46,30 +46,87 @@ pub enum AuditCommand {
     },
 }
 
-fn store_path(config: &Path, db: Option<PathBuf>) -> Result<PathBuf, Error> {
-    if let Some(db) = db {
-        return Ok(db);
+/// Where the trail is read from.
+enum Source {
+    /// A SQLite store file.
+    File(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(crate::config::PostgresConfig),
+}
+
+/// Whether `--db` names a PostgreSQL database rather than a file.
+fn is_postgres_url(db: &Path) -> bool {
+    db.to_str()
+        .is_some_and(|t| t.starts_with("postgres://") || t.starts_with("postgresql://"))
+}
+
+fn source(config: &Path, db: Option<PathBuf>) -> Result<Source, Error> {
+    match db {
+        Some(db) if is_postgres_url(&db) => {
+            // The password and CA, if any, are the configuration's
+            // (`[store] type = "postgres"`), by reference as ever.
+            let configured = Config::load(config).ok().and_then(|c| match c.store {
+                Some(crate::config::StoreConfig::Postgres(pg)) => Some(pg),
+                _ => None,
+            });
+            let url = db.to_string_lossy().into_owned();
+            Ok(Source::Postgres(crate::config::PostgresConfig {
+                url,
+                password: configured.as_ref().and_then(|c| c.password.clone()),
+                ca_file: configured.as_ref().and_then(|c| c.ca_file.clone()),
+                pool_size: None,
+            }))
+        }
+        Some(db) => Ok(Source::File(db)),
+        None => match Config::load(config)?.store {
+            Some(crate::config::StoreConfig::Postgres(pg)) => Ok(Source::Postgres(pg)),
+            Some(store) => store
+                .sqlite_path()
+                .map(|p| Source::File(p.to_owned()))
+                .ok_or_else(|| Error::InvalidArgument("no --db and no [store] to read".into())),
+            None => Err(Error::InvalidArgument(
+                "no --db and no [store] in the configuration".into(),
+            )),
+        },
     }
-    let config = Config::load(config)?;
-    config
-        .store
-        .as_ref()
-        .and_then(|s| s.sqlite_path())
-        .map(Path::to_owned)
-        .ok_or_else(|| {
-            Error::InvalidArgument("no --db and no SQLite [store] in the configuration".into())
-        })
 }
 
 fn read_trail(config: &Path, db: Option<PathBuf>) -> Result<Trail, Error> {
-    let path = store_path(config, db)?;
-    if !path.exists() {
-        return Err(Error::InvalidArgument(format!(
-            "{} does not exist",
-            path.display()
-        )));
+    match source(config, db)? {
+        Source::File(path) => {
+            if !path.exists() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} does not exist",
+                    path.display()
+                )));
+            }
+            read_sqlite(&path)
+        }
+        Source::Postgres(pg) => read_postgres(&pg),
     }
-    read_sqlite(&path)
+}
+
+/// The trail of a PostgreSQL store, read in one read-only snapshot.
+#[cfg(feature = "postgres")]
+fn read_postgres(config: &crate::config::PostgresConfig) -> Result<Trail, Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    runtime.block_on(async {
+        let client = crate::store::connect_alone(config).await?;
+        Trail::from_postgres(&client)
+            .await
+            .map_err(Error::InvalidArgument)
+    })
+}
+
+/// A build without PostgreSQL cannot read a PostgreSQL store.
+#[cfg(not(feature = "postgres"))]
+fn read_postgres(_config: &crate::config::PostgresConfig) -> Result<Trail, Error> {
+    Err(Error::InvalidArgument(
+        crate::config::Feature::Postgres.missing("reading a PostgreSQL store"),
+    ))
 }
 
 /// The trail of the SQLite store file at `path`, read-only.

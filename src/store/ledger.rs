@@ -111,11 +111,14 @@ pub trait LedgerTx {
 /// A store backend: transactions for the ledger, and reads.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
-    /// Runs `f` in one transaction and returns once it is committed.
+    /// Runs `f` in one transaction and returns once it is committed. A
+    /// backend may run `f` again in a new transaction when the first lost
+    /// to another (a serialization failure): `f` must not consume what it
+    /// captured.
     async fn transact<T, F>(&self, durability: Durability, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut dyn LedgerTx) -> Result<T, StoreError> + Send + 'static;
+        F: FnMut(&mut dyn LedgerTx) -> Result<T, StoreError> + Send + 'static;
     /// Who this process is, as reservations name it.
     fn owner(&self) -> &str;
     /// A session as stored (time not applied).
@@ -433,7 +436,15 @@ impl<B: Backend> Store for Ledger<B> {
                     if session.due(now) {
                         return Ok(None);
                     }
-                    reserve_in(tx, session, credential, owner, lease_until, now).map(Some)
+                    reserve_in(
+                        tx,
+                        session,
+                        credential.clone(),
+                        owner.clone(),
+                        lease_until,
+                        now,
+                    )
+                    .map(Some)
                 })
                 .await?
         };
@@ -444,7 +455,14 @@ impl<B: Backend> Store for Ledger<B> {
         self.backend
             .transact(Durability::Synced, move |tx| {
                 let session = tx.lock_session(&id)?;
-                reserve_in(tx, session, credential, owner, lease_until, now)
+                reserve_in(
+                    tx,
+                    session,
+                    credential.clone(),
+                    owner.clone(),
+                    lease_until,
+                    now,
+                )
             })
             .await
     }
@@ -457,7 +475,9 @@ impl<B: Backend> Store for Ledger<B> {
     ) -> Result<Finished, StoreError> {
         let r = reservation.clone();
         self.backend
-            .transact(Durability::Synced, move |tx| finish_in(tx, &r, finish, now))
+            .transact(Durability::Synced, move |tx| {
+                finish_in(tx, &r, finish.clone(), now)
+            })
             .await
     }
 

@@ -9,6 +9,8 @@
 
 pub mod ledger;
 mod open;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -24,12 +26,18 @@ use crate::sessions::{
 pub use crate::sessions::CredentialKind;
 pub use ledger::{Backend, Durability, Ledger, LedgerTx};
 pub use open::open;
+#[cfg(feature = "postgres")]
+pub use postgres::{Postgres, connect_alone};
 #[cfg(feature = "sqlite")]
 pub use sqlite::Sqlite;
 
 /// The embedded store: the ledger over one SQLite file.
 #[cfg(feature = "sqlite")]
 pub type SqliteStore = Ledger<Sqlite>;
+
+/// The shared store: the ledger over a PostgreSQL database.
+#[cfg(feature = "postgres")]
+pub type PostgresStore = Ledger<Postgres>;
 
 /// A store failure: the operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -345,10 +353,10 @@ pub trait Store: Send + Sync {
     /// Checks the store answers.
     async fn check(&self) -> Result<(), StoreError>;
 
-    /// Changes after every commit this process makes, once it is
-    /// committed: a wake-up for readers of the trail, who then read the
-    /// entries after the last sequence number they saw. Commits of other
-    /// processes sharing the store are not signalled; readers poll for
-    /// them.
+    /// Changes after commits, once they are committed: a wake-up for
+    /// readers of the trail, who then read the entries after the last
+    /// sequence number they saw. SQLite signals this process's commits
+    /// only (readers poll for other processes'); PostgreSQL signals every
+    /// replica's commits that appended to the trail (LISTEN/NOTIFY).
     fn committed(&self) -> tokio::sync::watch::Receiver<u64>;
 }

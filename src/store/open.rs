@@ -26,5 +26,13 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
         StoreConfig::Sqlite(_) => Err(StoreError::Unavailable(
             config.feature().missing("[store] type = \"sqlite\""),
         )),
+        #[cfg(feature = "postgres")]
+        StoreConfig::Postgres(postgres) => {
+            Ok(Arc::new(super::PostgresStore::connect(postgres).await?))
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreConfig::Postgres(_) => Err(StoreError::Unavailable(
+            config.feature().missing("[store] type = \"postgres\""),
+        )),
     }
 }

@@ -64,14 +64,13 @@ impl TestServer {
 
 impl TestServer {
     /// The kinds of the events recorded for session `id`, oldest first, read
-    /// from the store file.
+    /// from the store (whichever the configuration names).
     pub async fn events(&self, id: &str) -> Vec<String> {
         let config = lockstep::config::Config::load(&self.config_path).unwrap();
-        let store =
-            lockstep::store::SqliteStore::open(config.store.unwrap().sqlite_path().unwrap())
-                .unwrap();
+        let store = lockstep::store::open(&config.store.unwrap()).await.unwrap();
         let id = lockstep::sessions::SessionId::parse(id).unwrap();
-        lockstep::store::Store::events(&store, &id)
+        store
+            .events(&id)
             .await
             .unwrap()
             .into_iter()

@@ -11,6 +11,7 @@ pub mod oidc;
 pub mod python;
 pub mod server;
 pub mod sse;
+pub mod store;
 pub mod tls;
 pub mod tpm;
 

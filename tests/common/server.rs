@@ -15,6 +15,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use super::backend::{Backend, Evict};
+use super::store::{StoreKind, TestStore};
 
 /// A running service.
 pub struct TestServer {
@@ -36,6 +37,8 @@ pub struct TestServer {
     evict: Option<Arc<Evict>>,
     /// Where the service reads "now".
     clock: Arc<dyn Clock>,
+    /// The store, when not the SQLite file in `dir` (kept for restarts).
+    store: Option<Arc<TestStore>>,
 }
 
 impl TestServer {
@@ -58,11 +61,39 @@ impl TestServer {
         Self::start_with_keys(keys, evict, policy, callers, extra_config).await
     }
 
+    /// [`TestServer::start`] with its state in a store of `kind` (a
+    /// PostgreSQL database of its own, or a SQLite file); the CA is
+    /// called `name-<kind>`, so one test on both stores uses two sets of
+    /// keys.
+    pub async fn start_in(
+        kind: StoreKind,
+        name: &str,
+        policy: &str,
+        callers: &[&str],
+        extra_config: &str,
+    ) -> Self {
+        let store = Arc::new(TestStore::new(kind).await);
+        let name = format!("{name}-{}", kind.name());
+        let (keys, evict) = Backend::SoftHsm.ca_config_text(&name, 3650, 1095);
+        Self::start_full(keys, evict, Some(store), policy, callers, extra_config).await
+    }
+
     /// [`TestServer::start`] with the backend and keys given as
     /// configuration text (`evict` cleans TPM keys up when dropped).
     pub async fn start_with_keys(
         keys: String,
         evict: Option<Evict>,
+        policy: &str,
+        callers: &[&str],
+        extra_config: &str,
+    ) -> Self {
+        Self::start_full(keys, evict, None, policy, callers, extra_config).await
+    }
+
+    async fn start_full(
+        keys: String,
+        evict: Option<Evict>,
+        store: Option<Arc<TestStore>>,
         policy: &str,
         callers: &[&str],
         extra_config: &str,
@@ -78,8 +109,12 @@ impl TestServer {
             ));
         }
         std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+        let store_text = store.as_ref().map_or_else(
+            || "[store]\nsqlite = \"lockstep.db\"\n".to_owned(),
+            |s| s.config_text(),
+        );
         let text = format!(
-            "{}\n[server]\nlisten = \"127.0.0.1:0\"\nhostnames = [\"127.0.0.1\", \"localhost\"]\nsweep_interval = \"200ms\"\nmax_body_bytes = 65536\n\n[store]\nsqlite = \"lockstep.db\"\n\n[policy]\nfile = \"policy.toml\"\n\n{auth}{extra_config}",
+            "{}\n[server]\nlisten = \"127.0.0.1:0\"\nhostnames = [\"127.0.0.1\", \"localhost\"]\nsweep_interval = \"200ms\"\nmax_body_bytes = 65536\n\n{store_text}\n[policy]\nfile = \"policy.toml\"\n\n{auth}{extra_config}",
             keys
         );
         let config_path = dir.path().join("lockstep.toml");
@@ -95,6 +130,7 @@ impl TestServer {
         .unwrap();
         let mut srv = Self::serve(dir, config_path, tokens, Arc::new(SystemClock)).await;
         srv.evict = evict.map(Arc::new);
+        srv.store = store;
         srv
     }
 
@@ -145,6 +181,7 @@ impl TestServer {
             task: Some(task),
             evict: None,
             clock,
+            store: None,
         }
     }
 
@@ -170,6 +207,7 @@ impl TestServer {
         )
         .await;
         srv.evict = self.evict.take();
+        srv.store = self.store.take();
         srv
     }
 

@@ -248,10 +248,10 @@ fn credential_record(row: CredentialRow) -> Result<CredentialRecord, StoreError>
 
 #[async_trait]
 impl Backend for Sqlite {
-    async fn transact<T, F>(&self, durability: Durability, f: F) -> Result<T, StoreError>
+    async fn transact<T, F>(&self, durability: Durability, mut f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut dyn LedgerTx) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut dyn LedgerTx) -> Result<T, StoreError> + Send + 'static,
     {
         let owner = self.owner.clone();
         self.writer

@@ -1,0 +1,350 @@
+//! The ledger's transactional interface over a PostgreSQL transaction.
+//!
+//! The ledger's executors are synchronous; this runs on a blocking thread
+//! and drives the asynchronous client with `Handle::block_on`. Isolation
+//! is READ COMMITTED with explicit row locks: a session is loaded
+//! `FOR UPDATE`, the audit head's one row is locked `FOR UPDATE` before an
+//! entry is appended (its sequence number assigned under that lock), and
+//! credential moves are compare-and-set updates, which PostgreSQL
+//! re-checks against the newest row after waiting for a lock.
+
+use deadpool_postgres::{GenericClient, Transaction};
+use tokio::runtime::Handle;
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use super::owner;
+use super::{col, corrupt, failed, load_body, parse_kind};
+use crate::audit::{GENESIS, entry_hash};
+use crate::clock::Timestamp;
+use crate::sessions::credential::{Held, OwnerStatus, Reserved};
+use crate::sessions::{CredentialState, Event, RevocationReason, Session, SessionId};
+use crate::store::ledger::{CredentialEntry, LedgerTx, Signed};
+use crate::store::{Reservation, StoreError};
+
+/// The channel commits that appended to the trail notify.
+pub(super) const CHANNEL: &str = "lockstep_committed";
+
+/// A write transaction, for the ledger.
+pub(super) struct PgTx<'a> {
+    handle: &'a Handle,
+    tx: &'a Transaction<'a>,
+    owner: &'a str,
+    /// A statement failed because of another transaction (serialization
+    /// failure, deadlock): the whole transaction may be run again.
+    pub conflict: bool,
+    /// An entry was appended: commit notifies [`CHANNEL`].
+    pub appended: bool,
+}
+
+/// Whether an error is one a retry of the transaction may not meet.
+pub(super) fn is_conflict(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+impl<'a> PgTx<'a> {
+    pub fn new(handle: &'a Handle, tx: &'a Transaction<'a>, owner: &'a str) -> Self {
+        Self {
+            handle,
+            tx,
+            owner,
+            conflict: false,
+            appended: false,
+        }
+    }
+
+    fn fail(&mut self, e: tokio_postgres::Error) -> StoreError {
+        if is_conflict(&e) {
+            self.conflict = true;
+        }
+        failed(&e)
+    }
+
+    /// Runs a query, returning its rows.
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let tx = self.tx;
+        let out = self.handle.block_on(async {
+            let st = tx.prepare_cached(sql).await?;
+            tx.query(&st, params).await
+        });
+        out.map_err(|e| self.fail(e))
+    }
+
+    /// Runs a statement, returning how many rows it changed.
+    fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let tx = self.tx;
+        let out = self.handle.block_on(async {
+            let st = tx.prepare_cached(sql).await?;
+            tx.execute(&st, params).await
+        });
+        out.map_err(|e| self.fail(e))
+    }
+
+    /// Adds one to a named counter.
+    fn bump(&mut self, counter: &str) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE counters SET value = value + 1 WHERE name = $1",
+            &[&counter],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the process behind `owner` is still alive: a lock on its
+    /// key taken here (held until this transaction ends, so it needs no
+    /// release) proves it gone.
+    fn owner_status(&mut self, owner: Option<&str>) -> OwnerStatus {
+        let Some(owner) = owner else {
+            return OwnerStatus::Gone;
+        };
+        if owner == self.owner {
+            return OwnerStatus::Alive;
+        }
+        let Some(key) = owner::key_of(owner) else {
+            return OwnerStatus::Unknown;
+        };
+        let tx = self.tx;
+        owner::status_of(self.handle.block_on(async {
+            tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])
+                .await
+                .and_then(|r| r.try_get::<_, bool>(0))
+        }))
+    }
+}
+
+impl LedgerTx for PgTx<'_> {
+    fn lock_session(&mut self, id: &SessionId) -> Result<Session, StoreError> {
+        let rows = self.query(
+            "SELECT body FROM sessions WHERE id = $1 FOR UPDATE",
+            &[&id.as_str()],
+        )?;
+        load_body(id, rows.first().map(|r| col(r, 0)).transpose()?)
+    }
+
+    fn insert_session(&mut self, session: &Session) -> Result<(), StoreError> {
+        let body = serde_json::to_string(session).map_err(corrupt)?;
+        self.execute(
+            "INSERT INTO sessions (id, state, tenant, requester, resource, created_at, pending_until, closes_at, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                &session.id.as_str(),
+                &session.state.as_str(),
+                &session.request.tenant,
+                &session.request.requester,
+                &session.request.resource,
+                &session.created_at.unix(),
+                &session.pending_until.unix(),
+                &session.closes_at.map(Timestamp::unix),
+                &body,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn save_session(&mut self, s: &Session) -> Result<(), StoreError> {
+        let body = serde_json::to_string(s).map_err(corrupt)?;
+        self.execute(
+            "UPDATE sessions SET state = $2, closes_at = $3, body = $4 WHERE id = $1",
+            &[
+                &s.id.as_str(),
+                &s.state.as_str(),
+                &s.closes_at.map(Timestamp::unix),
+                &body,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn insert_credential(&mut self, r: &Reservation, now: Timestamp) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO credentials (serial, session_id, profile, state, not_after, created_at, kind, counted, owner, lease_until)
+             VALUES ($1, $2, $3, 'reserved', $4, $5, $6, $7, $8, $9)",
+            &[
+                &r.serial,
+                &r.session.as_str(),
+                &r.profile.as_str(),
+                &r.not_after.unix(),
+                &now.unix(),
+                &r.kind.as_str(),
+                &r.counted,
+                &r.owner,
+                &r.lease_until.unix(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn move_credential(
+        &mut self,
+        serial: &str,
+        from: CredentialState,
+        to: CredentialState,
+        signed: Option<Signed<'_>>,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let changed = match signed {
+            Some(signed) => self.execute(
+                "UPDATE credentials SET state = $3, der = $4, key_sha256 = $5, issued_at = $6
+                 WHERE serial = $1 AND state = $2",
+                &[
+                    &serial,
+                    &from.as_str(),
+                    &to.as_str(),
+                    &signed.der,
+                    &signed.key_sha256.unwrap_or_default(),
+                    &now.unix(),
+                ],
+            ),
+            None => self.execute(
+                "UPDATE credentials SET state = $3 WHERE serial = $1 AND state = $2",
+                &[&serial, &from.as_str(), &to.as_str()],
+            ),
+        }?;
+        Ok(changed == 1)
+    }
+
+    fn discard_reservation(&mut self, serial: &str) -> Result<bool, StoreError> {
+        let reserved = self.query(
+            "SELECT 1 FROM credentials WHERE serial = $1 AND state = 'reserved' FOR UPDATE",
+            &[&serial],
+        )?;
+        if reserved.is_empty() {
+            return Ok(false);
+        }
+        // A revocation recorded while it was in flight goes too: nothing
+        // was issued.
+        self.execute("DELETE FROM revocations WHERE serial = $1", &[&serial])?;
+        self.execute(
+            "DELETE FROM credentials WHERE serial = $1 AND state = 'reserved'",
+            &[&serial],
+        )?;
+        Ok(true)
+    }
+
+    fn session_credentials(&mut self, id: &SessionId) -> Result<Vec<CredentialEntry>, StoreError> {
+        let rows = self.query(
+            "SELECT serial, kind, not_after FROM credentials WHERE session_id = $1",
+            &[&id.as_str()],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(CredentialEntry {
+                    serial: col(r, 0)?,
+                    kind: parse_kind(col(r, 1)?)?,
+                    not_after: Timestamp::from_unix(col(r, 2)?),
+                })
+            })
+            .collect()
+    }
+
+    fn revoke(
+        &mut self,
+        session: &SessionId,
+        credential: &CredentialEntry,
+        at: Timestamp,
+        reason: RevocationReason,
+    ) -> Result<(), StoreError> {
+        let added = self.execute(
+            "INSERT INTO revocations (serial, session_id, revoked_at, reason, not_after)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (serial) DO NOTHING",
+            &[
+                &credential.serial,
+                &session.as_str(),
+                &at.unix(),
+                &i64::from(reason.code()),
+                &credential.not_after.unix(),
+            ],
+        )?;
+        if added > 0 {
+            self.bump("revocations")?;
+        }
+        Ok(())
+    }
+
+    fn append(
+        &mut self,
+        now: Timestamp,
+        session: Option<&SessionId>,
+        event: &Event,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_string(event).map_err(corrupt)?;
+        // The head, locked until commit: appenders queue here, and each
+        // takes the next number after the one before it committed.
+        let head = self.query("SELECT seq, hash FROM audit_head FOR UPDATE", &[])?;
+        let head = head
+            .first()
+            .ok_or_else(|| corrupt("the audit head is missing"))?;
+        let last: i64 = col(head, 0)?;
+        let prev: [u8; 32] = match col::<Option<Vec<u8>>>(head, 1)? {
+            None if last == 0 => GENESIS,
+            None => return Err(corrupt(format!("audit entry {last} has no hash"))),
+            Some(hash) => hash
+                .try_into()
+                .map_err(|_| corrupt(format!("audit entry {last} has no valid hash")))?,
+        };
+        let seq = last + 1;
+        let session = session.map(SessionId::as_str);
+        let hash = entry_hash(&prev, seq as u64, now.unix(), session, event.kind(), &body);
+        self.execute(
+            "INSERT INTO events (seq, at, session_id, kind, body, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &seq,
+                &now.unix(),
+                &session,
+                &event.kind(),
+                &body,
+                &prev.as_slice(),
+                &hash.as_slice(),
+            ],
+        )?;
+        self.execute(
+            "UPDATE audit_head SET seq = $1, hash = $2",
+            &[&seq, &hash.as_slice()],
+        )?;
+        self.appended = true;
+        Ok(())
+    }
+
+    fn reservations(&mut self) -> Result<Vec<Reserved>, StoreError> {
+        let rows = self.query(
+            "SELECT serial, session_id, kind, counted, not_after, owner, lease_until
+             FROM credentials WHERE state = 'reserved'",
+            &[],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let owner: Option<String> = col(r, 5)?;
+            let lease_until: Option<i64> = col(r, 6)?;
+            out.push(Reserved {
+                held: Held {
+                    serial: col(r, 0)?,
+                    kind: parse_kind(col(r, 2)?)?,
+                    counted: col(r, 3)?,
+                    not_after: Timestamp::from_unix(col(r, 4)?),
+                },
+                session: SessionId::parse(col(r, 1)?).map_err(corrupt)?,
+                owner_status: self.owner_status(owner.as_deref()),
+                owner: owner.unwrap_or_default(),
+                lease_until: Timestamp::from_unix(lease_until.unwrap_or(i64::MIN)),
+            });
+        }
+        Ok(out)
+    }
+
+    fn due_sessions(&mut self, now: Timestamp) -> Result<Vec<SessionId>, StoreError> {
+        let rows = self.query(
+            "SELECT id FROM sessions WHERE state = 'pending' AND pending_until <= $1
+             UNION ALL
+             SELECT id FROM sessions WHERE state = 'open' AND closes_at <= $1
+             ORDER BY id",
+            &[&now.unix()],
+        )?;
+        rows.iter()
+            .map(|r| SessionId::parse(col(r, 0)?).map_err(corrupt))
+            .collect()
+    }
+}

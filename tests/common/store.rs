@@ -1,0 +1,268 @@
+//! The stores a test runs on: a SQLite file in a temporary directory, or
+//! a database of its own on the test run's PostgreSQL server
+//! (`LOCKSTEP_TEST_POSTGRES`, started by `scripts/postgres`).
+//!
+//! `on_both_stores!(async name)` turns `async fn name(kind: StoreKind)`
+//! into the tests `name::sqlite` and `name::postgres` (the second only
+//! when lockstep is built with its `postgres` feature);
+//! `on_both_stores!(multi name)` runs them on a multi-threaded runtime.
+
+use std::sync::Arc;
+
+use lockstep::store::{SqliteStore, Store};
+
+/// Which store a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A SQLite file.
+    Sqlite,
+    /// A PostgreSQL database.
+    #[cfg(feature = "postgres")]
+    Postgres,
+}
+
+impl StoreKind {
+    /// Its `[store] type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            #[cfg(feature = "postgres")]
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// The place a test's store lives: a file, or a database dropped with it.
+pub struct TestStore {
+    kind: StoreKind,
+    dir: tempfile::TempDir,
+    #[cfg(feature = "postgres")]
+    database: Option<postgres::Database>,
+}
+
+impl TestStore {
+    /// A new, empty place for a store of `kind`.
+    pub async fn new(kind: StoreKind) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        match kind {
+            StoreKind::Sqlite => Self {
+                kind,
+                dir,
+                #[cfg(feature = "postgres")]
+                database: None,
+            },
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => Self {
+                kind,
+                dir,
+                database: Some(postgres::Database::create().await),
+            },
+        }
+    }
+
+    /// Which store it is.
+    pub fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
+    /// The SQLite file (SQLite only).
+    pub fn sqlite_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("lockstep.db")
+    }
+
+    /// Opens the store (as a new process would).
+    pub async fn open(&self) -> Arc<dyn Store> {
+        match self.kind {
+            StoreKind::Sqlite => Arc::new(SqliteStore::open(&self.sqlite_path()).unwrap()),
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => Arc::new(
+                lockstep::store::PostgresStore::connect(&self.postgres_config())
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+
+    /// Closes `store` as a process ending would, and waits until the
+    /// store has seen it go (PostgreSQL: until its owner lock is
+    /// released, which happens once the server sees its connection end).
+    pub async fn close(&self, store: Arc<dyn Store>) {
+        #[cfg(feature = "postgres")]
+        if let Some(db) = &self.database {
+            let before = db.owner_locks().await;
+            drop(store);
+            db.wait_for_fewer_owners(before).await;
+            return;
+        }
+        drop(store);
+    }
+
+    /// The `[store]` section of a lockstep configuration for it.
+    pub fn config_text(&self) -> String {
+        match self.kind {
+            StoreKind::Sqlite => format!(
+                "[store]\ntype = \"sqlite\"\npath = {:?}\n",
+                self.sqlite_path().display().to_string()
+            ),
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => format!(
+                "[store]\ntype = \"postgres\"\nurl = {:?}\n",
+                self.database.as_ref().unwrap().url
+            ),
+        }
+    }
+
+    /// `[store] type = "postgres"` for this database.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_config(&self) -> lockstep::config::PostgresConfig {
+        lockstep::config::PostgresConfig {
+            url: self
+                .database
+                .as_ref()
+                .expect("a PostgreSQL store")
+                .url
+                .clone(),
+            password: None,
+            ca_file: None,
+            pool_size: None,
+        }
+    }
+
+    /// Runs SQL on the database directly (PostgreSQL only).
+    #[cfg(feature = "postgres")]
+    pub async fn sql(&self, sql: &str) {
+        self.database.as_ref().unwrap().sql(sql).await
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::time::{Duration, Instant};
+
+    /// The server's connection parameters, without a database name.
+    fn server() -> String {
+        std::env::var("LOCKSTEP_TEST_POSTGRES").unwrap_or_else(|_| {
+            panic!(
+                "LOCKSTEP_TEST_POSTGRES is not set: this test needs a PostgreSQL server; \
+                 run `eval \"$(scripts/postgres start /tmp/lockstep-pg)\"` first \
+                 (scripts/test does), or leave out the postgres tests"
+            )
+        })
+    }
+
+    async fn connect(params: &str) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(params, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL ({params}): {e}"));
+        tokio::spawn(conn);
+        client
+    }
+
+    /// A database of one test's own, dropped with it.
+    pub struct Database {
+        pub name: String,
+        pub url: String,
+    }
+
+    impl Database {
+        pub async fn create() -> Self {
+            let server = server();
+            let mut random = [0u8; 6];
+            getrandom::fill(&mut random).unwrap();
+            let name = format!("t_{}", hex::encode(random));
+            let admin = connect(&format!("{server} dbname=postgres")).await;
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+            Self {
+                url: format!("{server} dbname={name}"),
+                name,
+            }
+        }
+
+        pub async fn sql(&self, sql: &str) {
+            connect(&self.url).await.batch_execute(sql).await.unwrap();
+        }
+
+        /// How many advisory locks (owner locks) are held on it.
+        pub async fn owner_locks(&self) -> i64 {
+            let admin = connect(&format!("{} dbname=postgres", server())).await;
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                     WHERE l.locktype = 'advisory' AND l.granted AND d.datname = $1",
+                    &[&self.name],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        }
+
+        /// Waits until fewer than `before` owner locks are held: a
+        /// closed process's connection is gone and its lock with it.
+        pub async fn wait_for_fewer_owners(&self, before: i64) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let n = self.owner_locks().await;
+                if n < before {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{n} owner locks on {} still held",
+                    self.name
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    impl Drop for Database {
+        fn drop(&mut self) {
+            // Dropped on a thread of its own: Drop cannot wait on the
+            // test's runtime.
+            let name = self.name.clone();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let admin = connect(&format!("{} dbname=postgres", server())).await;
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Runs a test body on both stores (see the module's documentation).
+#[macro_export]
+macro_rules! on_both_stores {
+    (async $name:ident) => {
+        $crate::on_both_stores!(@ $name, tokio::test);
+    };
+    (multi $name:ident) => {
+        $crate::on_both_stores!(@ $name, tokio::test(flavor = "multi_thread", worker_threads = 4));
+    };
+    (@ $name:ident, $($test:tt)*) => {
+        mod $name {
+            use super::common::store::StoreKind;
+
+            #[$($test)*]
+            async fn sqlite() {
+                super::$name(StoreKind::Sqlite).await
+            }
+
+            #[cfg(feature = "postgres")]
+            #[$($test)*]
+            async fn postgres() {
+                super::$name(StoreKind::Postgres).await
+            }
+        }
+    };
+}
