@@ -1133,6 +1133,7 @@ dir = "ca"
     }
 
     #[test]
+    #[cfg(feature = "postgres")]
     fn a_postgres_store_takes_its_password_by_reference_only() {
         let c = store(
             "type = \"postgres\"\nurl = \"postgres://lockstep@db/lockstep\"\npassword = \"file:db-password\"\nca_file = \"db-ca.pem\"",

@@ -7,6 +7,7 @@
 //! so concurrent callers can never open a session twice, mint past its
 //! limit, or resurrect a closed one.
 
+mod decode;
 pub mod ledger;
 mod open;
 #[cfg(feature = "postgres")]

@@ -19,13 +19,12 @@ use tokio::sync::watch;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::decode;
 use super::ledger::{Backend, Durability, Ledger, LedgerTx};
-use super::{
-    CredentialKind, CredentialRecord, EventRecord, RevokedEntry, SessionFilter, StoreError,
-};
+use super::{CredentialRecord, EventRecord, RevokedEntry, SessionFilter, StoreError};
 use crate::clock::Timestamp;
 use crate::config::PostgresConfig;
-use crate::sessions::{Profile, RevocationReason, Session, SessionId, State};
+use crate::sessions::{Session, SessionId, State};
 
 mod connect;
 mod notify;
@@ -226,26 +225,6 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(5 * u64::from(attempt) * u64::from(attempt) + jitter)
 }
 
-fn load_body(id: &SessionId, body: Option<String>) -> Result<Session, StoreError> {
-    let body = body.ok_or_else(|| StoreError::NotFound(id.clone()))?;
-    serde_json::from_str(&body).map_err(|e| corrupt(format!("session {id}: {e}")))
-}
-
-fn parse_profile(text: &str) -> Result<Profile, StoreError> {
-    Profile::parse(text).ok_or_else(|| corrupt(format!("unknown profile `{text}`")))
-}
-
-fn parse_kind(text: &str) -> Result<CredentialKind, StoreError> {
-    CredentialKind::parse(text).ok_or_else(|| corrupt(format!("unknown credential kind `{text}`")))
-}
-
-fn parse_reason(code: i64) -> Result<RevocationReason, StoreError> {
-    u8::try_from(code)
-        .ok()
-        .and_then(RevocationReason::from_code)
-        .ok_or_else(|| corrupt(format!("unknown revocation reason {code}")))
-}
-
 fn hash32(seq: i64, hash: Vec<u8>) -> Result<[u8; 32], StoreError> {
     hash.try_into()
         .map_err(|_| corrupt(format!("audit entry {seq} has no valid hash")))
@@ -255,14 +234,14 @@ const CREDENTIAL_COLUMNS: &str = "c.serial, c.session_id, c.profile, c.state, c.
 
 fn credential_record(r: &Row) -> Result<CredentialRecord, StoreError> {
     let revoked = match (col::<Option<i64>>(r, 8)?, col::<Option<i64>>(r, 9)?) {
-        (Some(at), Some(code)) => Some((Timestamp::from_unix(at), parse_reason(code)?)),
+        (Some(at), Some(code)) => Some((Timestamp::from_unix(at), decode::reason(code)?)),
         _ => None,
     };
     Ok(CredentialRecord {
         serial: col(r, 0)?,
         session: SessionId::parse(col(r, 1)?).map_err(corrupt)?,
-        kind: parse_kind(col(r, 7)?)?,
-        profile: parse_profile(col(r, 2)?)?,
+        kind: decode::kind(col(r, 7)?)?,
+        profile: decode::profile(col(r, 2)?)?,
         state: col(r, 3)?,
         not_after: Timestamp::from_unix(col(r, 4)?),
         key_sha256: col(r, 5)?,
@@ -313,7 +292,7 @@ impl Backend for Postgres {
         let rows = self
             .rows("SELECT body FROM sessions WHERE id = $1", &[&id.as_str()])
             .await?;
-        load_body(id, rows.first().map(|r| col(r, 0)).transpose()?)
+        decode::session(id, rows.first().map(|r| col(r, 0)).transpose()?)
     }
 
     async fn sessions(&self, filter: SessionFilter) -> Result<Vec<Session>, StoreError> {
@@ -379,7 +358,7 @@ impl Backend for Postgres {
                 Ok(RevokedEntry {
                     serial: col(r, 0)?,
                     revoked_at: Timestamp::from_unix(col(r, 1)?),
-                    reason: parse_reason(col(r, 2)?)?,
+                    reason: decode::reason(col(r, 2)?)?,
                 })
             })
             .collect()

@@ -15,11 +15,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::owner;
-use super::{col, corrupt, failed, load_body, parse_kind};
+use super::{col, corrupt, failed};
 use crate::audit::{GENESIS, entry_hash};
 use crate::clock::Timestamp;
 use crate::sessions::credential::{Held, OwnerStatus, Reserved};
 use crate::sessions::{CredentialState, Event, RevocationReason, Session, SessionId};
+use crate::store::decode;
 use crate::store::ledger::{CredentialEntry, LedgerTx, Signed};
 use crate::store::{Reservation, StoreError};
 
@@ -121,7 +122,7 @@ impl LedgerTx for PgTx<'_> {
             "SELECT body FROM sessions WHERE id = $1 FOR UPDATE",
             &[&id.as_str()],
         )?;
-        load_body(id, rows.first().map(|r| col(r, 0)).transpose()?)
+        decode::session(id, rows.first().map(|r| col(r, 0)).transpose()?)
     }
 
     fn insert_session(&mut self, session: &Session) -> Result<(), StoreError> {
@@ -233,7 +234,7 @@ impl LedgerTx for PgTx<'_> {
             .map(|r| {
                 Ok(CredentialEntry {
                     serial: col(r, 0)?,
-                    kind: parse_kind(col(r, 1)?)?,
+                    kind: decode::kind(col(r, 1)?)?,
                     not_after: Timestamp::from_unix(col(r, 2)?),
                 })
             })
@@ -322,7 +323,7 @@ impl LedgerTx for PgTx<'_> {
             out.push(Reserved {
                 held: Held {
                     serial: col(r, 0)?,
-                    kind: parse_kind(col(r, 2)?)?,
+                    kind: decode::kind(col(r, 2)?)?,
                     counted: col(r, 3)?,
                     not_after: Timestamp::from_unix(col(r, 4)?),
                 },

@@ -15,13 +15,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+use super::decode;
 use super::ledger::{Backend, Durability, Ledger, LedgerTx};
-use super::{
-    CredentialKind, CredentialRecord, EventRecord, RevokedEntry, SessionFilter, StoreError,
-};
+use super::{CredentialRecord, EventRecord, RevokedEntry, SessionFilter, StoreError};
 use crate::clock::Timestamp;
 use crate::lane::Lane;
-use crate::sessions::{Profile, RevocationReason, Session, SessionId, State};
+use crate::sessions::{Session, SessionId, State};
 
 mod owner;
 mod schema;
@@ -167,23 +166,7 @@ fn load(tx: &Connection, id: &SessionId) -> Result<Session, StoreError> {
         )
         .optional()
         .map_err(unavailable)?;
-    let body = body.ok_or_else(|| StoreError::NotFound(id.clone()))?;
-    serde_json::from_str(&body).map_err(|e| corrupt(format!("session {id}: {e}")))
-}
-
-fn parse_profile(text: &str) -> Result<Profile, StoreError> {
-    Profile::parse(text).ok_or_else(|| corrupt(format!("unknown profile `{text}`")))
-}
-
-fn parse_kind(text: &str) -> Result<CredentialKind, StoreError> {
-    CredentialKind::parse(text).ok_or_else(|| corrupt(format!("unknown credential kind `{text}`")))
-}
-
-fn parse_reason(code: i64) -> Result<RevocationReason, StoreError> {
-    u8::try_from(code)
-        .ok()
-        .and_then(RevocationReason::from_code)
-        .ok_or_else(|| corrupt(format!("unknown revocation reason {code}")))
+    decode::session(id, body)
 }
 
 type CredentialRow = (
@@ -230,14 +213,14 @@ fn credential_record(row: CredentialRow) -> Result<CredentialRecord, StoreError>
         reason,
     ) = row;
     let revoked = match (revoked_at, reason) {
-        (Some(at), Some(code)) => Some((Timestamp::from_unix(at), parse_reason(code)?)),
+        (Some(at), Some(code)) => Some((Timestamp::from_unix(at), decode::reason(code)?)),
         _ => None,
     };
     Ok(CredentialRecord {
         serial,
         session: SessionId::parse(&session).map_err(corrupt)?,
-        kind: parse_kind(&kind)?,
-        profile: parse_profile(&profile)?,
+        kind: decode::kind(&kind)?,
+        profile: decode::profile(&profile)?,
         state,
         not_after: Timestamp::from_unix(not_after),
         key_sha256,
@@ -373,7 +356,7 @@ impl Backend for Sqlite {
                     Ok(RevokedEntry {
                         serial,
                         revoked_at: Timestamp::from_unix(at),
-                        reason: parse_reason(code)?,
+                        reason: decode::reason(code)?,
                     })
                 })
                 .collect()

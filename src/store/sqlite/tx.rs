@@ -9,11 +9,12 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::owner::Owner;
 use super::sql::Cached;
-use super::{corrupt, load, parse_kind, unavailable};
+use super::{corrupt, load, unavailable};
 use crate::audit::{GENESIS, entry_hash};
 use crate::clock::Timestamp;
 use crate::sessions::credential::{Held, Reserved};
 use crate::sessions::{CredentialState, Event, RevocationReason, Session, SessionId};
+use crate::store::decode;
 use crate::store::ledger::{CredentialEntry, LedgerTx, Signed};
 use crate::store::{Reservation, StoreError};
 
@@ -174,7 +175,7 @@ impl LedgerTx for SqliteTx<'_> {
             .map(|(serial, kind, not_after)| {
                 Ok(CredentialEntry {
                     serial,
-                    kind: parse_kind(&kind)?,
+                    kind: decode::kind(&kind)?,
                     not_after: Timestamp::from_unix(not_after),
                 })
             })
@@ -286,7 +287,7 @@ impl LedgerTx for SqliteTx<'_> {
                     Ok(Reserved {
                         held: Held {
                             serial,
-                            kind: parse_kind(&kind)?,
+                            kind: decode::kind(&kind)?,
                             counted,
                             not_after: Timestamp::from_unix(not_after),
                         },

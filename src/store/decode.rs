@@ -1,0 +1,34 @@
+//! Stored text back into lockstep's values, for every backend: a value
+//! lockstep does not know means the store holds what it did not write
+//! (`store_corrupt`), never a panic or a guess.
+
+use super::{CredentialKind, StoreError};
+use crate::sessions::{Profile, RevocationReason, Session, SessionId};
+
+fn corrupt(message: String) -> StoreError {
+    StoreError::Corrupt(message)
+}
+
+/// A session from its stored JSON body; none stored: no such session.
+pub(super) fn session(id: &SessionId, body: Option<String>) -> Result<Session, StoreError> {
+    let body = body.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+    serde_json::from_str(&body).map_err(|e| corrupt(format!("session {id}: {e}")))
+}
+
+/// A credential profile by name.
+pub(super) fn profile(text: &str) -> Result<Profile, StoreError> {
+    Profile::parse(text).ok_or_else(|| corrupt(format!("unknown profile `{text}`")))
+}
+
+/// A credential kind by name.
+pub(super) fn kind(text: &str) -> Result<CredentialKind, StoreError> {
+    CredentialKind::parse(text).ok_or_else(|| corrupt(format!("unknown credential kind `{text}`")))
+}
+
+/// A revocation reason by its RFC 5280 code.
+pub(super) fn reason(code: i64) -> Result<RevocationReason, StoreError> {
+    u8::try_from(code)
+        .ok()
+        .and_then(RevocationReason::from_code)
+        .ok_or_else(|| corrupt(format!("unknown revocation reason {code}")))
+}
