@@ -80,6 +80,19 @@ async fn call(
     Some((status, body))
 }
 
+/// An open session of 1000 credentials for the steady load through A.
+async fn load_session(srv: &TestServer, url: &str) -> String {
+    let body = json!({"resource": "load:a", "task": "load", "duration_secs": 600, "profile": "mtls-client"});
+    let (status, s) = call(srv, url, "alice", "/v1/sessions", body).await.unwrap();
+    assert_eq!(status, 201, "{s}");
+    let id = s["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/sessions/{id}/approve");
+    let vote = json!({"request_hash": s["request_hash"]});
+    let (status, _) = call(srv, url, "bob", &path, vote).await.unwrap();
+    assert_eq!(status, 200);
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processes_on_one_store_keep_every_rule() {
     let mut srv = TestServer::start("shared", POLICY, &["alice", "bob", "carol"], AUDIT).await;
@@ -142,35 +155,19 @@ async fn two_processes_on_one_store_keep_every_rule() {
     let acknowledged = Arc::new(Mutex::new(Vec::<(String, String, char)>::new()));
     // Steady load through A, so that B's restarts meet mints of A's in
     // flight.
-    let body = json!({"resource": "load:a", "task": "load", "duration_secs": 600, "profile": "mtls-client"});
-    let (_, s) = call(&srv, &url_a, "alice", "/v1/sessions", body)
-        .await
-        .unwrap();
-    let load_id = s["id"].as_str().unwrap().to_owned();
-    let path = format!("/v1/sessions/{load_id}/approve");
-    let (status, _) = call(
-        &srv,
-        &url_a,
-        "bob",
-        &path,
-        json!({"request_hash": s["request_hash"]}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200);
     let load: Vec<_> = (0..3)
         .map(|_| {
-            let (srv, stop, ack, csr, id, url_a) = (
+            let (srv, stop, ack, csr, url_a) = (
                 srv.clone(),
                 stop.clone(),
                 acknowledged.clone(),
                 csr.clone(),
-                load_id.clone(),
                 url_a.clone(),
             );
             tokio::spawn(async move {
-                let path = format!("/v1/sessions/{id}/certificate");
+                let mut id = load_session(&srv, &url_a).await;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let path = format!("/v1/sessions/{id}/certificate");
                     let answer = call(&srv, &url_a, "alice", &path, json!({"csr": csr})).await;
                     match answer {
                         Some((201, body)) => ack.lock().unwrap().push((
@@ -178,6 +175,10 @@ async fn two_processes_on_one_store_keep_every_rule() {
                             body["serial"].as_str().unwrap().to_owned(),
                             'A',
                         )),
+                        // Its 1000 credentials used up: the next session.
+                        Some((409, body)) if body["error"] == "credential_limit_reached" => {
+                            id = load_session(&srv, &url_a).await;
+                        }
                         other => panic!("process A answered {other:?}"),
                     }
                 }
