@@ -47,6 +47,8 @@ struct Options {
     json: Option<String>,
     /// An older `lockstep` binary to compare with (`--baseline PATH`).
     baseline: Option<String>,
+    /// Only the comparison with the baseline (`--compare-only`).
+    compare_only: bool,
 }
 
 fn options() -> Options {
@@ -60,6 +62,7 @@ fn options() -> Options {
         quick: args.iter().any(|a| a == "--quick"),
         json: value("--json"),
         baseline: value("--baseline"),
+        compare_only: args.iter().any(|a| a == "--compare-only"),
     }
 }
 
@@ -483,6 +486,16 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        if let (true, Some(old)) = (opts.compare_only, &opts.baseline) {
+            let mut srv =
+                TestServer::start_on(Backend::SoftHsm, "bench", POLICY, &["load", "a1", "a2"], "")
+                    .await;
+            srv.stop().await;
+            let (_, csr) = common::openssl_csr(srv.dir.path(), "bench", "ec:P-256");
+            let csr = Arc::new(String::from_utf8(csr).unwrap());
+            compare(&mut Arc::new(srv), &csr, old, opts.quick, 5.0).await;
+            return;
+        }
         let mut reports = Vec::new();
         for backend in Backend::all() {
             reports.push(run(&opts, backend, threads).await);
