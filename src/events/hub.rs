@@ -29,6 +29,11 @@ pub(super) struct Shared {
     pub(super) directory: SessionDirectory,
     pub(super) sender: broadcast::Sender<Arc<Entry>>,
     pub(super) state: watch::Sender<State>,
+    /// The last sequence number the hub has broadcast or, when it started,
+    /// taken as already there: set after the broadcast, so a subscriber
+    /// that sees it ahead of itself with nothing left to receive knows the
+    /// store has entries the broadcast will not bring.
+    pub(super) position: watch::Sender<u64>,
     pub(super) lags: AtomicU64,
     settings: Settings,
 }
@@ -52,12 +57,14 @@ impl Hub {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: Settings) -> Self {
         let (sender, _) = broadcast::channel(settings.buffer.max(1));
         let (state, _) = watch::channel(State::Following);
+        let (position, _) = watch::channel(0);
         Self {
             shared: Arc::new(Shared {
                 directory: SessionDirectory::new(store.clone(), clock),
                 store,
                 sender,
                 state,
+                position,
                 lags: AtomicU64::new(0),
                 settings,
             }),
@@ -171,6 +178,7 @@ impl Shared {
             None => {
                 let head = self.store.audit_head().await?.map_or(0, |(seq, _)| seq);
                 *last = Some(head);
+                self.position.send_replace(head);
                 head
             }
         };
@@ -183,6 +191,7 @@ impl Shared {
                 // No subscriber is not an error: nobody is listening now.
                 let _ = self.sender.send(Arc::new(entry));
             }
+            self.position.send_replace(after);
             if !full {
                 return Ok(());
             }

@@ -20,6 +20,7 @@ pub struct Subscription {
     shared: Arc<Shared>,
     live: broadcast::Receiver<Arc<Entry>>,
     state: watch::Receiver<State>,
+    position: watch::Receiver<u64>,
     /// The last entry delivered.
     last: u64,
     /// Entries read from the store, not yet delivered.
@@ -45,10 +46,12 @@ impl Subscription {
         // commits after that read is broadcast to us.
         let live = shared.sender.subscribe();
         let state = shared.state.subscribe();
+        let position = shared.position.subscribe();
         Self {
             shared,
             live,
             state,
+            position,
             last: after,
             backlog: VecDeque::new(),
             behind: true,
@@ -125,6 +128,14 @@ impl Subscription {
                 changed = self.state.changed() => {
                     if changed.is_err() {
                         return Err(EventsError::Stopping);
+                    }
+                }
+                // The hub is past us with nothing left for us to receive:
+                // it started after our read of the store and took what
+                // committed meanwhile as already there. The store has it.
+                Ok(()) = self.position.changed() => {
+                    if *self.position.borrow_and_update() > self.last && self.live.is_empty() {
+                        self.behind = true;
                     }
                 }
                 received = self.live.recv() => match received {
