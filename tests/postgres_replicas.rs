@@ -3,12 +3,17 @@
 //! once, mints through both never pass a session's count, a process
 //! killed mid-run leaves the other serving, every acknowledged
 //! credential is on the record, and the trail is one dense hash chain
-//! that `lockstep audit verify` checks from the database.
+//! that `lockstep audit verify` checks from the database. A close through
+//! one replica is seen at once by the others' OCSP, CRL and introspection,
+//! and the expiry sweep of three replicas closes each session once.
+//! (tests/shared_store.rs kills and restarts a replica under load on both
+//! stores.)
 #![cfg(feature = "postgres")]
 
 mod common;
 
 use std::io::BufRead;
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -26,6 +31,16 @@ quorum = 2
 max_duration = "1h"
 credentials = 2
 profiles = ["mtls-client"]
+
+[[resource]]
+match = "svc:*"
+requesters = ["token:alice"]
+approvers = ["token:bob"]
+quorum = 1
+max_duration = "1h"
+credentials = 3
+profiles = ["mtls-client", "token"]
+audiences = ["api"]
 "#;
 
 /// A `lockstep serve` child on the server's configuration; its stderr is
@@ -38,11 +53,25 @@ fn serve(srv: &TestServer) -> (Child, String) {
 }
 
 async fn call(srv: &TestServer, url: &str, who: &str, path: &str, body: Value) -> (u16, Value) {
-    let resp = srv
+    send(srv, url, who, "POST", path, Some(body)).await
+}
+
+async fn send(
+    srv: &TestServer,
+    url: &str,
+    who: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = srv
         .http
-        .post(format!("{url}{path}"))
+        .request(method.parse().unwrap(), format!("{url}{path}"));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req
         .bearer_auth(srv.token(who))
-        .json(&body)
         .timeout(Duration::from_secs(30))
         .send()
         .await
@@ -169,4 +198,224 @@ async fn two_processes_on_one_database_keep_every_rule() {
         .unwrap();
     let (ok, text) = verify();
     assert!(!ok && text.contains("entry 3"), "{text}");
+}
+
+/// A session on `resource` requested through `url` and approved by bob
+/// through `approve_at`; returns its id.
+async fn open_session(
+    srv: &TestServer,
+    url: &str,
+    approve_at: &str,
+    resource: &str,
+    secs: u32,
+) -> String {
+    let body = json!({"resource": resource, "task": "replicas", "duration_secs": secs, "profile": "mtls-client"});
+    let (status, s) = call(srv, url, "alice", "/v1/sessions", body).await;
+    assert_eq!(status, 201, "{s}");
+    let id = s["id"].as_str().unwrap().to_owned();
+    let vote = json!({"request_hash": s["request_hash"]});
+    let path = format!("/v1/sessions/{id}/approve");
+    let (status, v) = call(srv, approve_at, "bob", &path, vote).await;
+    assert_eq!(status, 200, "{v}");
+    id
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `openssl ocsp` asking the replica at `url` about `leaf`; the response
+/// must verify. Returns openssl's text.
+fn ocsp(srv: &TestServer, url: &str, leaf: &Path) -> String {
+    let issuing = srv.dir.path().join("ca/issuing.pem");
+    let (ok, text) = common::openssl(&[
+        "ocsp",
+        "-issuer",
+        s(&issuing),
+        "-cert",
+        s(leaf),
+        "-url",
+        &format!("{url}/v1/ocsp"),
+        "-CAfile",
+        s(&srv.root_pem()),
+    ]);
+    assert!(ok && text.contains("Response verify OK"), "{text}");
+    text
+}
+
+/// `openssl verify -crl_check` of `leaf` against the CRL the replica at
+/// `url` serves now.
+async fn verify_with_crl(srv: &TestServer, url: &str, leaf: &Path, name: &str) -> (bool, String) {
+    let der = srv
+        .http
+        .get(format!("{url}/v1/crl"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let der_path = common::write(srv.dir.path(), &format!("{name}.crl"), &der);
+    let pem = srv.dir.path().join(format!("{name}.crl.pem"));
+    let (ok, text) = common::openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        s(&der_path),
+        "-out",
+        s(&pem),
+    ]);
+    assert!(ok, "{text}");
+    let issuing = srv.dir.path().join("ca/issuing.pem");
+    common::openssl(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        s(&srv.root_pem()),
+        "-untrusted",
+        s(&issuing),
+        "-CRLfile",
+        s(&pem),
+        s(leaf),
+    ])
+}
+
+async fn introspect(srv: &TestServer, url: &str, token: &str) -> bool {
+    let resp = srv
+        .http
+        .post(format!("{url}/v1/introspect"))
+        .bearer_auth(srv.token("bob"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json::<Value>().await.unwrap()["active"] == true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_close_through_one_replica_is_revoked_at_once_on_the_others() {
+    let mut srv = TestServer::start_in(
+        StoreKind::Postgres,
+        "replicas-close",
+        POLICY,
+        &["alice", "bob"],
+        "",
+    )
+    .await;
+    srv.stop().await;
+    let (mut a, url_a) = serve(&srv);
+    let (mut b, url_b) = serve(&srv);
+    for round in 0..3 {
+        let id = open_session(&srv, &url_a, &url_b, &format!("svc:r{round}"), 600).await;
+        // Minted through B; B's CRL, OCSP and introspection have answered
+        // about it (anything B caches is warm) before A closes it.
+        let (_, csr) = common::openssl_csr(srv.dir.path(), &format!("leaf{round}"), "ec:P-256");
+        let path = format!("/v1/sessions/{id}/certificate");
+        let csr = String::from_utf8(csr).unwrap();
+        let (status, cert) = call(&srv, &url_b, "alice", &path, json!({"csr": csr})).await;
+        assert_eq!(status, 201, "{cert}");
+        let leaf = common::write(
+            srv.dir.path(),
+            &format!("leaf{round}.pem"),
+            cert["certificate"].as_str().unwrap(),
+        );
+        let path = format!("/v1/sessions/{id}/token");
+        let (status, tok) = call(&srv, &url_b, "alice", &path, json!({"audience": "api"})).await;
+        assert_eq!(status, 201, "{tok}");
+        let token = tok["token"].as_str().unwrap().to_owned();
+        let (ok, text) = verify_with_crl(&srv, &url_b, &leaf, &format!("before{round}")).await;
+        assert!(ok, "{text}");
+        assert!(ocsp(&srv, &url_b, &leaf).contains(": good"));
+        assert!(introspect(&srv, &url_b, &token).await);
+
+        let (status, v) = call(
+            &srv,
+            &url_a,
+            "alice",
+            &format!("/v1/sessions/{id}/close"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+
+        // The moment A's answer is back, B says revoked everywhere.
+        let text = ocsp(&srv, &url_b, &leaf);
+        assert!(text.contains(": revoked"), "round {round}: {text}");
+        let (ok, text) = verify_with_crl(&srv, &url_b, &leaf, &format!("after{round}")).await;
+        assert!(
+            !ok && text.contains("certificate revoked"),
+            "round {round}: {text}"
+        );
+        assert!(!introspect(&srv, &url_b, &token).await, "round {round}");
+    }
+    for child in [&mut a, &mut b] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_expiry_sweep_of_three_replicas_closes_each_session_once() {
+    let mut srv = TestServer::start_in(
+        StoreKind::Postgres,
+        "replicas-expiry",
+        POLICY,
+        &["alice", "bob"],
+        "",
+    )
+    .await;
+    srv.stop().await;
+    let mut replicas: Vec<(Child, String)> = (0..3).map(|_| serve(&srv)).collect();
+    let urls: Vec<String> = replicas.iter().map(|(_, u)| u.clone()).collect();
+    let mut sessions = Vec::new();
+    for i in 0..9 {
+        let (at, approve_at) = (&urls[i % 3], &urls[(i + 1) % 3]);
+        sessions.push(open_session(&srv, at, approve_at, &format!("svc:e{i}"), 2).await);
+    }
+    // Until they are all past their close time, every replica reads every
+    // session too: a read finding a session due saves its expiry as well.
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < deadline {
+        for (i, id) in sessions.iter().enumerate() {
+            let (status, _) = send(
+                &srv,
+                &urls[i % 3],
+                "alice",
+                "GET",
+                &format!("/v1/sessions/{id}"),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store = srv.store();
+    for id in &sessions {
+        let closed = store
+            .texts(&format!(
+                "SELECT body FROM events WHERE kind = 'closed' AND session_id = '{id}'"
+            ))
+            .await;
+        assert_eq!(closed.len(), 1, "session {id}: {closed:?}");
+        assert!(closed[0].contains("expired"), "{closed:?}");
+        for url in &urls {
+            let (_, view) = send(
+                &srv,
+                url,
+                "alice",
+                "GET",
+                &format!("/v1/sessions/{id}"),
+                None,
+            )
+            .await;
+            assert_eq!(view["close_reason"], "expired", "{view}");
+        }
+    }
+    for (child, _) in &mut replicas {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }

@@ -1,4 +1,5 @@
-//! Several `lockstep serve` processes on one SQLite file keep every rule:
+//! Several `lockstep serve` processes on one store (a SQLite file, a
+//! PostgreSQL database) keep every rule:
 //! approvals reaching different processes open a session once, mints
 //! through both never pass a session's count, a process killed or
 //! restarted mid-run never voids the other's in-flight mints, every
@@ -12,11 +13,10 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
-use common::audit_verify;
 use common::server::TestServer;
+use common::store::StoreKind;
 
 const POLICY: &str = r#"
 [[resource]]
@@ -93,9 +93,10 @@ async fn load_session(srv: &TestServer, url: &str) -> String {
     id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_processes_on_one_store_keep_every_rule() {
-    let mut srv = TestServer::start("shared", POLICY, &["alice", "bob", "carol"], AUDIT).await;
+on_both_stores!(multi two_processes_on_one_store_keep_every_rule);
+async fn two_processes_on_one_store_keep_every_rule(kind: StoreKind) {
+    let mut srv =
+        TestServer::start_in(kind, "shared", POLICY, &["alice", "bob", "carol"], AUDIT).await;
     srv.stop().await;
     let (mut a, url_a) = serve(&srv);
     let (b, url_b) = serve(&srv);
@@ -245,54 +246,49 @@ async fn two_processes_on_one_store_keep_every_rule() {
     let mut srv = srv.restart().await;
     srv.stop().await;
 
-    let db = srv.dir.path().join("lockstep.db");
-    let conn = Connection::open(&db).unwrap();
+    let store = srv.store();
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() >= 12, "{} minted", acknowledged.len());
     let mut per_session: HashMap<String, usize> = HashMap::new();
     let mut owners_a = HashSet::new();
     for (id, serial, via) in &acknowledged {
         *per_session.entry(id.clone()).or_default() += 1;
-        let (state, owner): (String, String) = conn
-            .query_row(
-                "SELECT state, owner FROM credentials WHERE serial = ?1",
-                params![serial],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
-        assert_eq!(state, "issued", "acknowledged {serial} is issued");
+        let state = store
+            .texts(&format!(
+                "SELECT state FROM credentials WHERE serial = '{serial}'"
+            ))
+            .await;
+        assert_eq!(state, ["issued"], "acknowledged {serial} is issued");
         if *via == 'A' {
-            owners_a.insert(owner);
+            let owner = store
+                .texts(&format!(
+                    "SELECT owner FROM credentials WHERE serial = '{serial}'"
+                ))
+                .await;
+            owners_a.extend(owner);
         }
-        let minted: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM events WHERE kind = 'minted' AND body LIKE '%' || ?1 || '%'",
-                params![serial],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let minted = store
+            .count(&format!(
+                "SELECT COUNT(*) FROM events WHERE kind = 'minted' AND body LIKE '%{serial}%'"
+            ))
+            .await;
         assert_eq!(minted, 1, "{serial} is on the record once");
     }
     // Never past a session's count, counting what the store holds too.
     for id in &sessions {
         assert!(per_session.get(id).copied().unwrap_or(0) <= 2);
-        let issued: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM credentials WHERE session_id = ?1 AND state IN ('issued', 'withheld') AND counted",
-                params![id],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let issued = store
+            .count(&format!(
+                "SELECT COUNT(*) FROM credentials WHERE session_id = '{id}' \
+                 AND state IN ('issued', 'withheld') AND counted"
+            ))
+            .await;
         assert!(issued <= 2, "session {id} minted {issued}");
     }
     // The live process's in-flight mints were never voided.
-    let voided: Vec<String> = conn
-        .prepare("SELECT body FROM events WHERE kind = 'voided'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let voided = store
+        .texts("SELECT body FROM events WHERE kind = 'voided'")
+        .await;
     for body in &voided {
         let owner = serde_json::from_str::<Value>(body).unwrap()["owner"].clone();
         assert!(
@@ -300,15 +296,19 @@ async fn two_processes_on_one_store_keep_every_rule() {
             "A's reservation voided: {body}"
         );
     }
-    let stuck: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM credentials WHERE state = 'reserved'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let stuck = store
+        .count("SELECT COUNT(*) FROM credentials WHERE state = 'reserved'")
+        .await;
     assert_eq!(stuck, 0, "nothing left reserved");
-    drop(conn);
-    let (ok, out) = audit_verify(&db, &srv.root_pem());
-    assert!(ok, "{out}");
+    let out = common::lockstep_cli(&[
+        "--config",
+        srv.config_path.to_str().unwrap(),
+        "audit",
+        "verify",
+    ]);
+    let text = common::output_text(&out);
+    assert!(
+        out.status.success() && text.contains("audit trail OK"),
+        "{text}"
+    );
 }

@@ -228,6 +228,13 @@ impl TestServer {
         (child, stderr)
     }
 
+    /// The store it was started in by [`TestServer::start_in`].
+    pub fn store(&self) -> &TestStore {
+        self.store
+            .as_deref()
+            .expect("a server started with start_in")
+    }
+
     /// The lockstep root certificate.
     pub fn root_pem(&self) -> PathBuf {
         self.dir.path().join("ca/root.pem")

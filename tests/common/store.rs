@@ -128,6 +128,36 @@ impl TestStore {
         }
     }
 
+    /// How many rows a `SELECT COUNT(*) …` counts, read straight from the
+    /// store (SQL both engines accept).
+    pub async fn count(&self, sql: &str) -> i64 {
+        match self.kind {
+            StoreKind::Sqlite => rusqlite::Connection::open(self.sqlite_path())
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => self.database.as_ref().unwrap().count(sql).await,
+        }
+    }
+
+    /// The first (text) column of every row a query returns, read straight
+    /// from the store (SQL both engines accept).
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        match self.kind {
+            StoreKind::Sqlite => {
+                let conn = rusqlite::Connection::open(self.sqlite_path()).unwrap();
+                let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+                stmt.query_map([], |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => self.database.as_ref().unwrap().texts(sql).await,
+        }
+    }
+
     /// Runs SQL on the database directly (PostgreSQL only).
     #[cfg(feature = "postgres")]
     pub async fn sql(&self, sql: &str) {
@@ -183,6 +213,24 @@ mod postgres {
 
         pub async fn sql(&self, sql: &str) {
             connect(&self.url).await.batch_execute(sql).await.unwrap();
+        }
+
+        pub async fn count(&self, sql: &str) -> i64 {
+            connect(&self.url)
+                .await
+                .query_one(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .get(0)
+        }
+
+        pub async fn texts(&self, sql: &str) -> Vec<String> {
+            let rows = connect(&self.url)
+                .await
+                .query(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            rows.iter().map(|r| r.get(0)).collect()
         }
 
         /// How many advisory locks (owner locks) are held on it.
