@@ -76,6 +76,7 @@ async fn ten_thousand_closed_sessions_leave_only_live_certificates_on_the_crl() 
             kind: CredentialKind::Certificate,
             profile: Profile::MtlsClient,
             counted: true,
+            issuer: Some(ca.issuer.fingerprint()),
         };
         let (_, r) = store
             .reserve_credential(&id, credential, t(2))
@@ -107,7 +108,10 @@ async fn ten_thousand_closed_sessions_leave_only_live_certificates_on_the_crl() 
         }
     }
     let now = t(120);
-    let entries = store.live_revocations(now).await.unwrap();
+    let entries = store
+        .live_revocations(now, &ca.issuer.fingerprint())
+        .await
+        .unwrap();
     assert_eq!(entries.len(), total / 2);
     let listed: Vec<&str> = entries.iter().map(|e| e.serial.as_str()).collect();
     live.sort();
@@ -135,7 +139,13 @@ async fn ten_thousand_closed_sessions_leave_only_live_certificates_on_the_crl() 
     assert_eq!(text.matches("Serial Number:").count(), total / 2);
     // Once every certificate has expired, the CRL is empty.
     let later = t(3600);
-    assert!(store.live_revocations(later).await.unwrap().is_empty());
+    assert!(
+        store
+            .live_revocations(later, &ca.issuer.fingerprint())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let der = publisher.current(later).await.unwrap();
     let path = write(ca.dir.path(), "empty.crl", der.as_slice());
     let (_, text) = crl_text(&path);

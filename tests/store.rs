@@ -57,8 +57,12 @@ fn cert(serial: impl Into<String>) -> NewCredential {
         kind: CredentialKind::Certificate,
         profile: Profile::MtlsClient,
         counted: true,
+        issuer: Some(ISSUER.into()),
     }
 }
+
+/// The issuer fingerprint the store tests' certificates carry.
+const ISSUER: &str = "1551e7";
 
 async fn approve(store: &Arc<dyn Store>, s: &Session, who: &str, dt: i64) -> Result<(), String> {
     let applied = store
@@ -707,4 +711,48 @@ mod postgres_only {
             .collect();
         assert_eq!(kinds, ["requested", "approved", "opened", "closed"]);
     }
+}
+
+on_both_stores!(async each_issuers_revocations_are_its_own);
+async fn each_issuers_revocations_are_its_own(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
+    let (s, ev) = new_session(1, 3, 1);
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &s, "token:approver-0", 1).await.unwrap();
+    // Certificates of two issuing CAs, and one recorded with no issuer
+    // (as before issuers were recorded).
+    for (serial, issuer) in [("a1", Some(ISSUER)), ("b1", Some("b0b")), ("01", None)] {
+        let credential = NewCredential {
+            issuer: issuer.map(str::to_owned),
+            ..cert(serial)
+        };
+        let (_, r) = store
+            .reserve_credential(&s.id, credential, t(2))
+            .await
+            .unwrap();
+        let finish = Finish::Issued {
+            der: Some(vec![1]),
+            facts: CredentialFacts::Certificate {
+                key_sha256: "k".into(),
+            },
+        };
+        store
+            .finish_credential(&r.unwrap(), finish, t(2))
+            .await
+            .unwrap();
+        let record = store.credential(serial).await.unwrap().unwrap();
+        assert_eq!(record.issuer.as_deref(), issuer);
+    }
+    let close = SessionOp::Close {
+        by: "token:req".into(),
+    };
+    store.apply(&s.id, close, t(3)).await.unwrap();
+    let listed = |entries: Vec<lockstep::store::RevokedEntry>| {
+        entries.into_iter().map(|e| e.serial).collect::<Vec<_>>()
+    };
+    let a = store.live_revocations(t(4), ISSUER).await.unwrap();
+    assert_eq!(listed(a), ["01", "a1"]);
+    let b = store.live_revocations(t(4), "b0b").await.unwrap();
+    assert_eq!(listed(b), ["01", "b1"]);
 }

@@ -3,6 +3,8 @@
 //! that closes it; this module publishes that state as a CRL (RFC 5280)
 //! and answers OCSP (RFC 6960).
 //!
+//! The CRL and OCSP speak for one issuing CA, this process's: replicas
+//! with issuing keys of their own each answer for their own certificates.
 //! The CRL lists only revoked certificates whose `notAfter` has not passed,
 //! so it stays as small as the set of live credentials of closed sessions,
 //! whatever the history. It is rebuilt when a revocation is recorded or
@@ -79,7 +81,7 @@ impl CrlPublisher {
         }
         let entries: Vec<CrlEntry> = self
             .store
-            .live_revocations(now)
+            .live_revocations(now, &self.issuer.fingerprint())
             .await?
             .into_iter()
             .map(|e| CrlEntry {

@@ -127,6 +127,7 @@ impl Service {
 
     async fn ocsp_inner(&self, request: &[u8]) -> Result<Vec<u8>, OcspError> {
         let parsed = self.ocsp.parse(request)?;
+        let issuer = self.issuer.fingerprint();
         let mut statuses = Vec::new();
         for serial in parsed.serials() {
             let status = match serial {
@@ -135,6 +136,11 @@ impl Service {
                     Err(e) => return Err(OcspError::TryLater(e.to_string())),
                     Ok(None) => Status::Unknown,
                     Ok(Some(c)) if c.kind != CredentialKind::Certificate => Status::Unknown,
+                    // Another replica's issuing CA signed it: only a
+                    // responder that may sign for that CA answers.
+                    Ok(Some(c)) if c.issuer.as_ref().is_some_and(|i| *i != issuer) => {
+                        Status::Unknown
+                    }
                     Ok(Some(c)) => match (c.revoked, c.state.as_str()) {
                         (Some((at, reason)), _) => Status::Revoked(at, reason),
                         (None, "issued") => Status::Good,

@@ -49,6 +49,8 @@ pub struct CredentialEntry {
     pub kind: crate::sessions::CredentialKind,
     /// `notAfter` / `exp`.
     pub not_after: Timestamp,
+    /// The issuing CA that signed it, if recorded.
+    pub issuer: Option<String>,
 }
 
 /// What the device produced, kept with an issued or withheld credential.
@@ -132,7 +134,11 @@ pub trait Backend: Send + Sync + 'static {
     /// See [`Store::certificates`].
     async fn certificates(&self, id: &SessionId) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// See [`Store::live_revocations`].
-    async fn live_revocations(&self, now: Timestamp) -> Result<Vec<RevokedEntry>, StoreError>;
+    async fn live_revocations(
+        &self,
+        now: Timestamp,
+        issuer: &str,
+    ) -> Result<Vec<RevokedEntry>, StoreError>;
     /// See [`Store::revocation_version`].
     async fn revocation_version(&self) -> Result<u64, StoreError>;
     /// See [`Store::next_crl_number`].
@@ -295,6 +301,7 @@ fn finish_in(
             serial: r.serial.clone(),
             kind: r.kind,
             not_after: r.not_after,
+            issuer: r.issuer.clone(),
         };
         tx.revoke(&r.session, &entry, at, reason)?;
     }
@@ -331,6 +338,7 @@ fn reserve_in(
         not_after: slot.not_after,
         owner,
         lease_until,
+        issuer: credential.issuer,
     };
     tx.insert_credential(&reservation, now)?;
     Ok((applied, Some(reservation)))
@@ -529,8 +537,12 @@ impl<B: Backend> Store for Ledger<B> {
         self.backend.certificates(id).await
     }
 
-    async fn live_revocations(&self, now: Timestamp) -> Result<Vec<RevokedEntry>, StoreError> {
-        self.backend.live_revocations(now).await
+    async fn live_revocations(
+        &self,
+        now: Timestamp,
+        issuer: &str,
+    ) -> Result<Vec<RevokedEntry>, StoreError> {
+        self.backend.live_revocations(now, issuer).await
     }
 
     async fn revocation_version(&self) -> Result<u64, StoreError> {

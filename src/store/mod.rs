@@ -88,6 +88,10 @@ pub struct NewCredential {
     pub profile: Profile,
     /// Whether it counts against the session's credential limit.
     pub counted: bool,
+    /// The issuing CA that signs it (its key's SHA-256 fingerprint, hex);
+    /// none for tokens. Replicas with issuing keys of their own answer
+    /// OCSP and publish CRLs for their own certificates only.
+    pub issuer: Option<String>,
 }
 
 /// A credential about to be signed: its slot is taken and its serial
@@ -112,6 +116,8 @@ pub struct Reservation {
     /// Until when it may finish it; past this the reservation may be
     /// voided and finishing it is refused.
     pub lease_until: Timestamp,
+    /// The issuing CA that signs it (see [`NewCredential::issuer`]).
+    pub issuer: Option<String>,
 }
 
 /// How a reserved credential ended.
@@ -164,6 +170,9 @@ pub struct CredentialRecord {
     pub issued_at: Option<Timestamp>,
     /// When and why it was revoked, if it was.
     pub revoked: Option<(Timestamp, RevocationReason)>,
+    /// The issuing CA that signed it (see [`NewCredential::issuer`]);
+    /// none for tokens and for certificates recorded before issuers were.
+    pub issuer: Option<String>,
 }
 
 /// One entry of the CRL.
@@ -311,9 +320,16 @@ pub trait Store: Send + Sync {
     /// The DER of a session's issued certificates, by serial.
     async fn certificates(&self, id: &SessionId) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
-    /// Revoked certificates whose `notAfter` is after `now`: what the CRL
-    /// lists. Bounded by live credentials, not by history.
-    async fn live_revocations(&self, now: Timestamp) -> Result<Vec<RevokedEntry>, StoreError>;
+    /// Revoked certificates of `issuer` (its key's fingerprint, hex) whose
+    /// `notAfter` is after `now`: what that issuer's CRL lists. Bounded by
+    /// live credentials, not by history. Certificates recorded before
+    /// issuers were are listed for every issuer (a serial on the CRL of an
+    /// issuer that never signed it revokes nothing).
+    async fn live_revocations(
+        &self,
+        now: Timestamp,
+        issuer: &str,
+    ) -> Result<Vec<RevokedEntry>, StoreError>;
 
     /// A number that changes whenever a revocation is recorded.
     async fn revocation_version(&self) -> Result<u64, StoreError>;

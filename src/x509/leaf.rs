@@ -205,6 +205,12 @@ impl Issuer {
         &self.subject
     }
 
+    /// The issuing key's SHA-256 fingerprint (of its SubjectPublicKeyInfo),
+    /// hex: how the store records which issuing CA signed a certificate.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(self.key.public_key().fingerprint())
+    }
+
     /// The issuing CA's key identifier (its SKI).
     pub fn key_id(&self) -> &[u8] {
         &self.key_id

@@ -38,6 +38,7 @@ impl Minter for CertificateMinter {
             kind: CredentialKind::Certificate,
             profile: session.request.profile,
             counted: true,
+            issuer: Some(self.issuer.fingerprint()),
         }
     }
 

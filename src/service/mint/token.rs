@@ -71,6 +71,7 @@ impl Minter for TokenMinter {
             kind: CredentialKind::Token,
             profile: Profile::Token,
             counted: session.rules.count_tokens,
+            issuer: None,
         }
     }
 

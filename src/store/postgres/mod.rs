@@ -230,7 +230,7 @@ fn hash32(seq: i64, hash: Vec<u8>) -> Result<[u8; 32], StoreError> {
         .map_err(|_| corrupt(format!("audit entry {seq} has no valid hash")))
 }
 
-const CREDENTIAL_COLUMNS: &str = "c.serial, c.session_id, c.profile, c.state, c.not_after, c.key_sha256, c.issued_at, c.kind, r.revoked_at, r.reason";
+const CREDENTIAL_COLUMNS: &str = "c.serial, c.session_id, c.profile, c.state, c.not_after, c.key_sha256, c.issued_at, c.kind, r.revoked_at, r.reason, c.issuer";
 
 fn credential_record(r: &Row) -> Result<CredentialRecord, StoreError> {
     let revoked = match (col::<Option<i64>>(r, 8)?, col::<Option<i64>>(r, 9)?) {
@@ -247,6 +247,7 @@ fn credential_record(r: &Row) -> Result<CredentialRecord, StoreError> {
         key_sha256: col(r, 5)?,
         issued_at: col::<Option<i64>>(r, 6)?.map(Timestamp::from_unix),
         revoked,
+        issuer: col(r, 10)?,
     })
 }
 
@@ -346,11 +347,16 @@ impl Backend for Postgres {
         rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?))).collect()
     }
 
-    async fn live_revocations(&self, now: Timestamp) -> Result<Vec<RevokedEntry>, StoreError> {
+    async fn live_revocations(
+        &self,
+        now: Timestamp,
+        issuer: &str,
+    ) -> Result<Vec<RevokedEntry>, StoreError> {
         let rows = self
             .rows(
-                "SELECT serial, revoked_at, reason FROM revocations WHERE not_after > $1 ORDER BY serial",
-                &[&now.unix()],
+                "SELECT serial, revoked_at, reason FROM revocations
+                 WHERE not_after > $1 AND (issuer = $2 OR issuer IS NULL) ORDER BY serial",
+                &[&now.unix(), &issuer],
             )
             .await?;
         rows.iter()

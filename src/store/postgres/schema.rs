@@ -102,6 +102,12 @@ const MIGRATIONS: &[&str] = &[
         added_at  BIGINT NOT NULL
     );
     "#,
+    // 2: the issuing CA of each certificate, for replicas with issuing
+    // keys of their own.
+    r#"
+    ALTER TABLE credentials ADD COLUMN issuer TEXT;
+    ALTER TABLE revocations ADD COLUMN issuer TEXT;
+    "#,
 ];
 
 /// Applies the migrations not yet applied; refuses a newer schema.

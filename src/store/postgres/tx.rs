@@ -161,8 +161,8 @@ impl LedgerTx for PgTx<'_> {
 
     fn insert_credential(&mut self, r: &Reservation, now: Timestamp) -> Result<(), StoreError> {
         self.execute(
-            "INSERT INTO credentials (serial, session_id, profile, state, not_after, created_at, kind, counted, owner, lease_until)
-             VALUES ($1, $2, $3, 'reserved', $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO credentials (serial, session_id, profile, state, not_after, created_at, kind, counted, owner, lease_until, issuer)
+             VALUES ($1, $2, $3, 'reserved', $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &r.serial,
                 &r.session.as_str(),
@@ -173,6 +173,7 @@ impl LedgerTx for PgTx<'_> {
                 &r.counted,
                 &r.owner,
                 &r.lease_until.unix(),
+                &r.issuer,
             ],
         )?;
         Ok(())
@@ -227,7 +228,7 @@ impl LedgerTx for PgTx<'_> {
 
     fn session_credentials(&mut self, id: &SessionId) -> Result<Vec<CredentialEntry>, StoreError> {
         let rows = self.query(
-            "SELECT serial, kind, not_after FROM credentials WHERE session_id = $1",
+            "SELECT serial, kind, not_after, issuer FROM credentials WHERE session_id = $1",
             &[&id.as_str()],
         )?;
         rows.iter()
@@ -236,6 +237,7 @@ impl LedgerTx for PgTx<'_> {
                     serial: col(r, 0)?,
                     kind: decode::kind(col(r, 1)?)?,
                     not_after: Timestamp::from_unix(col(r, 2)?),
+                    issuer: col(r, 3)?,
                 })
             })
             .collect()
@@ -249,14 +251,15 @@ impl LedgerTx for PgTx<'_> {
         reason: RevocationReason,
     ) -> Result<(), StoreError> {
         let added = self.execute(
-            "INSERT INTO revocations (serial, session_id, revoked_at, reason, not_after)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (serial) DO NOTHING",
+            "INSERT INTO revocations (serial, session_id, revoked_at, reason, not_after, issuer)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (serial) DO NOTHING",
             &[
                 &credential.serial,
                 &session.as_str(),
                 &at.unix(),
                 &i64::from(reason.code()),
                 &credential.not_after.unix(),
+                &credential.issuer,
             ],
         )?;
         if added > 0 {

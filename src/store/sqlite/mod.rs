@@ -180,9 +180,10 @@ type CredentialRow = (
     String,
     Option<i64>,
     Option<i64>,
+    Option<String>,
 );
 
-const CREDENTIAL_COLUMNS: &str = "c.serial, c.session_id, c.profile, c.state, c.not_after, c.key_sha256, c.issued_at, c.kind, r.revoked_at, r.reason";
+const CREDENTIAL_COLUMNS: &str = "c.serial, c.session_id, c.profile, c.state, c.not_after, c.key_sha256, c.issued_at, c.kind, r.revoked_at, r.reason, c.issuer";
 
 fn credential_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CredentialRow> {
     Ok((
@@ -196,6 +197,7 @@ fn credential_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CredentialRow> {
         r.get(7)?,
         r.get(8)?,
         r.get(9)?,
+        r.get(10)?,
     ))
 }
 
@@ -211,6 +213,7 @@ fn credential_record(row: CredentialRow) -> Result<CredentialRecord, StoreError>
         kind,
         revoked_at,
         reason,
+        issuer,
     ) = row;
     let revoked = match (revoked_at, reason) {
         (Some(at), Some(code)) => Some((Timestamp::from_unix(at), decode::reason(code)?)),
@@ -226,6 +229,7 @@ fn credential_record(row: CredentialRow) -> Result<CredentialRecord, StoreError>
         key_sha256,
         issued_at: issued_at.map(Timestamp::from_unix),
         revoked,
+        issuer,
     })
 }
 
@@ -339,15 +343,23 @@ impl Backend for Sqlite {
         .await
     }
 
-    async fn live_revocations(&self, now: Timestamp) -> Result<Vec<RevokedEntry>, StoreError> {
+    async fn live_revocations(
+        &self,
+        now: Timestamp,
+        issuer: &str,
+    ) -> Result<Vec<RevokedEntry>, StoreError> {
+        let issuer = issuer.to_owned();
         self.run(move |c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT serial, revoked_at, reason FROM revocations WHERE not_after > ?1 ORDER BY serial",
+                    "SELECT serial, revoked_at, reason FROM revocations
+                     WHERE not_after > ?1 AND (issuer = ?2 OR issuer IS NULL) ORDER BY serial",
                 )
                 .map_err(unavailable)?;
             let rows: Vec<(String, i64, i64)> = stmt
-                .query_map(params![now.unix()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_map(params![now.unix(), issuer], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .map_err(unavailable)?
                 .collect::<Result<_, _>>()
                 .map_err(unavailable)?;

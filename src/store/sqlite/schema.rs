@@ -111,6 +111,14 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE credentials ADD COLUMN lease_until INTEGER;
     "#,
     ),
+    // 6: the issuing CA of each certificate, for replicas with issuing
+    // keys of their own.
+    Migration::Sql(
+        r#"
+    ALTER TABLE credentials ADD COLUMN issuer TEXT;
+    ALTER TABLE revocations ADD COLUMN issuer TEXT;
+    "#,
+    ),
 ];
 
 /// Computes the hash chain over events recorded before the trail was

@@ -88,8 +88,8 @@ impl LedgerTx for SqliteTx<'_> {
     fn insert_credential(&mut self, r: &Reservation, now: Timestamp) -> Result<(), StoreError> {
         self.tx
             .exec(
-                "INSERT INTO credentials (serial, session_id, profile, state, not_after, created_at, kind, counted, owner, lease_until)
-                 VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO credentials (serial, session_id, profile, state, not_after, created_at, kind, counted, owner, lease_until, issuer)
+                 VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     r.serial,
                     r.session.as_str(),
@@ -99,7 +99,8 @@ impl LedgerTx for SqliteTx<'_> {
                     r.kind.as_str(),
                     r.counted,
                     r.owner,
-                    r.lease_until.unix()
+                    r.lease_until.unix(),
+                    r.issuer
                 ],
             )
             .map_err(unavailable)?;
@@ -163,20 +164,21 @@ impl LedgerTx for SqliteTx<'_> {
     }
 
     fn session_credentials(&mut self, id: &SessionId) -> Result<Vec<CredentialEntry>, StoreError> {
-        let rows: Vec<(String, String, i64)> = self
+        let rows: Vec<(String, String, i64, Option<String>)> = self
             .tx
             .all(
-                "SELECT serial, kind, not_after FROM credentials WHERE session_id = ?1",
+                "SELECT serial, kind, not_after, issuer FROM credentials WHERE session_id = ?1",
                 params![id.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .map_err(unavailable)?;
         rows.into_iter()
-            .map(|(serial, kind, not_after)| {
+            .map(|(serial, kind, not_after, issuer)| {
                 Ok(CredentialEntry {
                     serial,
                     kind: decode::kind(&kind)?,
                     not_after: Timestamp::from_unix(not_after),
+                    issuer,
                 })
             })
             .collect()
@@ -192,14 +194,15 @@ impl LedgerTx for SqliteTx<'_> {
         let added = self
             .tx
             .exec(
-                "INSERT OR IGNORE INTO revocations (serial, session_id, revoked_at, reason, not_after)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR IGNORE INTO revocations (serial, session_id, revoked_at, reason, not_after, issuer)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     credential.serial,
                     session.as_str(),
                     at.unix(),
                     reason.code(),
-                    credential.not_after.unix()
+                    credential.not_after.unix(),
+                    credential.issuer
                 ],
             )
             .map_err(unavailable)?;
