@@ -224,28 +224,27 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `openssl ocsp` asking the replica at `url` about `leaf`; the response
-/// must verify. Returns openssl's text.
-fn ocsp(srv: &TestServer, url: &str, leaf: &Path) -> String {
-    let issuing = srv.dir.path().join("ca/issuing.pem");
-    let (ok, text) = common::openssl(&[
-        "ocsp",
-        "-issuer",
-        s(&issuing),
-        "-cert",
-        s(leaf),
-        "-url",
-        &format!("{url}/v1/ocsp"),
-        "-CAfile",
-        s(&srv.root_pem()),
-    ]);
+/// `openssl ocsp` asking the replica at `url` about `leaf` (a file, or
+/// `-serial 0x…`) under the issuing CA in `issuing`; the response must
+/// verify. Returns openssl's text.
+fn ocsp_as(srv: &TestServer, url: &str, issuing: &Path, leaf: &[&str]) -> String {
+    let mut args = vec!["ocsp", "-issuer", s(issuing)];
+    args.extend_from_slice(leaf);
+    let url = format!("{url}/v1/ocsp");
+    let root = srv.root_pem();
+    args.extend_from_slice(&["-url", &url, "-CAfile", s(&root)]);
+    let (ok, text) = common::openssl(&args);
     assert!(ok && text.contains("Response verify OK"), "{text}");
     text
 }
 
-/// `openssl verify -crl_check` of `leaf` against the CRL the replica at
-/// `url` serves now.
-async fn verify_with_crl(srv: &TestServer, url: &str, leaf: &Path, name: &str) -> (bool, String) {
+fn ocsp(srv: &TestServer, url: &str, leaf: &Path) -> String {
+    let issuing = srv.dir.path().join("ca/issuing.pem");
+    ocsp_as(srv, url, &issuing, &["-cert", s(leaf)])
+}
+
+/// The CRL the replica at `url` serves now, as a PEM file.
+async fn download_crl(srv: &TestServer, url: &str, name: &str) -> std::path::PathBuf {
     let der = srv
         .http
         .get(format!("{url}/v1/crl"))
@@ -267,7 +266,13 @@ async fn verify_with_crl(srv: &TestServer, url: &str, leaf: &Path, name: &str) -
         s(&pem),
     ]);
     assert!(ok, "{text}");
-    let issuing = srv.dir.path().join("ca/issuing.pem");
+    pem
+}
+
+/// `openssl verify -crl_check` of `leaf` (issued under the CA in `ca`)
+/// against `crl`.
+fn verify_against(srv: &TestServer, ca: &Path, leaf: &Path, crl: &Path) -> (bool, String) {
+    let issuing = ca.join("issuing.pem");
     common::openssl(&[
         "verify",
         "-crl_check",
@@ -276,9 +281,16 @@ async fn verify_with_crl(srv: &TestServer, url: &str, leaf: &Path, name: &str) -
         "-untrusted",
         s(&issuing),
         "-CRLfile",
-        s(&pem),
+        s(crl),
         s(leaf),
     ])
+}
+
+/// `openssl verify -crl_check` of `leaf` against the CRL the replica at
+/// `url` serves now.
+async fn verify_with_crl(srv: &TestServer, url: &str, leaf: &Path, name: &str) -> (bool, String) {
+    let crl = download_crl(srv, url, name).await;
+    verify_against(srv, &srv.dir.path().join("ca"), leaf, &crl)
 }
 
 async fn introspect(srv: &TestServer, url: &str, token: &str) -> bool {
@@ -415,6 +427,156 @@ async fn the_expiry_sweep_of_three_replicas_closes_each_session_once() {
         }
     }
     for (child, _) in &mut replicas {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+/// A certificate for session `id` minted through the replica at `url`,
+/// written to `<name>.pem`; returns the file and its serial.
+async fn mint_leaf(
+    srv: &TestServer,
+    url: &str,
+    id: &str,
+    name: &str,
+) -> (std::path::PathBuf, String) {
+    let (_, csr) = common::openssl_csr(srv.dir.path(), name, "ec:P-256");
+    let path = format!("/v1/sessions/{id}/certificate");
+    let body = json!({"csr": String::from_utf8(csr).unwrap()});
+    let (status, cert) = call(srv, url, "alice", &path, body).await;
+    assert_eq!(status, 201, "{cert}");
+    let file = common::write(
+        srv.dir.path(),
+        &format!("{name}.pem"),
+        cert["certificate"].as_str().unwrap(),
+    );
+    (file, cert["serial"].as_str().unwrap().to_owned())
+}
+
+fn cli(config: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--config", s(config)];
+    all.extend_from_slice(args);
+    let out = common::lockstep_cli(&all);
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "lockstep {args:?}: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_with_issuing_keys_of_their_own_answer_for_their_own_certificates() {
+    let mut srv =
+        TestServer::start_in(StoreKind::Postgres, "own-a", POLICY, &["alice", "bob"], "").await;
+    srv.stop().await;
+    // Replica B: the same configuration on a token of its own (its
+    // "machine's" device), with an issuing CA of its own under A's root.
+    let b_dir = tempfile::tempdir().unwrap();
+    let a_text = std::fs::read_to_string(&srv.config_path).unwrap();
+    let hsm = common::softhsm();
+    let b_text = a_text
+        .replace(
+            &format!("token_label = \"{}\"", hsm.token),
+            &format!("token_label = \"{}\"", hsm.new_token("own-b")),
+        )
+        .replace("own-a-postgres Issuing CA", "own-b Issuing CA");
+    assert_ne!(a_text, b_text);
+    let b_config = common::write(b_dir.path(), "lockstep.toml", &b_text);
+    std::fs::copy(
+        srv.dir.path().join("policy.toml"),
+        b_dir.path().join("policy.toml"),
+    )
+    .unwrap();
+    cli(&b_config, &["init", "--external-root"]);
+    let csr = b_dir.path().join("ca/issuing.csr.pem");
+    let chain = b_dir.path().join("chain.pem");
+    let text = cli(
+        &srv.config_path,
+        &["certify-issuer", "--csr", s(&csr), "--out", s(&chain)],
+    );
+    assert!(text.contains("own-b Issuing CA"), "{text}");
+    cli(&b_config, &["init", "--install-chain", s(&chain)]);
+
+    let (mut a, url_a) = serve(&srv);
+    let (child, stderr, url_b) =
+        common::server::spawn_serve(env!("CARGO_BIN_EXE_lockstep"), &b_config, "warn");
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    let mut b = child;
+    let id = open_session(&srv, &url_a, &url_b, "svc:own", 600).await;
+    let (leaf_a, serial_a) = mint_leaf(&srv, &url_a, &id, "own-leaf-a").await;
+    let (leaf_b, serial_b) = mint_leaf(&srv, &url_b, &id, "own-leaf-b").await;
+    let (ca_a, ca_b) = (srv.dir.path().join("ca"), b_dir.path().join("ca"));
+    let (issuing_a, issuing_b) = (ca_a.join("issuing.pem"), ca_b.join("issuing.pem"));
+
+    // Each chains to the one root through its own issuing CA.
+    for (leaf, ca) in [(&leaf_a, &ca_a), (&leaf_b, &ca_b)] {
+        let (ok, text) = common::openssl(&[
+            "verify",
+            "-CAfile",
+            s(&srv.root_pem()),
+            "-untrusted",
+            s(&ca.join("issuing.pem")),
+            s(leaf),
+        ]);
+        assert!(ok, "{text}");
+    }
+    let (ok, _) = common::openssl(&[
+        "verify",
+        "-CAfile",
+        s(&srv.root_pem()),
+        "-untrusted",
+        s(&issuing_a),
+        s(&leaf_b),
+    ]);
+    assert!(!ok, "B's certificate is not A's issuing CA's");
+    // A does not vouch for B's serial under its own issuing CA.
+    let forged = format!("0x{serial_b}");
+    let text = ocsp_as(&srv, &url_a, &issuing_a, &["-serial", &forged]);
+    assert!(text.contains(": unknown"), "{text}");
+    assert!(ocsp_as(&srv, &url_b, &issuing_b, &["-cert", s(&leaf_b)]).contains(": good"));
+
+    let (status, v) = call(
+        &srv,
+        &url_a,
+        "alice",
+        &format!("/v1/sessions/{id}/close"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+
+    // Each replica answers revoked for its own certificate at once, and
+    // lists only its own on its CRL, signed by its own issuing CA.
+    let text = ocsp_as(&srv, &url_a, &issuing_a, &["-cert", s(&leaf_a)]);
+    assert!(text.contains(": revoked"), "{text}");
+    let text = ocsp_as(&srv, &url_b, &issuing_b, &["-cert", s(&leaf_b)]);
+    assert!(text.contains(": revoked"), "{text}");
+    let text = ocsp_as(&srv, &url_a, &issuing_a, &["-serial", &forged]);
+    assert!(text.contains(": unknown"), "{text}");
+    for (url, leaf, ca, own, other, name) in [
+        (&url_a, &leaf_a, &ca_a, &serial_a, &serial_b, "own-a"),
+        (&url_b, &leaf_b, &ca_b, &serial_b, &serial_a, "own-b"),
+    ] {
+        let crl = download_crl(&srv, url, name).await;
+        let (ok, text) = common::openssl(&[
+            "crl",
+            "-in",
+            s(&crl),
+            "-noout",
+            "-text",
+            "-verify",
+            "-CAfile",
+            s(&ca.join("chain.pem")),
+        ]);
+        assert!(ok && text.contains("verify OK"), "{text}");
+        let listed = text.to_uppercase();
+        assert!(listed.contains(&own.to_uppercase()), "{name}: {text}");
+        assert!(!listed.contains(&other.to_uppercase()), "{name}: {text}");
+        let (ok, text) = verify_against(&srv, ca, leaf, &crl);
+        assert!(
+            !ok && text.contains("certificate revoked"),
+            "{name}: {text}"
+        );
+    }
+    for child in [&mut a, &mut b] {
         child.kill().unwrap();
         child.wait().unwrap();
     }

@@ -64,7 +64,7 @@ pub struct EventView {
     /// The event kind (also the SSE `event`): `requested`, `approved`,
     /// `denied`, `opened`, `minted`, `voided`, `closed`, `refused`,
     /// `refusals_counted`, `service_started`, `service_stopped`,
-    /// `key_initialised`.
+    /// `key_initialised`, `issuing_ca_certified`.
     pub kind: String,
     /// The event's own fields, as recorded in the audit trail (e.g. for
     /// `closed`: `reason`, `by`, `note`).

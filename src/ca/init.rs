@@ -21,8 +21,8 @@ use crate::x509::{
 
 /// CA certificates start this many seconds in the past, so relying parties
 /// whose clocks run a little slow accept them at once.
-const CA_BACKDATE_SECS: i64 = 60;
-const DAY_SECS: i64 = 86_400;
+pub(super) const CA_BACKDATE_SECS: i64 = 60;
+pub(super) const DAY_SECS: i64 = 86_400;
 
 /// How `init` should proceed.
 #[derive(Clone, Copy, Debug, Default)]

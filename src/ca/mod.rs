@@ -1,6 +1,8 @@
-//! The certificate authority: setting it up (`lockstep init`), where its
+//! The certificate authority: setting it up (`lockstep init`), certifying
+//! the issuing keys of replicas that keep their own (`certify-issuer`), where its
 //! certificates are kept, and loading the issuer that mints under it.
 
+mod certify;
 mod init;
 
 use std::path::{Path, PathBuf};
@@ -9,6 +11,7 @@ use der::{DecodePem, EncodePem};
 use x509_cert::Certificate;
 use x509_cert::request::CertReq;
 
+pub use certify::{CertifyReport, certify_issuer};
 pub use init::{CertSummary, GeneratedKey, InitOptions, InitReport, init, install_chain};
 
 use crate::clock::Timestamp;

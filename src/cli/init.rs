@@ -7,9 +7,10 @@ use clap::Args;
 
 use super::Output;
 use crate::ca::{self, InitOptions, InitReport};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::config::Config;
 use crate::error::Error;
+use crate::sessions::Event;
 
 /// Create the CA's keys inside the configured device and its certificates.
 #[derive(Debug, Args)]
@@ -54,17 +55,35 @@ pub fn run(config: &Config, args: InitArgs, out: Output) -> Result<(), Error> {
 
 /// Puts the keys generated on the record, when the configuration has a
 /// store.
-fn record(config: &Config, report: &InitReport, now: crate::clock::Timestamp) -> Result<(), Error> {
+fn record(config: &Config, report: &InitReport, now: Timestamp) -> Result<(), Error> {
+    let events = report
+        .generated
+        .iter()
+        .map(|k| Event::KeyInitialised {
+            role: k.role.clone(),
+            key: k.key.clone(),
+            key_sha256: k.key_sha256.clone(),
+        })
+        .collect();
+    record_events(config, events, now, "the keys were created")
+}
+
+/// Appends `events` to the audit trail, when the configuration has a
+/// store; `done` says what already happened if that fails.
+fn record_events(
+    config: &Config,
+    events: Vec<Event>,
+    now: Timestamp,
+    done: &str,
+) -> Result<(), Error> {
     let Some(store) = &config.store else {
         return Ok(());
     };
-    if report.generated.is_empty() {
+    if events.is_empty() {
         return Ok(());
     }
     let fail = |e: crate::store::StoreError| {
-        Error::InvalidArgument(format!(
-            "the keys were created but could not be recorded: {e}"
-        ))
+        Error::InvalidArgument(format!("{done} but could not be recorded: {e}"))
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -72,16 +91,57 @@ fn record(config: &Config, report: &InitReport, now: crate::clock::Timestamp) ->
         .map_err(|e| Error::io("tokio runtime", e))?;
     runtime.block_on(async {
         let store = crate::store::open(store).await.map_err(fail)?;
-        for k in &report.generated {
-            let event = crate::sessions::Event::KeyInitialised {
-                role: k.role.clone(),
-                key: k.key.clone(),
-                key_sha256: k.key_sha256.clone(),
-            };
+        for event in events {
             store.record(None, event, now).await.map_err(fail)?;
         }
         Ok(())
     })
+}
+
+/// Certify another replica's issuing key under this CA's root.
+#[derive(Debug, Args)]
+pub struct CertifyArgs {
+    /// The replica's CSR (`issuing.csr.pem`, written there by
+    /// `lockstep init --external-root`).
+    #[arg(long, value_name = "PEM")]
+    pub csr: PathBuf,
+    /// Where to write the chain for the replica's
+    /// `lockstep init --install-chain`.
+    #[arg(long, value_name = "PEM")]
+    pub out: PathBuf,
+}
+
+/// Runs `certify-issuer`.
+pub fn certify(config: &Config, args: CertifyArgs, out: Output) -> Result<(), Error> {
+    let backend = config.backend.open()?;
+    let now = SystemClock.now();
+    let csr = std::fs::read(&args.csr).map_err(|e| Error::io(&args.csr, e))?;
+    let report = ca::certify_issuer(config, backend.as_ref(), &csr, &args.out, now)?;
+    let c = &report.issuing;
+    let event = Event::IssuingCaCertified {
+        subject: c.subject.clone(),
+        serial: c.serial.clone(),
+        key_sha256: c.key_sha256.clone(),
+        not_after: c.not_after,
+    };
+    record_events(config, vec![event], now, "the issuing CA was certified")?;
+    out.print(&report, || {
+        format!(
+            "Certified the issuing CA {}
+  serial {}  valid {} .. {}
+  key sha256 {}
+  wrote  {}
+On the replica, run: lockstep init --install-chain {}\n",
+            c.subject,
+            c.serial,
+            c.not_before,
+            c.not_after,
+            c.key_sha256,
+            report.chain.display(),
+            report.chain.display()
+        )
+    });
+    Ok(())
 }
 
 fn text(r: &InitReport) -> String {

@@ -47,6 +47,9 @@ pub struct Cli {
 pub enum Command {
     /// Create the CA: keys inside the HSM/TPM and the CA certificates.
     Init(init::InitArgs),
+    /// Certify another replica's issuing key under this CA's root (for
+    /// replicas whose issuing keys cannot be shared).
+    CertifyIssuer(init::CertifyArgs),
     /// Inspect the keys held by the configured device.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -84,6 +87,7 @@ impl Cli {
         let out = Output { json: self.json };
         match self.command {
             Command::Init(args) => init::run(&load(&self.config)?, args, out),
+            Command::CertifyIssuer(args) => init::certify(&load(&self.config)?, args, out),
             Command::Keys(cmd) => keys::run(&load(&self.config)?, cmd, out),
             Command::Serve(args) => serve::run(&load(&self.config)?, args),
             Command::Audit(cmd) => audit::run(&self.config, cmd, out),

@@ -211,6 +211,17 @@ impl PublicKey {
         Ok(Self { key, spki_der })
     }
 
+    /// Reads a P-256 key from its DER `SubjectPublicKeyInfo`.
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, KeyError> {
+        use p256::pkcs8::DecodePublicKey;
+        let key = p256::ecdsa::VerifyingKey::from_public_key_der(der)
+            .map_err(|e| KeyError::Unsupported(format!("not a P-256 public key: {e}")))?;
+        Ok(Self {
+            key,
+            spki_der: der.to_vec(),
+        })
+    }
+
     /// The key's algorithm.
     pub fn algorithm(&self) -> KeyAlgorithm {
         KeyAlgorithm::EcdsaP256Sha256

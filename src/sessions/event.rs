@@ -116,6 +116,18 @@ pub enum Event {
         /// SHA-256 of its public key, hex.
         key_sha256: String,
     },
+    /// The root certified another issuing CA (`lockstep certify-issuer`):
+    /// a replica with an issuing key of its own.
+    IssuingCaCertified {
+        /// Its subject, RFC 4514.
+        subject: String,
+        /// Its certificate's serial, hex.
+        serial: String,
+        /// SHA-256 of its public key, hex.
+        key_sha256: String,
+        /// When its certificate expires.
+        not_after: crate::clock::Timestamp,
+    },
     /// A call was refused.
     Refused {
         /// The caller, if authenticated.
@@ -180,6 +192,7 @@ impl Event {
             Self::ServiceStarted { .. } => "service_started",
             Self::ServiceStopped => "service_stopped",
             Self::KeyInitialised { .. } => "key_initialised",
+            Self::IssuingCaCertified { .. } => "issuing_ca_certified",
         }
     }
 }

@@ -115,6 +115,30 @@ pub fn issuing_ca_certificate(
     subject: &SubjectName,
     validity: CaValidity,
 ) -> Result<Certificate, X509Error> {
+    certify_issuing(root_key, root, issuing_public, subject.to_name()?, validity)
+}
+
+/// An issuing CA certificate for the key and subject a CSR asks for (the
+/// issuing key of a replica with a device of its own), signed by the
+/// root. The CSR's signature proves that its key's holder asked.
+pub fn certify_issuing_csr(
+    root_key: &dyn DeviceKey,
+    root: &Certificate,
+    csr: &super::csr::VerifiedCsr,
+    validity: CaValidity,
+) -> Result<Certificate, X509Error> {
+    let public = PublicKey::from_spki_der(&csr.public_key().to_der()?)
+        .map_err(|e| X509Error::CsrMalformed(e.to_string()))?;
+    certify_issuing(root_key, root, &public, csr.subject().clone(), validity)
+}
+
+fn certify_issuing(
+    root_key: &dyn DeviceKey,
+    root: &Certificate,
+    issuing_public: &PublicKey,
+    name: Name,
+    validity: CaValidity,
+) -> Result<Certificate, X509Error> {
     let root_tbs = root.tbs_certificate();
     if root_tbs.subject_public_key_info().to_der()? != root_key.public_key().spki_der() {
         return Err(X509Error::Chain(
@@ -129,7 +153,6 @@ pub fn issuing_ca_certificate(
         )));
     }
     let root_key_id = ski_of(root_key.public_key())?;
-    let name = subject.to_name()?;
     let profile = FixedProfile {
         extensions: ca_extensions(&name, 0, issuing_public, Some(root_key_id.0.as_bytes()))?,
         subject: name,

@@ -18,6 +18,7 @@ pub const MAX_CSR_BYTES: usize = 16 * 1024;
 #[derive(Clone, Debug)]
 pub struct VerifiedCsr {
     spki: SubjectPublicKeyInfoOwned,
+    subject: x509_cert::name::Name,
     kind: KeyKind,
 }
 
@@ -25,6 +26,12 @@ impl VerifiedCsr {
     /// The requester's public key.
     pub fn public_key(&self) -> &SubjectPublicKeyInfoOwned {
         &self.spki
+    }
+
+    /// The subject the request names (lockstep ignores it for leaves,
+    /// whose subject comes from the session).
+    pub fn subject(&self) -> &x509_cert::name::Name {
+        &self.subject
     }
 
     /// The kind of the requester's key.
@@ -106,6 +113,7 @@ pub fn parse_and_verify(input: &[u8]) -> Result<VerifiedCsr, X509Error> {
     })?;
     Ok(VerifiedCsr {
         spki: info.public_key,
+        subject: info.subject,
         kind,
     })
 }

@@ -14,7 +14,8 @@ pub mod oids;
 pub mod verify;
 
 pub use authority::{
-    CaValidity, check_chain, issuing_ca_certificate, issuing_csr, self_signed_root, verify_path,
+    CaValidity, certify_issuing_csr, check_chain, issuing_ca_certificate, issuing_csr,
+    self_signed_root, verify_path,
 };
 pub use build::{certificate_time, random_serial};
 pub use extension::SessionEvidence;

@@ -10,7 +10,7 @@ import { EventSource } from "eventsource";
 const KINDS = [
   "requested", "approved", "denied", "opened", "minted", "voided", "closed",
   "refused", "refusals_counted", "service_started", "service_stopped",
-  "key_initialised", "stream_error",
+  "key_initialised", "issuing_ca_certified", "stream_error",
 ];
 
 const token = process.env.LOCKSTEP_TOKEN;
