@@ -72,7 +72,20 @@ impl TestServer {
         callers: &[&str],
         extra_config: &str,
     ) -> Self {
-        let store = Arc::new(TestStore::new(kind).await);
+        let store = TestStore::new(kind).await;
+        Self::start_in_store(store, name, policy, callers, extra_config).await
+    }
+
+    /// [`TestServer::start_in`] a store already made.
+    pub async fn start_in_store(
+        store: TestStore,
+        name: &str,
+        policy: &str,
+        callers: &[&str],
+        extra_config: &str,
+    ) -> Self {
+        let kind = store.kind();
+        let store = Arc::new(store);
         let name = format!("{name}-{}", kind.name());
         let (keys, evict) = Backend::SoftHsm.ca_config_text(&name, 3650, 1095);
         Self::start_full(keys, evict, Some(store), policy, callers, extra_config).await

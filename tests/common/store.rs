@@ -60,6 +60,17 @@ impl TestStore {
         }
     }
 
+    /// A new database on the PostgreSQL server at `server` (libpq
+    /// parameters without a dbname), rather than the test run's.
+    #[cfg(feature = "postgres")]
+    pub async fn postgres_on(server: &str) -> Self {
+        Self {
+            kind: StoreKind::Postgres,
+            dir: tempfile::tempdir().unwrap(),
+            database: Some(postgres::Database::create_on(server.to_owned()).await),
+        }
+    }
+
     /// Which store it is.
     pub fn kind(&self) -> StoreKind {
         self.kind
@@ -192,11 +203,15 @@ mod postgres {
     pub struct Database {
         pub name: String,
         pub url: String,
+        server: String,
     }
 
     impl Database {
         pub async fn create() -> Self {
-            let server = server();
+            Self::create_on(server()).await
+        }
+
+        pub async fn create_on(server: String) -> Self {
             let mut random = [0u8; 6];
             getrandom::fill(&mut random).unwrap();
             let name = format!("t_{}", hex::encode(random));
@@ -208,6 +223,7 @@ mod postgres {
             Self {
                 url: format!("{server} dbname={name}"),
                 name,
+                server,
             }
         }
 
@@ -235,7 +251,7 @@ mod postgres {
 
         /// How many advisory locks (owner locks) are held on it.
         pub async fn owner_locks(&self) -> i64 {
-            let admin = connect(&format!("{} dbname=postgres", server())).await;
+            let admin = connect(&format!("{} dbname=postgres", self.server)).await;
             admin
                 .query_one(
                     "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
@@ -271,13 +287,14 @@ mod postgres {
             // Dropped on a thread of its own: Drop cannot wait on the
             // test's runtime.
             let name = self.name.clone();
+            let server = self.server.clone();
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
                 rt.block_on(async {
-                    let admin = connect(&format!("{} dbname=postgres", server())).await;
+                    let admin = connect(&format!("{server} dbname=postgres")).await;
                     let _ = admin
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .await;
