@@ -228,7 +228,7 @@ async fn a_database_outage_is_refused_fast_and_survived_without_a_restart() {
     }
 
     // Refused fast, always as the store being unavailable.
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     assert!(
         !seen.refused.is_empty(),
         "nothing was refused during the outage"
