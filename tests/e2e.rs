@@ -8,9 +8,8 @@ use std::time::Duration;
 use lockstep::clock::{Clock, SystemClock, Timestamp};
 use serde_json::{Value, json};
 
-use common::backend::Backend;
 use common::server::TestServer;
-use common::store::StoreKind;
+use common::store::{Place, StoreKind};
 use common::{openssl, openssl_csr, write};
 
 const POLICY: &str = r#"
@@ -77,8 +76,8 @@ async fn start_in(kind: StoreKind, name: &str) -> TestServer {
     TestServer::start_in(kind, name, POLICY, CALLERS, "").await
 }
 
-async fn start_on(backend: Backend, name: &str) -> TestServer {
-    TestServer::start_on(backend, name, POLICY, CALLERS, "").await
+async fn start_at(place: Place, name: &str) -> TestServer {
+    TestServer::start_at(place, name, POLICY, CALLERS, "").await
 }
 
 /// `openssl x509 -enddate` for an instant.
@@ -90,9 +89,9 @@ fn enddate(t: Timestamp) -> String {
     format!("notAfter={}", dt.format(&fmt).unwrap())
 }
 
-on_both_backends!(async request_approve_certificate_close);
-async fn request_approve_certificate_close(backend: Backend) {
-    let srv = start_on(backend, "e2e-flow").await;
+on_every_place!(async request_approve_certificate_close);
+async fn request_approve_certificate_close(place: Place) {
+    let srv = start_at(place, "e2e-flow").await;
     let s = srv.request("alice", "db:payroll", 120).await;
     assert_eq!(s["state"], "pending");
     assert_eq!(s["quorum"], 2);
@@ -547,9 +546,9 @@ async fn errors_are_json_with_the_right_status_and_change_nothing(store: StoreKi
     assert_eq!(now["credentials_minted"], 0);
 }
 
-on_both_backends!(async concurrent_certificate_requests_never_pass_the_limit);
-async fn concurrent_certificate_requests_never_pass_the_limit(backend: Backend) {
-    let srv = start_on(backend, "e2e-race").await;
+on_every_place!(async concurrent_certificate_requests_never_pass_the_limit);
+async fn concurrent_certificate_requests_never_pass_the_limit(place: Place) {
+    let srv = start_at(place, "e2e-race").await;
     let s = srv.request("svc", "api:billing", 600).await;
     let id = s["id"].as_str().unwrap().to_owned();
     assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
@@ -581,9 +580,9 @@ async fn concurrent_certificate_requests_never_pass_the_limit(backend: Backend) 
     assert_eq!(view["credentials_minted"], 3);
 }
 
-on_both_backends!(async sessions_survive_a_restart);
-async fn sessions_survive_a_restart(backend: Backend) {
-    let srv = start_on(backend, "e2e-restart").await;
+on_every_place!(async sessions_survive_a_restart);
+async fn sessions_survive_a_restart(place: Place) {
+    let srv = start_at(place, "e2e-restart").await;
     let open = srv.request("svc", "api:orders", 600).await;
     assert_eq!(srv.vote("bob", &open, "approve").await.0, 200);
     let pending = srv.request("alice", "db:payroll", 60).await;
@@ -886,9 +885,9 @@ async fn oidc_callers_are_matched_by_identity_and_claims() {
     assert!(text.contains("Code Signing"), "{text}");
 }
 
-on_both_backends!(async health_ca_and_openapi);
-async fn health_ca_and_openapi(backend: Backend) {
-    let srv = start_on(backend, "e2e-meta").await;
+on_every_place!(async health_ca_and_openapi);
+async fn health_ca_and_openapi(place: Place) {
+    let srv = start_at(place, "e2e-meta").await;
     for path in ["/healthz", "/readyz"] {
         let (status, body) = srv.call("GET", path, None, None).await;
         assert_eq!(

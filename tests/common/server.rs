@@ -76,6 +76,21 @@ impl TestServer {
         Self::start_in_store(store, name, policy, callers, extra_config).await
     }
 
+    /// [`TestServer::start`] with its keys and state at `place`; the CA is
+    /// called `name-<place>`.
+    pub async fn start_at(
+        place: super::store::Place,
+        name: &str,
+        policy: &str,
+        callers: &[&str],
+        extra_config: &str,
+    ) -> Self {
+        let store = Arc::new(TestStore::new(place.store).await);
+        let name = format!("{name}-{}", place.name());
+        let (keys, evict) = place.backend.ca_config_text(&name, 3650, 1095);
+        Self::start_full(keys, evict, Some(store), policy, callers, extra_config).await
+    }
+
     /// [`TestServer::start_in`] a store already made.
     pub async fn start_in_store(
         store: TestStore,

@@ -331,3 +331,66 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// Where a test's service keeps its keys and its state.
+#[derive(Clone, Copy, Debug)]
+pub struct Place {
+    /// The key backend.
+    pub backend: super::backend::Backend,
+    /// The store.
+    pub store: StoreKind,
+}
+
+impl Place {
+    /// A short name, for CA names that must not collide.
+    pub fn name(self) -> String {
+        let backend = match self.backend {
+            super::backend::Backend::SoftHsm => "softhsm",
+            #[cfg(feature = "tpm")]
+            super::backend::Backend::Tpm => "tpm",
+        };
+        format!("{backend}-{}", self.store.name())
+    }
+}
+
+/// Runs a test body `async fn name(place: Place)` on each key backend
+/// with SQLite (`name::softhsm`, `name::tpm`) and on SoftHSM2 with
+/// PostgreSQL (`name::postgres`).
+#[macro_export]
+macro_rules! on_every_place {
+    (async $name:ident) => {
+        mod $name {
+            use super::common::backend::Backend;
+            use super::common::store::{Place, StoreKind};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn softhsm() {
+                super::$name(Place {
+                    backend: Backend::SoftHsm,
+                    store: StoreKind::Sqlite,
+                })
+                .await
+            }
+
+            #[cfg(feature = "tpm")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tpm() {
+                super::$name(Place {
+                    backend: Backend::Tpm,
+                    store: StoreKind::Sqlite,
+                })
+                .await
+            }
+
+            #[cfg(feature = "postgres")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Place {
+                    backend: Backend::SoftHsm,
+                    store: StoreKind::Postgres,
+                })
+                .await
+            }
+        }
+    };
+}
