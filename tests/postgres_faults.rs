@@ -8,14 +8,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use common::postgres_server::Server;
 use common::server::TestServer;
 use common::store::TestStore;
 
@@ -29,60 +28,6 @@ max_duration = "1h"
 profiles = ["mtls-client"]
 credentials = 1000
 "#;
-
-/// A PostgreSQL server of this test's own, stopped and removed when
-/// dropped (also when the test fails).
-struct Server {
-    dir: tempfile::TempDir,
-    params: String,
-}
-
-impl Server {
-    fn script(&self, cmd: &str) {
-        let out = Command::new(script())
-            .args([cmd, self.dir.path().to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "scripts/postgres {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(script())
-            .args(["start", dir.path().to_str().unwrap()])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "scripts/postgres start: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let params = stdout
-            .trim()
-            .strip_prefix("export LOCKSTEP_TEST_POSTGRES='")
-            .and_then(|s| s.strip_suffix('\''))
-            .unwrap_or_else(|| panic!("unexpected output: {stdout}"))
-            .to_owned();
-        Self { dir, params }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new(script())
-            .args(["stop", self.dir.path().to_str().unwrap()])
-            .output();
-    }
-}
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres")
-}
 
 /// `/readyz`: its status and error code.
 async fn ready(srv: &TestServer) -> (u16, Value) {
@@ -130,7 +75,7 @@ struct Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_is_refused_fast_and_survived_without_a_restart() {
-    let server = Server::start();
+    let server = Server::start(None);
     let store = TestStore::postgres_on(&server.params).await;
     let srv =
         Arc::new(TestServer::start_in_store(store, "outage", POLICY, &["svc", "bob"], "").await);

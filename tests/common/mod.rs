@@ -8,6 +8,8 @@
 pub mod backend;
 pub mod flow;
 pub mod oidc;
+#[cfg(feature = "postgres")]
+pub mod postgres_server;
 pub mod python;
 pub mod server;
 pub mod sse;
