@@ -118,7 +118,7 @@ async fn the_store_speaks_tls_to_a_server_that_accepts_nothing_else() {
         ca_file: Some(other.path().join("ca.crt")),
         ..config.clone()
     };
-    let err = connect(&wrong_ca).await.err().expect("refused");
+    let err = connect(&wrong_ca).await.expect_err("refused");
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 
     // Without TLS the server refuses (lockstep does not fall back).
@@ -126,7 +126,7 @@ async fn the_store_speaks_tls_to_a_server_that_accepts_nothing_else() {
         url: url.replace("sslmode=require", "sslmode=disable"),
         ..config.clone()
     };
-    let err = connect(&plain).await.err().expect("refused");
+    let err = connect(&plain).await.expect_err("refused");
     assert!(
         err.contains("pg_hba.conf") || err.contains("no encryption"),
         "{err}"
@@ -134,7 +134,7 @@ async fn the_store_speaks_tls_to_a_server_that_accepts_nothing_else() {
 
     // A wrong password is the server's refusal, and never printed.
     std::fs::write(&password_file, "wrong\n").unwrap();
-    let err = connect(&config).await.err().expect("refused");
+    let err = connect(&config).await.expect_err("refused");
     assert!(err.contains("password authentication failed"), "{err}");
     assert!(
         !err.contains("wrong") && !err.contains("correct horse"),
