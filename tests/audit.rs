@@ -1,5 +1,6 @@
 //! The audit trail is tamper-evident: every kind of tampering with the
-//! SQLite file is found and named by `lockstep audit verify`, an untouched
+//! store (a SQLite file, a PostgreSQL database) is found and named by
+//! `lockstep audit verify`, an untouched
 //! trail verifies, and a `kill -9` under load loses no acknowledged
 //! issuance.
 
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 
 use common::backend::Backend;
 use common::server::TestServer;
+use common::store::{StoreKind, TestStore};
 use common::{audit_verify as verify, lockstep_cli as lockstep, openssl_csr, output_text as text};
 
 const POLICY: &str = r#"
@@ -75,12 +77,26 @@ async fn session_with_certificate(srv: &TestServer, csr: &str) -> Option<String>
 }
 
 /// A trail with some history, the service stopped (last checkpoint signed).
-async fn history(name: &str) -> (TestServer, PathBuf) {
-    history_on(Backend::SoftHsm, name).await
+async fn history_on(backend: Backend, name: &str) -> (TestServer, PathBuf) {
+    let srv = start_on(backend, name).await;
+    let db = srv.dir.path().join("lockstep.db");
+    (with_history(srv).await, db)
 }
 
-async fn history_on(backend: Backend, name: &str) -> (TestServer, PathBuf) {
-    let mut srv = start_on(backend, name).await;
+/// [`history_on`] in a store of `kind`.
+async fn history_in(kind: StoreKind, name: &str) -> TestServer {
+    let srv = TestServer::start_in(
+        kind,
+        name,
+        POLICY,
+        &["alice", "bob", "carol", "auditor", "mallory"],
+        AUDIT,
+    )
+    .await;
+    with_history(srv).await
+}
+
+async fn with_history(mut srv: TestServer) -> TestServer {
     let (_, pem) = openssl_csr(srv.dir.path(), "audit", "ec:P-256");
     let pem = String::from_utf8(pem).unwrap();
     for _ in 0..6 {
@@ -92,152 +108,152 @@ async fn history_on(backend: Backend, name: &str) -> (TestServer, PathBuf) {
     srv.call("POST", "/v1/sessions", Some("mallory"),
         Some(json!({"resource": "db:payroll", "task": "x", "duration_secs": 60, "profile": "mtls-client"}))).await;
     srv.stop().await;
-    let db = srv.dir.path().join("lockstep.db");
-    (srv, db)
+    srv
 }
 
-fn copy(db: &Path, name: &str) -> PathBuf {
-    let to = db.with_file_name(format!("{name}.db"));
-    // Fold the WAL into the copy so edits go to one file.
-    let conn = Connection::open(db).unwrap();
-    conn.execute_batch(&format!("VACUUM INTO '{}'", to.display()))
-        .unwrap();
-    to
+/// The kinds of tampering, each with what `audit verify` must name.
+const TAMPERING: &[(&str, &str)] = &[
+    ("edit a field", "entry 3: content does not match its hash"),
+    (
+        "edit and rewrite every later hash",
+        "entries up to it were rewritten",
+    ),
+    ("delete a row", "entry 5: missing"),
+    (
+        "insert a row",
+        "entry 8: does not link to the entry before it",
+    ),
+    (
+        "swap two rows",
+        "entry 8: does not link to the entry before it",
+    ),
+    (
+        "truncate the tail past the last checkpoint",
+        "the trail was truncated",
+    ),
+    (
+        "replace a checkpoint signature",
+        "checkpoint 1: signature does not verify",
+    ),
+    (
+        "move a checkpoint",
+        "checkpoint 1: signature does not verify",
+    ),
+    (
+        "delete a checkpoint in the middle",
+        "checkpoint 3: checkpoint 2 is missing",
+    ),
+    (
+        "sign with a key never certified",
+        "not a certified lockstep audit signer",
+    ),
+];
+
+/// Tampers with `db` as an attacker with write access to the store would
+/// (on PostgreSQL also dropping the uniqueness guard that stands in the way).
+async fn tamper(db: &TestStore, name: &str, upto: i64) {
+    let edit = "UPDATE events SET body = replace(body, 'token:bob', 'token:eve') WHERE seq = 3";
+    match name {
+        "edit a field" => db.exec(edit).await,
+        "edit and rewrite every later hash" => {
+            db.exec(edit).await;
+            rehash_from(db, 3).await;
+        }
+        "delete a row" => db.exec("DELETE FROM events WHERE seq = 5").await,
+        "insert a row" => {
+            if db.kind() != StoreKind::Sqlite {
+                db.exec("ALTER TABLE events DROP CONSTRAINT events_prev_hash_key")
+                    .await;
+            }
+            db.exec("UPDATE events SET seq = -seq WHERE seq > 6").await;
+            db.exec("UPDATE events SET seq = -seq + 1 WHERE seq < 0")
+                .await;
+            let prev: [u8; 32] = db
+                .bytes("SELECT hash FROM events WHERE seq = 6")
+                .await
+                .try_into()
+                .unwrap();
+            let body = r#"{"event":"approved","by":"token:mallory"}"#;
+            let hash = lockstep::audit::entry_hash(&prev, 7, 1_900_000_000, None, "approved", body);
+            db.exec(&format!(
+                "INSERT INTO events (seq, at, session_id, kind, body, prev_hash, hash) \
+                 VALUES (7, 1900000000, NULL, 'approved', '{body}', {}, {})",
+                db.blob(&prev),
+                db.blob(&hash)
+            ))
+            .await;
+        }
+        "swap two rows" => {
+            db.exec(
+                "UPDATE events SET seq = -1 WHERE seq = 8;
+                 UPDATE events SET seq = 8 WHERE seq = 9;
+                 UPDATE events SET seq = 9 WHERE seq = -1;",
+            )
+            .await
+        }
+        "truncate the tail past the last checkpoint" => {
+            db.exec(&format!("DELETE FROM events WHERE seq > {}", upto - 3))
+                .await
+        }
+        "replace a checkpoint signature" => {
+            let other = db
+                .bytes("SELECT signature FROM checkpoints WHERE number = 2")
+                .await;
+            db.exec(&format!(
+                "UPDATE checkpoints SET signature = {} WHERE number = 1",
+                db.blob(&other)
+            ))
+            .await
+        }
+        "move a checkpoint" => {
+            db.exec("UPDATE checkpoints SET upto = upto - 1 WHERE number = 1")
+                .await
+        }
+        "delete a checkpoint in the middle" => {
+            db.exec("DELETE FROM checkpoints WHERE number = 2").await
+        }
+        "sign with a key never certified" => {
+            db.exec(&format!(
+                "UPDATE checkpoints SET signer = {} WHERE number = 1",
+                db.blob(&[0; 32])
+            ))
+            .await
+        }
+        other => panic!("no tampering called {other}"),
+    }
 }
 
-fn last_checkpoint_upto(db: &Path) -> i64 {
-    Connection::open(db)
-        .unwrap()
-        .query_row("SELECT MAX(upto) FROM checkpoints", [], |r| r.get(0))
-        .unwrap()
+fn verify_db(db: &TestStore, root: &Path) -> (bool, String) {
+    let out = lockstep(&[
+        "audit",
+        "verify",
+        "--db",
+        &db.db_arg(),
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    (out.status.success(), text(&out))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_kind_of_tampering_is_found_and_named() {
-    let (srv, db) = history("audit-tamper").await;
+on_both_stores!(multi every_kind_of_tampering_is_found_and_named);
+async fn every_kind_of_tampering_is_found_and_named(kind: StoreKind) {
+    let srv = history_in(kind, "audit-tamper").await;
+    let store = srv.store();
     let root = srv.root_pem();
-    let (ok, out) = verify(&db, &root);
+    let (ok, out) = verify_db(store, &root);
     assert!(ok, "an untouched trail verifies: {out}");
     assert!(out.contains("audit trail OK"), "{out}");
-    let upto = last_checkpoint_upto(&db);
+    let upto = store.count("SELECT MAX(upto) FROM checkpoints").await;
     assert!(upto >= 20, "checkpoints cover the history (upto {upto})");
-    let checkpoints: i64 = Connection::open(&db)
-        .unwrap()
-        .query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get(0))
-        .unwrap();
+    let checkpoints = store.count("SELECT COUNT(*) FROM checkpoints").await;
     assert!(
         checkpoints >= 4,
         "checkpoints every few entries ({checkpoints})"
     );
-
-    type Tamper = fn(&Connection, i64);
-    let cases: Vec<(&str, Tamper, &str)> = vec![
-        (
-            "edit a field",
-            |c, _| {
-                c.execute("UPDATE events SET body = replace(body, 'token:bob', 'token:eve') WHERE seq = 3", []).unwrap();
-            },
-            "entry 3: content does not match its hash",
-        ),
-        (
-            "edit and rewrite every later hash",
-            |c, _| {
-                c.execute("UPDATE events SET body = replace(body, 'token:bob', 'token:eve') WHERE seq = 3", []).unwrap();
-                rehash_from(c, 3);
-            },
-            "entries up to it were rewritten",
-        ),
-        (
-            "delete a row",
-            |c, _| {
-                c.execute("DELETE FROM events WHERE seq = 5", []).unwrap();
-            },
-            "entry 5: missing",
-        ),
-        (
-            "insert a row",
-            |c, _| {
-                c.execute("UPDATE events SET seq = -seq WHERE seq > 6", [])
-                    .unwrap();
-                c.execute("UPDATE events SET seq = -seq + 1 WHERE seq < 0", [])
-                    .unwrap();
-                let prev: Vec<u8> = c
-                    .query_row("SELECT hash FROM events WHERE seq = 6", [], |r| r.get(0))
-                    .unwrap();
-                let body = r#"{"event":"approved","by":"token:mallory"}"#;
-                let prev32: [u8; 32] = prev.clone().try_into().unwrap();
-                let hash =
-                    lockstep::audit::entry_hash(&prev32, 7, 1_900_000_000, None, "approved", body);
-                c.execute("INSERT INTO events (seq, at, session_id, kind, body, prev_hash, hash) VALUES (7, 1900000000, NULL, 'approved', ?1, ?2, ?3)",
-                params![body, prev, hash.to_vec()]).unwrap();
-            },
-            "entry 8: does not link to the entry before it",
-        ),
-        (
-            "swap two rows",
-            |c, _| {
-                c.execute_batch(
-                    "
-                UPDATE events SET seq = -1 WHERE seq = 8;
-                UPDATE events SET seq = 8 WHERE seq = 9;
-                UPDATE events SET seq = 9 WHERE seq = -1;",
-                )
-                .unwrap();
-            },
-            "entry 8: does not link to the entry before it",
-        ),
-        (
-            "truncate the tail past the last checkpoint",
-            |c, upto| {
-                c.execute("DELETE FROM events WHERE seq > ?1", params![upto - 3])
-                    .unwrap();
-            },
-            "the trail was truncated",
-        ),
-        (
-            "replace a checkpoint signature",
-            |c, _| {
-                let other: Vec<u8> = c
-                    .query_row(
-                        "SELECT signature FROM checkpoints WHERE number = 2",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .unwrap();
-                c.execute(
-                    "UPDATE checkpoints SET signature = ?1 WHERE number = 1",
-                    params![other],
-                )
-                .unwrap();
-            },
-            "checkpoint 1: signature does not verify",
-        ),
-        (
-            "move a checkpoint",
-            |c, _| {
-                c.execute(
-                    "UPDATE checkpoints SET upto = upto - 1 WHERE number = 1",
-                    [],
-                )
-                .unwrap();
-            },
-            "checkpoint 1: signature does not verify",
-        ),
-        (
-            "delete a checkpoint in the middle",
-            |c, _| {
-                c.execute("DELETE FROM checkpoints WHERE number = 2", [])
-                    .unwrap();
-            },
-            "checkpoint 3: checkpoint 2 is missing",
-        ),
-    ];
-    for (name, tamper, expected) in cases {
-        let path = copy(&db, &name.replace(' ', "-"));
-        let c = Connection::open(&path).unwrap();
-        tamper(&c, upto);
-        drop(c);
-        let (ok, out) = verify(&path, &root);
+    for (name, expected) in TAMPERING {
+        let copy = store.copy().await;
+        tamper(&copy, name, upto).await;
+        let (ok, out) = verify_db(&copy, &root);
         assert!(!ok, "{name}: verify should fail\n{out}");
         assert!(
             out.contains(expected),
@@ -249,26 +265,12 @@ async fn every_kind_of_tampering_is_found_and_named() {
         );
     }
 
-    // A checkpoint signed by a key lockstep never certified is refused.
-    let path = copy(&db, "forged-signer");
-    let c = Connection::open(&path).unwrap();
-    c.execute(
-        "UPDATE checkpoints SET signer = zeroblob(32) WHERE number = 1",
-        [],
-    )
-    .unwrap();
-    drop(c);
-    let (ok, out) = verify(&path, &root);
-    assert!(
-        !ok && out.contains("not a certified lockstep audit signer"),
-        "{out}"
-    );
-
     // Another CA's root does not vouch for lockstep's signer.
-    let other = tokio::task::spawn_blocking(|| common::test_ca("audit-other-root"))
+    let name = format!("audit-other-root-{}", kind.name());
+    let other = tokio::task::spawn_blocking(move || common::test_ca(&name))
         .await
         .unwrap();
-    let (ok, out) = verify(&db, &other.root_pem());
+    let (ok, out) = verify_db(store, &other.root_pem());
     assert!(
         !ok && out.contains("does not chain to the given root"),
         "{out}"
@@ -277,33 +279,21 @@ async fn every_kind_of_tampering_is_found_and_named() {
 
 /// Recomputes the hash chain from `seq` on, as an attacker who knows the
 /// (public) hashing scheme would.
-fn rehash_from(c: &Connection, seq: i64) {
-    let mut prev: [u8; 32] = c
-        .query_row(
-            "SELECT hash FROM events WHERE seq = ?1",
-            params![seq - 1],
-            |r| r.get::<_, Vec<u8>>(0),
-        )
-        .unwrap()
+async fn rehash_from(db: &TestStore, seq: i64) {
+    let mut prev: [u8; 32] = db
+        .bytes(&format!("SELECT hash FROM events WHERE seq = {}", seq - 1))
+        .await
         .try_into()
         .unwrap();
-    let rows: Vec<(i64, i64, Option<String>, String, String)> = c
-        .prepare("SELECT seq, at, session_id, kind, body FROM events WHERE seq >= ?1 ORDER BY seq")
-        .unwrap()
-        .query_map(params![seq], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for (s, at, session, kind, body) in rows {
+    for (s, at, session, kind, body) in db.entries_from(seq).await {
         let hash =
             lockstep::audit::entry_hash(&prev, s as u64, at, session.as_deref(), &kind, &body);
-        c.execute(
-            "UPDATE events SET prev_hash = ?2, hash = ?3 WHERE seq = ?1",
-            params![s, prev.to_vec(), hash.to_vec()],
-        )
-        .unwrap();
+        db.exec(&format!(
+            "UPDATE events SET prev_hash = {}, hash = {} WHERE seq = {s}",
+            db.blob(&prev),
+            db.blob(&hash)
+        ))
+        .await;
         prev = hash;
     }
 }

@@ -169,6 +169,97 @@ impl TestStore {
         }
     }
 
+    /// A copy of it as it is now (the store must be closed), to tamper
+    /// with.
+    pub async fn copy(&self) -> TestStore {
+        let copy = TestStore {
+            kind: self.kind,
+            dir: tempfile::tempdir().unwrap(),
+            #[cfg(feature = "postgres")]
+            database: None,
+        };
+        match self.kind {
+            StoreKind::Sqlite => {
+                // VACUUM INTO folds the WAL into the copy: one file to edit.
+                let to = copy.sqlite_path();
+                rusqlite::Connection::open(self.sqlite_path())
+                    .unwrap()
+                    .execute_batch(&format!("VACUUM INTO '{}'", to.display()))
+                    .unwrap();
+                copy
+            }
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => TestStore {
+                database: Some(self.database.as_ref().unwrap().copy().await),
+                ..copy
+            },
+        }
+    }
+
+    /// Runs SQL statements on the store directly.
+    pub async fn exec(&self, sql: &str) {
+        match self.kind {
+            StoreKind::Sqlite => rusqlite::Connection::open(self.sqlite_path())
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => self.database.as_ref().unwrap().sql(sql).await,
+        }
+    }
+
+    /// The first (binary) column of the first row a query returns.
+    pub async fn bytes(&self, sql: &str) -> Vec<u8> {
+        match self.kind {
+            StoreKind::Sqlite => rusqlite::Connection::open(self.sqlite_path())
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => self.database.as_ref().unwrap().bytes(sql).await,
+        }
+    }
+
+    /// The trail's entries from `seq` on: seq, at, session, kind, body.
+    pub async fn entries_from(&self, seq: i64) -> Vec<(i64, i64, Option<String>, String, String)> {
+        let sql = format!(
+            "SELECT seq, at, session_id, kind, body FROM events WHERE seq >= {seq} ORDER BY seq"
+        );
+        match self.kind {
+            StoreKind::Sqlite => {
+                let conn = rusqlite::Connection::open(self.sqlite_path()).unwrap();
+                let mut stmt = conn.prepare(&sql).unwrap();
+                stmt.query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+            }
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => self.database.as_ref().unwrap().entries(&sql).await,
+        }
+    }
+
+    /// `bytes` as an SQL literal of the store's dialect.
+    pub fn blob(&self, bytes: &[u8]) -> String {
+        match self.kind {
+            StoreKind::Sqlite => format!("X'{}'", hex::encode(bytes)),
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => format!("'\\x{}'::bytea", hex::encode(bytes)),
+        }
+    }
+
+    /// What `lockstep audit --db` takes for it: the SQLite file, or a
+    /// `postgres://` URL.
+    pub fn db_arg(&self) -> String {
+        match self.kind {
+            StoreKind::Sqlite => self.sqlite_path().display().to_string(),
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres => self.database.as_ref().unwrap().postgres_url(),
+        }
+    }
+
     /// Runs SQL on the database directly (PostgreSQL only).
     #[cfg(feature = "postgres")]
     pub async fn sql(&self, sql: &str) {
@@ -229,6 +320,63 @@ mod postgres {
 
         pub async fn sql(&self, sql: &str) {
             connect(&self.url).await.batch_execute(sql).await.unwrap();
+        }
+
+        /// A copy made from it as a template (nobody may be connected to
+        /// it: a store just closed may still be, for a moment).
+        pub async fn copy(&self) -> Self {
+            let copy = Self::create_on(self.server.clone()).await;
+            let admin = connect(&format!("{} dbname=postgres", self.server)).await;
+            admin
+                .batch_execute(&format!("DROP DATABASE {}", copy.name))
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let sql = format!("CREATE DATABASE {} TEMPLATE {}", copy.name, self.name);
+                match admin.batch_execute(&sql).await {
+                    Ok(()) => return copy,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("{sql}: {e}"),
+                }
+            }
+        }
+
+        /// A `postgres://` URL for it (the Unix socket as `host=`).
+        pub fn postgres_url(&self) -> String {
+            let param = |key: &str| {
+                self.server
+                    .split_whitespace()
+                    .find_map(|p| p.strip_prefix(&format!("{key}=")))
+                    .unwrap_or_else(|| panic!("no {key} in {}", self.server))
+                    .to_owned()
+            };
+            format!(
+                "postgres://{}@/{}?host={}&port={}",
+                param("user"),
+                self.name,
+                param("host"),
+                param("port")
+            )
+        }
+
+        pub async fn bytes(&self, sql: &str) -> Vec<u8> {
+            connect(&self.url)
+                .await
+                .query_one(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .get(0)
+        }
+
+        pub async fn entries(&self, sql: &str) -> Vec<(i64, i64, Option<String>, String, String)> {
+            let rows = connect(&self.url).await.query(sql, &[]).await.unwrap();
+            rows.iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .collect()
         }
 
         pub async fn count(&self, sql: &str) -> i64 {
