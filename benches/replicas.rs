@@ -1,0 +1,746 @@
+//! The replica benchmark behind `scripts/bench`: certificates/s over HTTPS
+//! from 1, 2 and 3 `lockstep serve` processes sharing one PostgreSQL
+//! database, and from one process on SQLite against one on PostgreSQL, all
+//! in one run, and where the CPU goes: the lockstep processes, the
+//! PostgreSQL server's processes, the load generator (this process) and
+//! everything else on the machine.
+//!
+//! The setups take turns round after round (each round in a different
+//! order), so drift in the machine's load falls on all of them; the ratios
+//! are the medians of the ratios within each round.
+//!
+//! `cargo bench --bench replicas -- [--quick] [--json PATH]`, with
+//! `LOCKSTEP_TEST_POSTGRES` naming a PostgreSQL server (`scripts/bench`
+//! starts one with `scripts/postgres`).
+
+#![allow(missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::server::TestServer;
+use common::store::StoreKind;
+use serde_json::{Value, json};
+
+const POLICY: &str = r#"
+[[resource]]
+match = "bench:*"
+requesters = ["token:load"]
+approvers = ["token:a1"]
+quorum = 1
+max_duration = "1h"
+profiles = ["mtls-client"]
+credentials = 1000
+pending_timeout = "1h"
+"#;
+
+/// Concurrent keep-alive clients, spread round-robin over the replicas.
+const CLIENTS: usize = 16;
+
+struct Options {
+    quick: bool,
+    json: Option<String>,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    Options {
+        quick: args.iter().any(|a| a == "--quick"),
+        json: args
+            .iter()
+            .position(|a| a == "--json")
+            .and_then(|i| args.get(i + 1).cloned()),
+    }
+}
+
+/// What one measurement runs: `replicas` processes on one store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Postgres { replicas: usize },
+    Sqlite,
+}
+
+const SETUPS: [Setup; 4] = [
+    Setup::Postgres { replicas: 1 },
+    Setup::Postgres { replicas: 2 },
+    Setup::Postgres { replicas: 3 },
+    Setup::Sqlite,
+];
+
+impl Setup {
+    fn replicas(self) -> usize {
+        match self {
+            Self::Postgres { replicas } => replicas,
+            Self::Sqlite => 1,
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Self::Postgres { replicas: 1 } => "PostgreSQL, 1 replica".to_owned(),
+            Self::Postgres { replicas } => format!("PostgreSQL, {replicas} replicas"),
+            Self::Sqlite => "SQLite, 1 replica".to_owned(),
+        }
+    }
+
+    fn key(self) -> String {
+        match self {
+            Self::Postgres { replicas } => format!("postgres_{replicas}"),
+            Self::Sqlite => "sqlite_1".to_owned(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- CPU time
+
+/// Clock ticks per second, the unit of `/proc/PID/stat` times.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The numeric fields of `/proc/PID/stat` after the command name and the
+/// state: index 0 is the parent's pid (field 4 in proc(5)), so field `n`
+/// is at `n - 4`.
+fn stat_fields(pid: &str) -> Option<Vec<u64>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    Some(
+        rest.split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+const PPID: usize = 4 - 4;
+const UTIME: usize = 14 - 4;
+const STIME: usize = 15 - 4;
+const CUTIME: usize = 16 - 4;
+const CSTIME: usize = 17 - 4;
+
+/// utime + stime of process `pid` (0 once it is gone).
+fn process_ticks(pid: &str) -> u64 {
+    stat_fields(pid).map_or(0, |f| f[UTIME] + f[STIME])
+}
+
+/// The PostgreSQL server's CPU: the postmaster's own and that of the
+/// children it has reaped (backends of closed connections), plus every
+/// live child (backends, checkpointer, WAL writer, ...).
+fn postgres_ticks(postmaster: u32) -> u64 {
+    let pm = postmaster.to_string();
+    let own = stat_fields(&pm).map_or(0, |f| f[UTIME] + f[STIME] + f[CUTIME] + f[CSTIME]);
+    let children: u64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|pid| stat_fields(&pid))
+        .filter(|f| f[PPID] == u64::from(postmaster))
+        .map(|f| f[UTIME] + f[STIME])
+        .sum();
+    own + children
+}
+
+/// The postmaster of the server `LOCKSTEP_TEST_POSTGRES` names, when it
+/// runs on this machine on a Unix socket: the first line of its socket's
+/// lock file (`HOST/.s.PGSQL.PORT.lock`), or of `HOST/data/postmaster.pid`
+/// (the layout `scripts/postgres` makes).
+fn postmaster() -> Option<u32> {
+    let params = std::env::var("LOCKSTEP_TEST_POSTGRES").ok()?;
+    let param = |key: &str| {
+        params
+            .split_whitespace()
+            .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let host = param("host")?;
+    let port = param("port").unwrap_or_else(|| "5432".to_owned());
+    [
+        format!("{host}/.s.PGSQL.{port}.lock"),
+        format!("{host}/data/postmaster.pid"),
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .filter_map(|text| text.lines().next()?.trim().parse::<u32>().ok())
+    .find(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// The machine's busy and total ticks over all cores (`/proc/stat`; idle
+/// and iowait count as not busy).
+fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = cpu.iter().sum();
+    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// CPU ticks spent so far, by whom.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    replicas: u64,
+    postgres: u64,
+    load: u64,
+    busy: u64,
+    total: u64,
+}
+
+impl Cpu {
+    fn sample(replicas: &[u32], postmaster: Option<u32>) -> Self {
+        let (busy, total) = machine_ticks();
+        Self {
+            replicas: replicas.iter().map(|p| process_ticks(&p.to_string())).sum(),
+            postgres: postmaster.map_or(0, postgres_ticks),
+            load: process_ticks("self"),
+            busy,
+            total,
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            replicas: self.replicas - before.replicas,
+            postgres: self.postgres - before.postgres,
+            load: self.load - before.load,
+            busy: self.busy - before.busy,
+            total: self.total - before.total,
+        }
+    }
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            replicas: self.replicas + other.replicas,
+            postgres: self.postgres + other.postgres,
+            load: self.load + other.load,
+            busy: self.busy + other.busy,
+            total: self.total + other.total,
+        }
+    }
+
+    /// The busy ticks of processes other than the three measured ones
+    /// (another user's work on a shared machine); may dip below 0 by a
+    /// tick or two of sampling skew.
+    fn other(self) -> i64 {
+        self.busy as i64 - (self.replicas + self.postgres + self.load) as i64
+    }
+}
+
+// ------------------------------------------------------------ the service
+
+/// `n` `lockstep serve` processes on configuration `config`, their logs
+/// drained so they never block on a full pipe.
+struct Replicas {
+    children: Vec<Child>,
+    urls: Vec<String>,
+}
+
+impl Replicas {
+    fn start(config: &Path, n: usize) -> Self {
+        let mut children = Vec::new();
+        let mut urls = Vec::new();
+        for _ in 0..n {
+            let (child, stderr, url) =
+                common::server::spawn_serve(env!("CARGO_BIN_EXE_lockstep"), config, "warn");
+            std::thread::spawn(move || for _ in std::io::BufRead::lines(stderr) {});
+            children.push(child);
+            urls.push(url);
+        }
+        Self { children, urls }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// SIGTERM to each, then waits for all.
+    fn stop(mut self) {
+        for child in &self.children {
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+        }
+        for child in &mut self.children {
+            child.wait().unwrap();
+        }
+    }
+}
+
+/// The same service (keys, tokens, policy) on a SQLite file of its own
+/// instead of the PostgreSQL database: `config` with its `[store]` table
+/// replaced; returns the new configuration's path.
+fn sqlite_config(config: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(config).unwrap();
+    let start = text.find("[store]").expect("a [store] table");
+    let end = start + text[start..].find("[policy]").expect("a [policy] table");
+    let db = config.with_file_name("replicas-sqlite.db");
+    let store = format!(
+        "[store]\ntype = \"sqlite\"\npath = {:?}\n\n",
+        db.to_str().unwrap()
+    );
+    let path = config.with_file_name("replicas-sqlite.toml");
+    std::fs::write(&path, format!("{}{store}{}", &text[..start], &text[end..])).unwrap();
+    path
+}
+
+// ------------------------------------------------------------ the clients
+
+/// An HTTP/1.1 keep-alive client (one connection) trusting `root`.
+fn client(root: &Path) -> reqwest::Client {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(root).unwrap() {
+        store.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(lockstep::api::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap()
+}
+
+async fn call(http: &reqwest::Client, url: &str, token: &str, body: Value) -> (u16, Value) {
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Requests and approves a session on `resource` through the replica at
+/// `base`; returns its certificate URL there.
+async fn open_session(
+    http: &reqwest::Client,
+    srv: &TestServer,
+    base: &str,
+    resource: &str,
+) -> String {
+    let body = json!({"resource": resource, "task": "bench", "duration_secs": 3000, "profile": "mtls-client"});
+    let (status, s) = call(
+        http,
+        &format!("{base}/v1/sessions"),
+        srv.token("load"),
+        body,
+    )
+    .await;
+    assert_eq!(status, 201, "{s}");
+    let id = s["id"].as_str().unwrap().to_owned();
+    let approve = format!("{base}/v1/sessions/{id}/approve");
+    let vote = json!({"request_hash": s["request_hash"]});
+    let (status, s) = call(http, &approve, srv.token("a1"), vote).await;
+    assert_eq!(status, 200, "{s}");
+    format!("{base}/v1/sessions/{id}/certificate")
+}
+
+/// One certificate request with a prepared body; returns the status and,
+/// when it is not 201, the body (parsed only then).
+async fn mint(http: &reqwest::Client, url: &str, token: &str, body: &bytes::Bytes) -> (u16, Value) {
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    if status == 201 {
+        return (status, Value::Null);
+    }
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// A certificate a client received: when the answer arrived, and how long
+/// it took.
+type Sample = (Instant, Duration);
+
+/// One client minting through the replica at `base` until `stop`: a
+/// session of its own, a new one when its 1000 credentials are used up.
+/// Returns its certificates; any other answer counts in `errors`.
+async fn client_loop(
+    srv: Arc<TestServer>,
+    base: String,
+    resource: String,
+    csr: Arc<String>,
+    stop: Arc<AtomicBool>,
+    errors: Arc<AtomicU64>,
+) -> Vec<Sample> {
+    let http = client(&srv.root_pem());
+    let body = bytes::Bytes::from(json!({ "csr": csr.as_str() }).to_string());
+    let mut url = open_session(&http, &srv, &base, &resource).await;
+    let mut minted = 0u32;
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if minted == 1000 {
+            url = open_session(&http, &srv, &base, &resource).await;
+            minted = 0;
+        }
+        let start = Instant::now();
+        let (status, answer) = mint(&http, &url, srv.token("load"), &body).await;
+        match status {
+            201 => {
+                let done = Instant::now();
+                samples.push((done, done - start));
+                minted += 1;
+            }
+            409 if answer["error"] == "credential_limit_reached" => minted = 1000,
+            _ => {
+                eprintln!("replicas bench: mint answered {status}: {answer}");
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    samples
+}
+
+/// One setup measured once.
+struct Round {
+    certs_per_sec: f64,
+    certs: u64,
+    latencies: Vec<Duration>,
+    errors: u64,
+    cpu: Cpu,
+}
+
+/// Drives `CLIENTS` clients over the replicas at `urls` (client `i` on
+/// replica `i mod n`): `warmup` seconds to open sessions and connections,
+/// then `secs` measured, CPU sampled at both ends of the window.
+async fn drive(
+    srv: &Arc<TestServer>,
+    csr: &Arc<String>,
+    replicas: &Replicas,
+    postmaster: Option<u32>,
+    warmup: f64,
+    secs: f64,
+) -> Round {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let base = replicas.urls[i % replicas.urls.len()].clone();
+            tokio::spawn(client_loop(
+                srv.clone(),
+                base,
+                format!("bench:{i}"),
+                csr.clone(),
+                stop.clone(),
+                errors.clone(),
+            ))
+        })
+        .collect();
+    let pids = replicas.pids();
+    tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+    let (from, before) = (Instant::now(), Cpu::sample(&pids, postmaster));
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let (to, after) = (Instant::now(), Cpu::sample(&pids, postmaster));
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for task in tasks {
+        let samples = task.await.unwrap();
+        latencies.extend(
+            samples
+                .into_iter()
+                .filter(|(done, _)| (from..=to).contains(done))
+                .map(|(_, took)| took),
+        );
+    }
+    Round {
+        certs_per_sec: latencies.len() as f64 / (to - from).as_secs_f64(),
+        certs: latencies.len() as u64,
+        latencies,
+        errors: errors.load(Ordering::Relaxed),
+        cpu: after.since(before),
+    }
+}
+
+// ------------------------------------------------------------ the figures
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The `p` quantile of sorted `latencies`, in milliseconds.
+fn quantile_ms(latencies: &[Duration], p: f64) -> f64 {
+    let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+    latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// One setup over all rounds.
+struct Summary {
+    setup: Setup,
+    /// Median over the rounds.
+    certs_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    certs: u64,
+    cpu: Cpu,
+}
+
+impl Summary {
+    fn of(setup: Setup, rounds: &[&Round]) -> Self {
+        let mut latencies: Vec<Duration> = rounds
+            .iter()
+            .flat_map(|r| r.latencies.iter().copied())
+            .collect();
+        latencies.sort();
+        Self {
+            setup,
+            certs_per_sec: median(rounds.iter().map(|r| r.certs_per_sec).collect()),
+            p50_ms: quantile_ms(&latencies, 0.50),
+            p99_ms: quantile_ms(&latencies, 0.99),
+            errors: rounds.iter().map(|r| r.errors).sum(),
+            certs: rounds.iter().map(|r| r.certs).sum(),
+            cpu: rounds.iter().fold(Cpu::default(), |acc, r| acc.add(r.cpu)),
+        }
+    }
+
+    /// CPU seconds per 1000 certificates for `ticks`.
+    fn per_1000(&self, ticks: f64, hz: f64) -> f64 {
+        ticks / hz / self.certs.max(1) as f64 * 1000.0
+    }
+
+    /// The machine's idle share over the measured windows.
+    fn idle(&self) -> f64 {
+        1.0 - self.cpu.busy as f64 / self.cpu.total.max(1) as f64
+    }
+}
+
+/// The median over the rounds of `a`'s rate ÷ `b`'s rate in the same
+/// round.
+fn ratio(rounds: &[Vec<(Setup, Round)>], a: Setup, b: Setup) -> f64 {
+    let rate = |round: &Vec<(Setup, Round)>, s: Setup| {
+        round
+            .iter()
+            .find(|(setup, _)| *setup == s)
+            .map_or(f64::NAN, |(_, r)| r.certs_per_sec)
+    };
+    median(rounds.iter().map(|r| rate(r, a) / rate(r, b)).collect())
+}
+
+fn print_table(summaries: &[Summary], hz: f64, quick: bool, postgres_seen: bool) {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    println!(
+        "\nlockstep replicas — SoftHSM2 key, {CLIENTS} HTTPS keep-alive clients round-robin over the replicas, {cores} cores shared by all{}",
+        if quick { " (quick)" } else { "" }
+    );
+    println!(
+        "{:>24} {:>8} {:>7} {:>7} {:>6} │ CPU s per 1000 certs: {:>8} {:>8} {:>6} {:>6} │ {:>5}",
+        "",
+        "certs/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "lockstep",
+        "postgres",
+        "load",
+        "other",
+        "idle"
+    );
+    for s in summaries {
+        let pg = if postgres_seen {
+            format!("{:.3}", s.per_1000(s.cpu.postgres as f64, hz))
+        } else {
+            "n/a".to_owned()
+        };
+        println!(
+            "{:>24} {:>8.0} {:>7.2} {:>7.2} {:>6} │ {:>30.3} {:>8} {:>6.3} {:>6.3} │ {:>4.0}%",
+            s.setup.label(),
+            s.certs_per_sec,
+            s.p50_ms,
+            s.p99_ms,
+            s.errors,
+            s.per_1000(s.cpu.replicas as f64, hz),
+            pg,
+            s.per_1000(s.cpu.load as f64, hz),
+            s.per_1000(s.cpu.other() as f64, hz),
+            s.idle() * 100.0
+        );
+    }
+}
+
+/// What the CPU split implies for each component on hosts of its own with
+/// `cores` cores: the rate at which the replicas together, or the
+/// database, would use all of them (CPU alone; no latency, no network).
+fn ceilings(s: &Summary, hz: f64, cores: f64) -> (f64, f64) {
+    let per_cert = |ticks: u64| ticks as f64 / hz / s.certs.max(1) as f64;
+    let replicas = s.setup.replicas() as f64 * cores / per_cert(s.cpu.replicas);
+    let database = cores / per_cert(s.cpu.postgres);
+    (replicas, database)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("replica bench: run it with `scripts/bench` (or `cargo bench --bench replicas`)");
+        return;
+    }
+    if std::env::var_os("LOCKSTEP_TEST_POSTGRES").is_none() {
+        eprintln!(
+            "replica bench: LOCKSTEP_TEST_POSTGRES is not set; `scripts/bench` starts a PostgreSQL server for it, \
+             or run `eval \"$(scripts/postgres start DIR)\"` first"
+        );
+        std::process::exit(2);
+    }
+    let opts = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(&opts));
+}
+
+async fn run(opts: &Options) {
+    let (rounds, warmup, secs) = if opts.quick {
+        (1, 0.3, 1.0)
+    } else {
+        (3, 1.0, 5.0)
+    };
+    let hz = clock_ticks();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let postmaster = postmaster();
+    if postmaster.is_none() {
+        eprintln!(
+            "replica bench: the PostgreSQL server is not a local process; its CPU is not counted"
+        );
+    }
+
+    let mut srv =
+        TestServer::start_in(StoreKind::Postgres, "replicas", POLICY, &["load", "a1"], "").await;
+    srv.stop().await;
+    let csr = Arc::new(srv.csr("replicas"));
+    let configs = [srv.config_path.clone(), sqlite_config(&srv.config_path)];
+    let srv = Arc::new(srv);
+
+    let mut measured: Vec<Vec<(Setup, Round)>> = Vec::new();
+    for round in 0..rounds {
+        let mut this = Vec::new();
+        for k in 0..SETUPS.len() {
+            // Each round starts one setup further on.
+            let setup = SETUPS[(k + round) % SETUPS.len()];
+            let config = &configs[usize::from(setup == Setup::Sqlite)];
+            let replicas = Replicas::start(config, setup.replicas());
+            let r = drive(&srv, &csr, &replicas, postmaster, warmup, secs).await;
+            replicas.stop();
+            eprintln!(
+                "round {}: {:<24} {:>6.0} certs/s",
+                round + 1,
+                setup.label(),
+                r.certs_per_sec
+            );
+            this.push((setup, r));
+        }
+        measured.push(this);
+    }
+
+    let summaries: Vec<Summary> = SETUPS
+        .iter()
+        .map(|&s| {
+            let rounds: Vec<&Round> = measured
+                .iter()
+                .flatten()
+                .filter(|(setup, _)| *setup == s)
+                .map(|(_, r)| r)
+                .collect();
+            Summary::of(s, &rounds)
+        })
+        .collect();
+    print_table(&summaries, hz, opts.quick, postmaster.is_some());
+
+    let pg = |n| Setup::Postgres { replicas: n };
+    let ratios = [
+        ("2 replicas ÷ 1", ratio(&measured, pg(2), pg(1))),
+        ("3 replicas ÷ 1", ratio(&measured, pg(3), pg(1))),
+        (
+            "PostgreSQL ÷ SQLite (1 replica)",
+            ratio(&measured, pg(1), Setup::Sqlite),
+        ),
+    ];
+    println!("ratios within each round, median of {rounds}:");
+    for (label, value) in &ratios {
+        println!("{label:>34} {value:>6.2}");
+    }
+    if postmaster.is_some() {
+        println!(
+            "CPU-bound ceilings with {cores} cores per host, each component on hosts of its own:"
+        );
+        for s in summaries.iter().filter(|s| s.setup != Setup::Sqlite) {
+            let (replicas, database) = ceilings(s, hz, cores);
+            println!(
+                "{:>24}: the replicas {replicas:>6.0} certs/s, the database {database:>6.0} certs/s",
+                s.setup.label()
+            );
+        }
+    }
+
+    if let Some(path) = &opts.json {
+        let report = json!({
+            "quick": opts.quick,
+            "cores": cores,
+            "clients": CLIENTS,
+            "rounds": rounds,
+            "seconds_per_round": secs,
+            "setups": summaries.iter().map(|s| json!({
+                "setup": s.setup.key(),
+                "replicas": s.setup.replicas(),
+                "certs_per_sec": s.certs_per_sec,
+                "p50_ms": s.p50_ms,
+                "p99_ms": s.p99_ms,
+                "errors": s.errors,
+                "cpu_seconds_per_1000_certs": {
+                    "lockstep": s.per_1000(s.cpu.replicas as f64, hz),
+                    "postgres": postmaster.map(|_| s.per_1000(s.cpu.postgres as f64, hz)),
+                    "load_generator": s.per_1000(s.cpu.load as f64, hz),
+                    "other": s.per_1000(s.cpu.other() as f64, hz),
+                },
+                "machine_idle_share": s.idle(),
+            })).collect::<Vec<_>>(),
+            "ratios": {
+                "postgres_2_over_1": ratios[0].1,
+                "postgres_3_over_1": ratios[1].1,
+                "postgres_over_sqlite": ratios[2].1,
+            },
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+        println!("JSON: {path}");
+    }
+    let errors: u64 = summaries.iter().map(|s| s.errors).sum();
+    assert_eq!(errors, 0, "certificate requests answered with errors");
+}
