@@ -246,6 +246,98 @@ impl Cpu {
     }
 }
 
+// ------------------------------------------------------ database counters
+
+/// The benchmark database's counters in `pg_stat_database`, read through
+/// a connection to the server's `postgres` database (so it counts in none
+/// of them).
+struct DatabaseStats {
+    admin: tokio_postgres::Client,
+    name: String,
+}
+
+/// Transactions committed and rolled back (one lost to another and run
+/// again is a rollback), and rows written.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    commits: i64,
+    rollbacks: i64,
+    rows: i64,
+}
+
+impl Counters {
+    fn since(self, before: Self) -> Self {
+        Self {
+            commits: self.commits - before.commits,
+            rollbacks: self.rollbacks - before.rollbacks,
+            rows: self.rows - before.rows,
+        }
+    }
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            commits: self.commits + other.commits,
+            rollbacks: self.rollbacks + other.rollbacks,
+            rows: self.rows + other.rows,
+        }
+    }
+}
+
+impl DatabaseStats {
+    /// For the database configuration `config` names.
+    async fn connect(config: &Path) -> Self {
+        let text = std::fs::read_to_string(config).unwrap();
+        let name = text
+            .split(|c: char| c.is_whitespace() || c == '"')
+            .find_map(|w| w.strip_prefix("dbname="))
+            .expect("a PostgreSQL store")
+            .to_owned();
+        let server = std::env::var("LOCKSTEP_TEST_POSTGRES").unwrap();
+        let (admin, conn) =
+            tokio_postgres::connect(&format!("{server} dbname=postgres"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        Self { admin, name }
+    }
+
+    /// The counters once no connection to the database is left: a
+    /// backend hands its counts in when its connection ends, so these
+    /// cover everything the replicas stopped before did.
+    async fn settled(&self) -> Counters {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = self
+                .admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = $1 AND backend_type = 'client backend'",
+                    &[&self.name],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) == 0 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let row = self
+            .admin
+            .query_one(
+                "SELECT xact_commit, xact_rollback, tup_inserted + tup_updated + tup_deleted
+                 FROM pg_stat_database WHERE datname = $1",
+                &[&self.name],
+            )
+            .await
+            .unwrap();
+        Counters {
+            commits: row.get(0),
+            rollbacks: row.get(1),
+            rows: row.get(2),
+        }
+    }
+}
+
 // ------------------------------------------------------------ the service
 
 /// `n` `lockstep serve` processes on configuration `config`, their logs
@@ -287,11 +379,15 @@ impl Replicas {
     }
 }
 
-/// The same service (keys, tokens, policy) on a SQLite file of its own
-/// instead of the PostgreSQL database: `config` with its `[store]` table
-/// replaced; returns the new configuration's path.
-fn sqlite_config(config: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(config).unwrap();
+/// The configurations the setups run: the test server's `config` (on
+/// its PostgreSQL database) with the background sweep at its default
+/// interval instead of the tests' 200 ms, and the same service (keys,
+/// tokens, policy) on a SQLite file of its own instead of the database.
+/// Returns their paths, PostgreSQL first.
+fn bench_configs(config: &Path) -> [PathBuf; 2] {
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("sweep_interval = \"200ms\"", "sweep_interval = \"1s\"");
     let start = text.find("[store]").expect("a [store] table");
     let end = start + text[start..].find("[policy]").expect("a [policy] table");
     let db = config.with_file_name("replicas-sqlite.db");
@@ -299,9 +395,15 @@ fn sqlite_config(config: &Path) -> PathBuf {
         "[store]\ntype = \"sqlite\"\npath = {:?}\n\n",
         db.to_str().unwrap()
     );
-    let path = config.with_file_name("replicas-sqlite.toml");
-    std::fs::write(&path, format!("{}{store}{}", &text[..start], &text[end..])).unwrap();
-    path
+    let postgres = config.with_file_name("replicas-postgres.toml");
+    let sqlite = config.with_file_name("replicas-sqlite.toml");
+    std::fs::write(&postgres, &text).unwrap();
+    std::fs::write(
+        &sqlite,
+        format!("{}{store}{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
+    [postgres, sqlite]
 }
 
 // ------------------------------------------------------------ the clients
@@ -432,10 +534,16 @@ async fn client_loop(
 /// One setup measured once.
 struct Round {
     certs_per_sec: f64,
+    /// Certificates in the measured window.
     certs: u64,
+    /// Certificates from the replicas' start to their stop.
+    all_certs: u64,
     latencies: Vec<Duration>,
     errors: u64,
     cpu: Cpu,
+    /// The database's counters from the replicas' start to their stop
+    /// (PostgreSQL setups).
+    database: Counters,
 }
 
 /// Drives `CLIENTS` clients over the replicas at `urls` (client `i` on
@@ -471,8 +579,10 @@ async fn drive(
     let (to, after) = (Instant::now(), Cpu::sample(&pids, postmaster));
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
+    let mut all_certs = 0;
     for task in tasks {
         let samples = task.await.unwrap();
+        all_certs += samples.len() as u64;
         latencies.extend(
             samples
                 .into_iter()
@@ -483,9 +593,11 @@ async fn drive(
     Round {
         certs_per_sec: latencies.len() as f64 / (to - from).as_secs_f64(),
         certs: latencies.len() as u64,
+        all_certs,
         latencies,
         errors: errors.load(Ordering::Relaxed),
         cpu: after.since(before),
+        database: Counters::default(),
     }
 }
 
@@ -510,8 +622,11 @@ struct Summary {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// In the measured windows, and from start to stop.
     certs: u64,
+    all_certs: u64,
     cpu: Cpu,
+    database: Counters,
 }
 
 impl Summary {
@@ -528,18 +643,68 @@ impl Summary {
             p99_ms: quantile_ms(&latencies, 0.99),
             errors: rounds.iter().map(|r| r.errors).sum(),
             certs: rounds.iter().map(|r| r.certs).sum(),
+            all_certs: rounds.iter().map(|r| r.all_certs).sum(),
             cpu: rounds.iter().fold(Cpu::default(), |acc, r| acc.add(r.cpu)),
+            database: rounds
+                .iter()
+                .fold(Counters::default(), |acc, r| acc.add(r.database)),
         }
     }
 
-    /// CPU seconds per 1000 certificates for `ticks`.
-    fn per_1000(&self, ticks: f64, hz: f64) -> f64 {
-        ticks / hz / self.certs.max(1) as f64 * 1000.0
+    /// CPU seconds per 1000 certificates for `ticks` in the windows.
+    fn per_1000(&self, ticks: i64, hz: f64) -> f64 {
+        ticks as f64 / hz / self.certs.max(1) as f64 * 1000.0
+    }
+
+    /// A database counter per certificate.
+    fn per_cert(&self, count: i64) -> f64 {
+        count as f64 / self.all_certs.max(1) as f64
     }
 
     /// The machine's idle share over the measured windows.
     fn idle(&self) -> f64 {
         1.0 - self.cpu.busy as f64 / self.cpu.total.max(1) as f64
+    }
+
+    /// What the CPU split implies for each component on hosts of its own
+    /// with `cores` cores: the rate at which the replicas (one host
+    /// each) or the database would use all of their cores (CPU alone; no
+    /// latency, no network).
+    fn ceilings(&self, hz: f64, cores: f64) -> (f64, f64) {
+        let per_cert = |ticks: u64| ticks as f64 / hz / self.certs.max(1) as f64;
+        let replicas = self.setup.replicas() as f64 * cores / per_cert(self.cpu.replicas);
+        let database = cores / per_cert(self.cpu.postgres);
+        (replicas, database)
+    }
+
+    fn json(&self, hz: f64, cores: f64, postgres_seen: bool) -> Value {
+        let on_postgres = self.setup != Setup::Sqlite;
+        let (replicas, database) = self.ceilings(hz, cores);
+        json!({
+            "setup": self.setup.key(),
+            "replicas": self.setup.replicas(),
+            "certs_per_sec": self.certs_per_sec,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "errors": self.errors,
+            "cpu_seconds_per_1000_certs": {
+                "lockstep": self.per_1000(self.cpu.replicas as i64, hz),
+                "postgres": postgres_seen.then(|| self.per_1000(self.cpu.postgres as i64, hz)),
+                "load_generator": self.per_1000(self.cpu.load as i64, hz),
+                "other": self.per_1000(self.cpu.other(), hz),
+            },
+            "machine_idle_share": self.idle(),
+            "database": on_postgres.then(|| json!({
+                "transactions_per_cert": self.per_cert(self.database.commits + self.database.rollbacks),
+                "rollbacks_per_1000_certs": self.per_cert(self.database.rollbacks) * 1000.0,
+                "rows_written_per_cert": self.per_cert(self.database.rows),
+            })),
+            "ceilings_certs_per_sec": (on_postgres && postgres_seen).then(|| json!({
+                "cores_per_host": cores,
+                "replicas": replicas,
+                "database": database,
+            })),
+        })
     }
 }
 
@@ -555,14 +720,12 @@ fn ratio(rounds: &[Vec<(Setup, Round)>], a: Setup, b: Setup) -> f64 {
     median(rounds.iter().map(|r| rate(r, a) / rate(r, b)).collect())
 }
 
-fn print_table(summaries: &[Summary], hz: f64, quick: bool, postgres_seen: bool) {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+/// Rates, latencies, errors and the CPU split of every setup.
+fn print_table(summaries: &[Summary], hz: f64, postgres_seen: bool) {
+    // Over the four CPU columns (8 + 8 + 6 + 6 and their gaps).
+    println!("{:59}{:^31}", "", "CPU s per 1000 certificates");
     println!(
-        "\nlockstep replicas — SoftHSM2 key, {CLIENTS} HTTPS keep-alive clients round-robin over the replicas, {cores} cores shared by all{}",
-        if quick { " (quick)" } else { "" }
-    );
-    println!(
-        "{:>24} {:>8} {:>7} {:>7} {:>6} │ CPU s per 1000 certs: {:>8} {:>8} {:>6} {:>6} │ {:>5}",
+        "{:>24} {:>8} {:>7} {:>7} {:>6}   {:>8} {:>8} {:>6} {:>6} {:>6}",
         "",
         "certs/s",
         "p50 ms",
@@ -576,34 +739,60 @@ fn print_table(summaries: &[Summary], hz: f64, quick: bool, postgres_seen: bool)
     );
     for s in summaries {
         let pg = if postgres_seen {
-            format!("{:.3}", s.per_1000(s.cpu.postgres as f64, hz))
+            format!("{:.3}", s.per_1000(s.cpu.postgres as i64, hz))
         } else {
             "n/a".to_owned()
         };
         println!(
-            "{:>24} {:>8.0} {:>7.2} {:>7.2} {:>6} │ {:>30.3} {:>8} {:>6.3} {:>6.3} │ {:>4.0}%",
+            "{:>24} {:>8.0} {:>7.2} {:>7.2} {:>6}   {:>8.3} {:>8} {:>6.3} {:>6.3} {:>5.0}%",
             s.setup.label(),
             s.certs_per_sec,
             s.p50_ms,
             s.p99_ms,
             s.errors,
-            s.per_1000(s.cpu.replicas as f64, hz),
+            s.per_1000(s.cpu.replicas as i64, hz),
             pg,
-            s.per_1000(s.cpu.load as f64, hz),
-            s.per_1000(s.cpu.other() as f64, hz),
+            s.per_1000(s.cpu.load as i64, hz),
+            s.per_1000(s.cpu.other(), hz),
             s.idle() * 100.0
         );
     }
+    println!(
+        "(lockstep: the serve processes; postgres: the server's processes; load: the clients, this \
+         process; other: the rest of the machine; idle: the machine's idle share)"
+    );
 }
 
-/// What the CPU split implies for each component on hosts of its own with
-/// `cores` cores: the rate at which the replicas together, or the
-/// database, would use all of them (CPU alone; no latency, no network).
-fn ceilings(s: &Summary, hz: f64, cores: f64) -> (f64, f64) {
-    let per_cert = |ticks: u64| ticks as f64 / hz / s.certs.max(1) as f64;
-    let replicas = s.setup.replicas() as f64 * cores / per_cert(s.cpu.replicas);
-    let database = cores / per_cert(s.cpu.postgres);
-    (replicas, database)
+/// The database's work per certificate and the ceilings its CPU and the
+/// replicas' imply, for the PostgreSQL setups.
+fn print_database(summaries: &[Summary], hz: f64, cores: f64, postgres_seen: bool) {
+    println!(
+        "{:>24} {:>13} {:>16} {:>10} │ CPU-bound ceiling, {cores} cores per host: {:>9} {:>9}",
+        "", "transactions", "rollbacks", "rows", "replicas", "database"
+    );
+    println!(
+        "{:>24} {:>13} {:>16} {:>10} │ {:>48} {:>9}",
+        "", "per cert", "per 1000 certs", "per cert", "certs/s", "certs/s"
+    );
+    for s in summaries.iter().filter(|s| s.setup != Setup::Sqlite) {
+        let (replicas, database) = s.ceilings(hz, cores);
+        let ceilings = if postgres_seen {
+            format!("{replicas:>48.0} {database:>9.0}")
+        } else {
+            format!("{:>48} {:>9}", "n/a", "n/a")
+        };
+        println!(
+            "{:>24} {:>13.1} {:>16.1} {:>10.1} │ {ceilings}",
+            s.setup.label(),
+            s.per_cert(s.database.commits + s.database.rollbacks),
+            s.per_cert(s.database.rollbacks) * 1000.0,
+            s.per_cert(s.database.rows),
+        );
+    }
+    println!(
+        "(ceilings: each replica, and the database, alone on a host of its own, at the CPU per \
+         certificate measured here)"
+    );
 }
 
 fn main() {
@@ -627,6 +816,48 @@ fn main() {
     runtime.block_on(run(&opts));
 }
 
+/// `rounds` rounds, each measuring every setup once for `secs` seconds
+/// after `warmup`, one setup further on in each round.
+async fn measure(
+    srv: &Arc<TestServer>,
+    csr: &Arc<String>,
+    postmaster: Option<u32>,
+    rounds: usize,
+    warmup: f64,
+    secs: f64,
+) -> Vec<Vec<(Setup, Round)>> {
+    let configs = bench_configs(&srv.config_path);
+    let stats = DatabaseStats::connect(&srv.config_path).await;
+    let mut measured = Vec::new();
+    for round in 0..rounds {
+        let mut this = Vec::new();
+        for k in 0..SETUPS.len() {
+            let setup = SETUPS[(k + round) % SETUPS.len()];
+            let on_postgres = setup != Setup::Sqlite;
+            let before = if on_postgres {
+                stats.settled().await
+            } else {
+                Counters::default()
+            };
+            let replicas = Replicas::start(&configs[usize::from(!on_postgres)], setup.replicas());
+            let mut r = drive(srv, csr, &replicas, postmaster, warmup, secs).await;
+            replicas.stop();
+            if on_postgres {
+                r.database = stats.settled().await.since(before);
+            }
+            eprintln!(
+                "round {}: {:<24} {:>6.0} certs/s",
+                round + 1,
+                setup.label(),
+                r.certs_per_sec
+            );
+            this.push((setup, r));
+        }
+        measured.push(this);
+    }
+    measured
+}
+
 async fn run(opts: &Options) {
     let (rounds, warmup, secs) = if opts.quick {
         (1, 0.3, 1.0)
@@ -641,35 +872,13 @@ async fn run(opts: &Options) {
             "replica bench: the PostgreSQL server is not a local process; its CPU is not counted"
         );
     }
-
     let mut srv =
         TestServer::start_in(StoreKind::Postgres, "replicas", POLICY, &["load", "a1"], "").await;
     srv.stop().await;
     let csr = Arc::new(srv.csr("replicas"));
-    let configs = [srv.config_path.clone(), sqlite_config(&srv.config_path)];
     let srv = Arc::new(srv);
 
-    let mut measured: Vec<Vec<(Setup, Round)>> = Vec::new();
-    for round in 0..rounds {
-        let mut this = Vec::new();
-        for k in 0..SETUPS.len() {
-            // Each round starts one setup further on.
-            let setup = SETUPS[(k + round) % SETUPS.len()];
-            let config = &configs[usize::from(setup == Setup::Sqlite)];
-            let replicas = Replicas::start(config, setup.replicas());
-            let r = drive(&srv, &csr, &replicas, postmaster, warmup, secs).await;
-            replicas.stop();
-            eprintln!(
-                "round {}: {:<24} {:>6.0} certs/s",
-                round + 1,
-                setup.label(),
-                r.certs_per_sec
-            );
-            this.push((setup, r));
-        }
-        measured.push(this);
-    }
-
+    let measured = measure(&srv, &csr, postmaster, rounds, warmup, secs).await;
     let summaries: Vec<Summary> = SETUPS
         .iter()
         .map(|&s| {
@@ -682,33 +891,27 @@ async fn run(opts: &Options) {
             Summary::of(s, &rounds)
         })
         .collect();
-    print_table(&summaries, hz, opts.quick, postmaster.is_some());
-
     let pg = |n| Setup::Postgres { replicas: n };
     let ratios = [
         ("2 replicas ÷ 1", ratio(&measured, pg(2), pg(1))),
         ("3 replicas ÷ 1", ratio(&measured, pg(3), pg(1))),
         (
-            "PostgreSQL ÷ SQLite (1 replica)",
+            "PostgreSQL ÷ SQLite, 1 replica",
             ratio(&measured, pg(1), Setup::Sqlite),
         ),
     ];
-    println!("ratios within each round, median of {rounds}:");
+
+    println!(
+        "\nlockstep replicas — SoftHSM2 key, {CLIENTS} HTTPS keep-alive clients round-robin over \
+         the replicas, all on {cores} shared cores, {rounds} round(s) of {secs} s{}",
+        if opts.quick { " (quick)" } else { "" }
+    );
+    print_table(&summaries, hz, postmaster.is_some());
+    println!("ratios of certs/s within a round, median of {rounds}:");
     for (label, value) in &ratios {
-        println!("{label:>34} {value:>6.2}");
+        println!("{label:>32} {value:>6.2}");
     }
-    if postmaster.is_some() {
-        println!(
-            "CPU-bound ceilings with {cores} cores per host, each component on hosts of its own:"
-        );
-        for s in summaries.iter().filter(|s| s.setup != Setup::Sqlite) {
-            let (replicas, database) = ceilings(s, hz, cores);
-            println!(
-                "{:>24}: the replicas {replicas:>6.0} certs/s, the database {database:>6.0} certs/s",
-                s.setup.label()
-            );
-        }
-    }
+    print_database(&summaries, hz, cores, postmaster.is_some());
 
     if let Some(path) = &opts.json {
         let report = json!({
@@ -717,26 +920,15 @@ async fn run(opts: &Options) {
             "clients": CLIENTS,
             "rounds": rounds,
             "seconds_per_round": secs,
-            "setups": summaries.iter().map(|s| json!({
-                "setup": s.setup.key(),
-                "replicas": s.setup.replicas(),
-                "certs_per_sec": s.certs_per_sec,
-                "p50_ms": s.p50_ms,
-                "p99_ms": s.p99_ms,
-                "errors": s.errors,
-                "cpu_seconds_per_1000_certs": {
-                    "lockstep": s.per_1000(s.cpu.replicas as f64, hz),
-                    "postgres": postmaster.map(|_| s.per_1000(s.cpu.postgres as f64, hz)),
-                    "load_generator": s.per_1000(s.cpu.load as f64, hz),
-                    "other": s.per_1000(s.cpu.other() as f64, hz),
-                },
-                "machine_idle_share": s.idle(),
-            })).collect::<Vec<_>>(),
+            "setups": summaries.iter().map(|s| s.json(hz, cores, postmaster.is_some())).collect::<Vec<_>>(),
             "ratios": {
                 "postgres_2_over_1": ratios[0].1,
                 "postgres_3_over_1": ratios[1].1,
                 "postgres_over_sqlite": ratios[2].1,
             },
+            "rounds_certs_per_sec": measured.iter().map(|round| round.iter()
+                .map(|(s, r)| (s.key(), json!(r.certs_per_sec)))
+                .collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
         println!("JSON: {path}");
