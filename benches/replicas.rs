@@ -124,11 +124,13 @@ fn stat_fields(pid: &str) -> Option<Vec<u64>> {
     )
 }
 
-const PPID: usize = 4 - 4;
-const UTIME: usize = 14 - 4;
-const STIME: usize = 15 - 4;
-const CUTIME: usize = 16 - 4;
-const CSTIME: usize = 17 - 4;
+// Positions in `stat_fields` of proc(5)'s fields 4 (ppid), 14 (utime),
+// 15 (stime), 16 (cutime) and 17 (cstime).
+const PPID: usize = 0;
+const UTIME: usize = 10;
+const STIME: usize = 11;
+const CUTIME: usize = 12;
+const CSTIME: usize = 13;
 
 /// utime + stime of process `pid` (0 once it is gone).
 fn process_ticks(pid: &str) -> u64 {
