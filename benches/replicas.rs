@@ -259,12 +259,15 @@ struct DatabaseStats {
 }
 
 /// Transactions committed and rolled back (one lost to another and run
-/// again is a rollback), and rows written.
+/// again is a rollback), rows written, and rows read (returned by scans:
+/// a figure growing with the tables would mean a scan that an index
+/// should spare).
 #[derive(Clone, Copy, Default)]
 struct Counters {
     commits: i64,
     rollbacks: i64,
     rows: i64,
+    read: i64,
 }
 
 impl Counters {
@@ -273,6 +276,7 @@ impl Counters {
             commits: self.commits - before.commits,
             rollbacks: self.rollbacks - before.rollbacks,
             rows: self.rows - before.rows,
+            read: self.read - before.read,
         }
     }
 
@@ -281,6 +285,7 @@ impl Counters {
             commits: self.commits + other.commits,
             rollbacks: self.rollbacks + other.rollbacks,
             rows: self.rows + other.rows,
+            read: self.read + other.read,
         }
     }
 }
@@ -326,7 +331,8 @@ impl DatabaseStats {
         let row = self
             .admin
             .query_one(
-                "SELECT xact_commit, xact_rollback, tup_inserted + tup_updated + tup_deleted
+                "SELECT xact_commit, xact_rollback, tup_inserted + tup_updated + tup_deleted,
+                        tup_returned
                  FROM pg_stat_database WHERE datname = $1",
                 &[&self.name],
             )
@@ -336,6 +342,7 @@ impl DatabaseStats {
             commits: row.get(0),
             rollbacks: row.get(1),
             rows: row.get(2),
+            read: row.get(3),
         }
     }
 }
@@ -700,6 +707,7 @@ impl Summary {
                 "transactions_per_cert": self.per_cert(self.database.commits + self.database.rollbacks),
                 "rollbacks_per_1000_certs": self.per_cert(self.database.rollbacks) * 1000.0,
                 "rows_written_per_cert": self.per_cert(self.database.rows),
+                "rows_read_per_cert": self.per_cert(self.database.read),
             })),
             "ceilings_certs_per_sec": (on_postgres && postgres_seen).then(|| json!({
                 "cores_per_host": cores,
@@ -769,31 +777,32 @@ fn print_table(summaries: &[Summary], hz: f64, postgres_seen: bool) {
 /// replicas' imply, for the PostgreSQL setups.
 fn print_database(summaries: &[Summary], hz: f64, cores: f64, postgres_seen: bool) {
     println!(
-        "{:>24} {:>13} {:>16} {:>10} │ CPU-bound ceiling, {cores} cores per host: {:>9} {:>9}",
-        "", "transactions", "rollbacks", "rows", "replicas", "database"
+        "{:>24} {:>12} {:>10} {:>8} {:>8}   {:>9} {:>9}",
+        "per certificate:", "transactions", "rollbacks", "rows", "rows", "ceiling:", "ceiling:"
     );
     println!(
-        "{:>24} {:>13} {:>16} {:>10} │ {:>48} {:>9}",
-        "", "per cert", "per 1000 certs", "per cert", "certs/s", "certs/s"
+        "{:>24} {:>12} {:>10} {:>8} {:>8}   {:>9} {:>9}",
+        "", "", "per 1000", "written", "read", "replicas", "database"
     );
     for s in summaries.iter().filter(|s| s.setup != Setup::Sqlite) {
         let (replicas, database) = s.ceilings(hz, cores);
         let ceilings = if postgres_seen {
-            format!("{replicas:>48.0} {database:>9.0}")
+            format!("{replicas:>9.0} {database:>9.0}")
         } else {
-            format!("{:>48} {:>9}", "n/a", "n/a")
+            format!("{:>9} {:>9}", "n/a", "n/a")
         };
         println!(
-            "{:>24} {:>13.1} {:>16.1} {:>10.1} │ {ceilings}",
+            "{:>24} {:>12.1} {:>10.1} {:>8.1} {:>8.1}   {ceilings}",
             s.setup.label(),
             s.per_cert(s.database.commits + s.database.rollbacks),
             s.per_cert(s.database.rollbacks) * 1000.0,
             s.per_cert(s.database.rows),
+            s.per_cert(s.database.read),
         );
     }
     println!(
-        "(ceilings: each replica, and the database, alone on a host of its own, at the CPU per \
-         certificate measured here)"
+        "(ceilings in certs/s at the CPU per certificate measured here: the replicas each alone on \
+         a host of {cores} cores, the database alone on one)"
     );
 }
 
@@ -824,6 +833,7 @@ async fn measure(
     srv: &Arc<TestServer>,
     csr: &Arc<String>,
     postmaster: Option<u32>,
+    hz: f64,
     rounds: usize,
     warmup: f64,
     secs: f64,
@@ -847,11 +857,14 @@ async fn measure(
             if on_postgres {
                 r.database = stats.settled().await.since(before);
             }
+            let per_1000 = |ticks: u64| ticks as f64 / hz / r.certs.max(1) as f64 * 1000.0;
             eprintln!(
-                "round {}: {:<24} {:>6.0} certs/s",
+                "round {}: {:<24} {:>6.0} certs/s, CPU s per 1000: lockstep {:.3}, postgres {:.3}",
                 round + 1,
                 setup.label(),
-                r.certs_per_sec
+                r.certs_per_sec,
+                per_1000(r.cpu.replicas),
+                per_1000(r.cpu.postgres),
             );
             this.push((setup, r));
         }
@@ -880,7 +893,7 @@ async fn run(opts: &Options) {
     let csr = Arc::new(srv.csr("replicas"));
     let srv = Arc::new(srv);
 
-    let measured = measure(&srv, &csr, postmaster, rounds, warmup, secs).await;
+    let measured = measure(&srv, &csr, postmaster, hz, rounds, warmup, secs).await;
     let summaries: Vec<Summary> = SETUPS
         .iter()
         .map(|&s| {
