@@ -290,6 +290,35 @@ impl Counters {
     }
 }
 
+/// What the database's client backends were doing, summed over samples
+/// (divided by `samples`: how many were, on average): running a
+/// statement (or waiting on something other than a lock), waiting for a
+/// lock another transaction holds, or inside a transaction waiting for
+/// lockstep's next statement.
+#[derive(Clone, Copy, Default)]
+struct Backends {
+    samples: u64,
+    running: u64,
+    lock_waits: u64,
+    in_transaction: u64,
+}
+
+impl Backends {
+    fn add(self, other: Self) -> Self {
+        Self {
+            samples: self.samples + other.samples,
+            running: self.running + other.running,
+            lock_waits: self.lock_waits + other.lock_waits,
+            in_transaction: self.in_transaction + other.in_transaction,
+        }
+    }
+
+    /// On average over the samples.
+    fn mean(&self, count: u64) -> f64 {
+        count as f64 / self.samples.max(1) as f64
+    }
+}
+
 impl DatabaseStats {
     /// For the database configuration `config` names.
     async fn connect(config: &Path) -> Self {
@@ -306,6 +335,33 @@ impl DatabaseStats {
                 .unwrap();
         tokio::spawn(conn);
         Self { admin, name }
+    }
+
+    /// Samples every 50 ms for `secs` seconds what the database's
+    /// client backends are doing.
+    async fn sample_backends(&self, secs: f64) -> Backends {
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let mut seen = Backends::default();
+        while Instant::now() < end {
+            let row = self
+                .admin
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE state = 'active' AND wait_event_type IS DISTINCT FROM 'Lock'),
+                            count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock'),
+                            count(*) FILTER (WHERE state = 'idle in transaction')
+                     FROM pg_stat_activity
+                     WHERE datname = $1 AND backend_type = 'client backend'",
+                    &[&self.name],
+                )
+                .await
+                .unwrap();
+            seen.samples += 1;
+            seen.running += row.get::<_, i64>(0) as u64;
+            seen.lock_waits += row.get::<_, i64>(1) as u64;
+            seen.in_transaction += row.get::<_, i64>(2) as u64;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        seen
     }
 
     /// The counters once no connection to the database is left: a
@@ -553,18 +609,22 @@ struct Round {
     /// The database's counters from the replicas' start to their stop
     /// (PostgreSQL setups).
     database: Counters,
+    /// The database's backends over the measured window (PostgreSQL
+    /// setups).
+    backends: Backends,
 }
 
 /// Drives `CLIENTS` clients over the replicas at `urls` (client `i` on
 /// replica `i mod n`): `warmup` seconds to open sessions and connections,
-/// then `secs` measured, CPU sampled at both ends of the window.
+/// then `secs` measured, CPU sampled at both ends of the window and, on
+/// PostgreSQL, the database's backends (`stats`) through it.
 async fn drive(
     srv: &Arc<TestServer>,
     csr: &Arc<String>,
     replicas: &Replicas,
     postmaster: Option<u32>,
-    warmup: f64,
-    secs: f64,
+    stats: Option<&DatabaseStats>,
+    (warmup, secs): (f64, f64),
 ) -> Round {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -584,7 +644,13 @@ async fn drive(
     let pids = replicas.pids();
     tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
     let (from, before) = (Instant::now(), Cpu::sample(&pids, postmaster));
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let backends = match stats {
+        Some(stats) => stats.sample_backends(secs).await,
+        None => {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            Backends::default()
+        }
+    };
     let (to, after) = (Instant::now(), Cpu::sample(&pids, postmaster));
     stop.store(true, Ordering::Relaxed);
     let mut latencies = Vec::new();
@@ -607,6 +673,7 @@ async fn drive(
         errors: errors.load(Ordering::Relaxed),
         cpu: after.since(before),
         database: Counters::default(),
+        backends,
     }
 }
 
@@ -636,6 +703,7 @@ struct Summary {
     all_certs: u64,
     cpu: Cpu,
     database: Counters,
+    backends: Backends,
 }
 
 impl Summary {
@@ -657,6 +725,9 @@ impl Summary {
             database: rounds
                 .iter()
                 .fold(Counters::default(), |acc, r| acc.add(r.database)),
+            backends: rounds
+                .iter()
+                .fold(Backends::default(), |acc, r| acc.add(r.backends)),
         }
     }
 
@@ -708,6 +779,11 @@ impl Summary {
                 "rollbacks_per_1000_certs": self.per_cert(self.database.rollbacks) * 1000.0,
                 "rows_written_per_cert": self.per_cert(self.database.rows),
                 "rows_read_per_cert": self.per_cert(self.database.read),
+                "backends_on_average": {
+                    "running": self.backends.mean(self.backends.running),
+                    "waiting_for_a_lock": self.backends.mean(self.backends.lock_waits),
+                    "in_transaction_waiting_for_lockstep": self.backends.mean(self.backends.in_transaction),
+                },
             })),
             "ceilings_certs_per_sec": (on_postgres && postgres_seen).then(|| json!({
                 "cores_per_host": cores,
@@ -806,6 +882,30 @@ fn print_database(summaries: &[Summary], hz: f64, cores: f64, postgres_seen: boo
     );
 }
 
+/// What the database's connections were doing on average, for the
+/// PostgreSQL setups: a transaction waiting for a lock waits for another
+/// that holds it (the audit head's row, a session's).
+fn print_backends(summaries: &[Summary]) {
+    println!(
+        "{:>24} {:>9} {:>9} {:>15}",
+        "database connections:", "running", "waiting", "in transaction,"
+    );
+    println!(
+        "{:>24} {:>9} {:>9} {:>15}",
+        "(on average)", "", "for lock", "for lockstep"
+    );
+    for s in summaries.iter().filter(|s| s.setup != Setup::Sqlite) {
+        let b = &s.backends;
+        println!(
+            "{:>24} {:>9.2} {:>9.2} {:>15.2}",
+            s.setup.label(),
+            b.mean(b.running),
+            b.mean(b.lock_waits),
+            b.mean(b.in_transaction)
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
     if !std::env::args().any(|a| a == "--bench") {
@@ -852,7 +952,8 @@ async fn measure(
                 Counters::default()
             };
             let replicas = Replicas::start(&configs[usize::from(!on_postgres)], setup.replicas());
-            let mut r = drive(srv, csr, &replicas, postmaster, warmup, secs).await;
+            let sampled = on_postgres.then_some(&stats);
+            let mut r = drive(srv, csr, &replicas, postmaster, sampled, (warmup, secs)).await;
             replicas.stop();
             if on_postgres {
                 r.database = stats.settled().await.since(before);
@@ -927,6 +1028,7 @@ async fn run(opts: &Options) {
         println!("{label:>32} {value:>6.2}");
     }
     print_database(&summaries, hz, cores, postmaster.is_some());
+    print_backends(&summaries);
 
     if let Some(path) = &opts.json {
         let report = json!({
