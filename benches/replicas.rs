@@ -877,14 +877,17 @@ fn print_database(summaries: &[Summary], hz: f64, cores: f64, postgres_seen: boo
         );
     }
     println!(
-        "(ceilings in certs/s at the CPU per certificate measured here: the replicas each alone on \
-         a host of {cores} cores, the database alone on one)"
+        "(ceilings in certs/s from the CPU per certificate measured here, the replicas each alone \
+         on a host of {cores} cores, the database alone on one: what CPU would allow, not what a \
+         lock queue does)"
     );
 }
 
 /// What the database's connections were doing on average, for the
-/// PostgreSQL setups: a transaction waiting for a lock waits for another
-/// that holds it (the audit head's row, a session's).
+/// PostgreSQL setups. A transaction waiting for a lock waits for another
+/// that holds it (every append to the trail locks the audit head's one
+/// row); one in a transaction but idle holds its locks while lockstep
+/// works on its side.
 fn print_backends(summaries: &[Summary]) {
     println!(
         "{:>24} {:>9} {:>9} {:>15}",
