@@ -139,10 +139,10 @@ fn process_ticks(pid: &str) -> u64 {
 
 /// The PostgreSQL server's CPU: the postmaster's own and that of the
 /// children it has reaped (backends of closed connections), plus every
-/// live child (backends, checkpointer, WAL writer, ...).
+/// live child (backends, checkpointer, WAL writer, ...). The children
+/// are read first: one reaped in between counts twice rather than not at
+/// all, so the sum never goes backwards.
 fn postgres_ticks(postmaster: u32) -> u64 {
-    let pm = postmaster.to_string();
-    let own = stat_fields(&pm).map_or(0, |f| f[UTIME] + f[STIME] + f[CUTIME] + f[CSTIME]);
     let children: u64 = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -153,6 +153,8 @@ fn postgres_ticks(postmaster: u32) -> u64 {
         .filter(|f| f[PPID] == u64::from(postmaster))
         .map(|f| f[UTIME] + f[STIME])
         .sum();
+    let own = stat_fields(&postmaster.to_string())
+        .map_or(0, |f| f[UTIME] + f[STIME] + f[CUTIME] + f[CSTIME]);
     own + children
 }
 
@@ -220,13 +222,15 @@ impl Cpu {
         }
     }
 
+    /// The ticks from `before` to this sample (none for a process gone
+    /// in between).
     fn since(self, before: Self) -> Self {
         Self {
-            replicas: self.replicas - before.replicas,
-            postgres: self.postgres - before.postgres,
-            load: self.load - before.load,
-            busy: self.busy - before.busy,
-            total: self.total - before.total,
+            replicas: self.replicas.saturating_sub(before.replicas),
+            postgres: self.postgres.saturating_sub(before.postgres),
+            load: self.load.saturating_sub(before.load),
+            busy: self.busy.saturating_sub(before.busy),
+            total: self.total.saturating_sub(before.total),
         }
     }
 
@@ -338,7 +342,8 @@ impl DatabaseStats {
     }
 
     /// Samples every 50 ms for `secs` seconds what the database's
-    /// client backends are doing.
+    /// client backends are doing (the queries cost the server a few ms of
+    /// CPU a second, which count in its CPU: well under 1 % of it).
     async fn sample_backends(&self, secs: f64) -> Backends {
         let end = Instant::now() + Duration::from_secs_f64(secs);
         let mut seen = Backends::default();
