@@ -986,7 +986,7 @@ async fn run(opts: &Options) {
     let (rounds, warmup, secs) = if opts.quick {
         (1, 0.3, 1.0)
     } else {
-        (3, 1.0, 5.0)
+        (5, 1.0, 5.0)
     };
     let hz = clock_ticks();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
