@@ -194,10 +194,10 @@ where
             .map_err(other)?;
     }
     let mut ptx = tx::PgTx::new(handle, &tx, owner);
-    let out = f(&mut ptx);
-    let (conflict, appended) = (ptx.conflict, ptx.appended);
-    let value = match out {
-        Ok(value) => value,
+    let out = f(&mut ptx).and_then(|value| Ok((value, ptx.write_entries()?)));
+    let conflict = ptx.conflict;
+    let (value, appended) = match out {
+        Ok(done) => done,
         Err(e) => {
             let _ = handle.block_on(tx.rollback());
             return Err(if conflict {
@@ -207,12 +207,6 @@ where
             });
         }
     };
-    if appended {
-        // Delivered to listeners only once the transaction commits.
-        handle
-            .block_on(tx.execute("SELECT pg_notify($1, '')", &[&tx::CHANNEL]))
-            .map_err(other)?;
-    }
     handle.block_on(tx.commit()).map_err(other)?;
     Ok((value, appended))
 }

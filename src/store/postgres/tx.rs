@@ -3,10 +3,15 @@
 //! The ledger's executors are synchronous; this runs on a blocking thread
 //! and drives the asynchronous client with `Handle::block_on`. Isolation
 //! is READ COMMITTED with explicit row locks: a session is loaded
-//! `FOR UPDATE`, the audit head's one row is locked `FOR UPDATE` before an
-//! entry is appended (its sequence number assigned under that lock), and
-//! credential moves are compare-and-set updates, which PostgreSQL
-//! re-checks against the newest row after waiting for a lock.
+//! `FOR UPDATE`, and credential moves are compare-and-set updates, which
+//! PostgreSQL re-checks against the newest row after waiting for a lock.
+//!
+//! The audit head is the one lock every appending transaction of every
+//! replica queues on, so it is held as briefly as possible: entries are
+//! kept until the transaction's work is done, then written by
+//! [`PgTx::write_entries`] in two statements just before the commit (lock
+//! the head `FOR UPDATE` and queue the notification; insert the entries
+//! and move the head), their sequence numbers assigned under that lock.
 
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio::runtime::Handle;
@@ -35,8 +40,16 @@ pub(super) struct PgTx<'a> {
     /// A statement failed because of another transaction (serialization
     /// failure, deadlock): the whole transaction may be run again.
     pub conflict: bool,
-    /// An entry was appended: commit notifies [`CHANNEL`].
-    pub appended: bool,
+    /// Entries appended, written by [`PgTx::write_entries`].
+    pending: Vec<Pending>,
+}
+
+/// An entry appended by the transaction, not yet written.
+struct Pending {
+    at: i64,
+    session: Option<String>,
+    kind: &'static str,
+    body: String,
 }
 
 /// Whether an error is one a retry of the transaction may not meet.
@@ -54,8 +67,65 @@ impl<'a> PgTx<'a> {
             tx,
             owner,
             conflict: false,
-            appended: false,
+            pending: Vec::new(),
         }
+    }
+
+    /// Writes the entries appended, chained to the head, which stays
+    /// locked until commit; the commit then notifies [`CHANNEL`] (queued
+    /// here, delivered only if it commits). Says whether there were any.
+    pub fn write_entries(&mut self) -> Result<bool, StoreError> {
+        if self.pending.is_empty() {
+            return Ok(false);
+        }
+        // Appenders queue here, and each takes the next number after the
+        // one before it committed.
+        let head = self.query(
+            "SELECT seq, hash, pg_notify($1, '')::text FROM audit_head FOR UPDATE",
+            &[&CHANNEL],
+        )?;
+        let head = head
+            .first()
+            .ok_or_else(|| corrupt("the audit head is missing"))?;
+        let last: i64 = col(head, 0)?;
+        let mut prev: [u8; 32] = match col::<Option<Vec<u8>>>(head, 1)? {
+            None if last == 0 => GENESIS,
+            None => return Err(corrupt(format!("audit entry {last} has no hash"))),
+            Some(hash) => hash
+                .try_into()
+                .map_err(|_| corrupt(format!("audit entry {last} has no valid hash")))?,
+        };
+        let pending = std::mem::take(&mut self.pending);
+        let mut rows = Vec::with_capacity(pending.len());
+        for (seq, p) in (last + 1..).zip(&pending) {
+            let hash = entry_hash(&prev, seq as u64, p.at, p.session.as_deref(), p.kind, &p.body);
+            rows.push((seq, prev.to_vec(), hash.to_vec()));
+            prev = hash;
+        }
+        let (seq, hash) = (last + pending.len() as i64, prev.to_vec());
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&seq, &hash];
+        let mut values = Vec::with_capacity(rows.len());
+        for ((seq, prev, hash), p) in rows.iter().zip(&pending) {
+            let n = params.len();
+            values.push(format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6,
+                n + 7
+            ));
+            params.extend_from_slice(&[seq, &p.at, &p.session, &p.kind, &p.body, prev, hash]);
+        }
+        let sql = format!(
+            "WITH appended AS (INSERT INTO events (seq, at, session_id, kind, body, prev_hash, hash) VALUES {})
+             UPDATE audit_head SET seq = $1, hash = $2",
+            values.join(", ")
+        );
+        self.execute(&sql, &params)?;
+        Ok(true)
     }
 
     fn fail(&mut self, e: tokio_postgres::Error) -> StoreError {
@@ -275,41 +345,12 @@ impl LedgerTx for PgTx<'_> {
         event: &Event,
     ) -> Result<(), StoreError> {
         let body = serde_json::to_string(event).map_err(corrupt)?;
-        // The head, locked until commit: appenders queue here, and each
-        // takes the next number after the one before it committed.
-        let head = self.query("SELECT seq, hash FROM audit_head FOR UPDATE", &[])?;
-        let head = head
-            .first()
-            .ok_or_else(|| corrupt("the audit head is missing"))?;
-        let last: i64 = col(head, 0)?;
-        let prev: [u8; 32] = match col::<Option<Vec<u8>>>(head, 1)? {
-            None if last == 0 => GENESIS,
-            None => return Err(corrupt(format!("audit entry {last} has no hash"))),
-            Some(hash) => hash
-                .try_into()
-                .map_err(|_| corrupt(format!("audit entry {last} has no valid hash")))?,
-        };
-        let seq = last + 1;
-        let session = session.map(SessionId::as_str);
-        let hash = entry_hash(&prev, seq as u64, now.unix(), session, event.kind(), &body);
-        self.execute(
-            "INSERT INTO events (seq, at, session_id, kind, body, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &seq,
-                &now.unix(),
-                &session,
-                &event.kind(),
-                &body,
-                &prev.as_slice(),
-                &hash.as_slice(),
-            ],
-        )?;
-        self.execute(
-            "UPDATE audit_head SET seq = $1, hash = $2",
-            &[&seq, &hash.as_slice()],
-        )?;
-        self.appended = true;
+        self.pending.push(Pending {
+            at: now.unix(),
+            session: session.map(|s| s.as_str().to_owned()),
+            kind: event.kind(),
+            body,
+        });
         Ok(())
     }
 
