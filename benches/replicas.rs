@@ -9,7 +9,9 @@
 //! order), so drift in the machine's load falls on all of them; the ratios
 //! are the medians of the ratios within each round.
 //!
-//! `cargo bench --bench replicas -- [--quick] [--json PATH]`, with
+//! `cargo bench --bench replicas -- [--quick] [--json PATH] [--server BIN]`
+//! (`--server`: the `lockstep` binary the replicas run, e.g. an earlier
+//! build, to compare with this one's figures), with
 //! `LOCKSTEP_TEST_POSTGRES` naming a PostgreSQL server (`scripts/bench`
 //! starts one with `scripts/postgres`).
 
@@ -46,6 +48,15 @@ const CLIENTS: usize = 16;
 struct Options {
     quick: bool,
     json: Option<String>,
+}
+
+/// The `lockstep` binary the replicas run.
+fn server_binary() -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--server")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_lockstep").to_owned())
 }
 
 fn options() -> Options {
@@ -423,7 +434,7 @@ impl Replicas {
         let mut urls = Vec::new();
         for _ in 0..n {
             let (child, stderr, url) =
-                common::server::spawn_serve(env!("CARGO_BIN_EXE_lockstep"), config, "warn");
+                common::server::spawn_serve(&server_binary(), config, "warn");
             std::thread::spawn(move || for _ in std::io::BufRead::lines(stderr) {});
             children.push(child);
             urls.push(url);

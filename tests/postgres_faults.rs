@@ -198,15 +198,6 @@ async fn a_database_outage_is_refused_fast_and_survived_without_a_restart() {
             .await;
         assert_eq!(minted, 1, "{serial}");
     }
-    let out = common::lockstep_cli(&[
-        "--config",
-        srv.config_path.to_str().unwrap(),
-        "audit",
-        "verify",
-    ]);
-    let text = common::output_text(&out);
-    assert!(
-        out.status.success() && text.contains("audit trail OK"),
-        "{text}"
-    );
+    let (ok, text) = common::audit_verify_config(&srv.config_path);
+    assert!(ok, "{text}");
 }

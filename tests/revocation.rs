@@ -101,31 +101,6 @@ async fn certificate(srv: &TestServer, s: &Value, name: &str) -> PathBuf {
     )
 }
 
-async fn download_crl(srv: &TestServer, name: &str) -> PathBuf {
-    let resp = srv
-        .http
-        .get(format!("{}/v1/crl", srv.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "application/pkix-crl");
-    let der = resp.bytes().await.unwrap();
-    let der_path = write(srv.dir.path(), &format!("{name}.der"), &der);
-    let pem = srv.dir.path().join(format!("{name}.pem"));
-    let (ok, text) = openssl(&[
-        "crl",
-        "-inform",
-        "DER",
-        "-in",
-        s(&der_path),
-        "-out",
-        s(&pem),
-    ]);
-    assert!(ok, "{text}");
-    pem
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -192,7 +167,7 @@ async fn closing_revokes_at_once_on_the_crl_and_in_ocsp(backend: Backend) {
     );
 
     // Before the close: the CRL verifies and does not list it; OCSP says good.
-    let crl = download_crl(&srv, "crl-before").await;
+    let crl = srv.crl_pem(&srv.url, "crl-before").await;
     let (ok, text) = openssl(&[
         "crl",
         "-in",
@@ -220,7 +195,7 @@ async fn closing_revokes_at_once_on_the_crl_and_in_ocsp(backend: Backend) {
         )
         .await;
     assert_eq!(status, 200);
-    let crl = download_crl(&srv, "crl-after").await;
+    let crl = srv.crl_pem(&srv.url, "crl-after").await;
     let (ok, text) = verify_with_crl(&srv, &leaf, &crl);
     assert!(
         !ok && text.contains("certificate revoked"),

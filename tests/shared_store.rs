@@ -300,15 +300,6 @@ async fn two_processes_on_one_store_keep_every_rule(kind: StoreKind) {
         .count("SELECT COUNT(*) FROM credentials WHERE state = 'reserved'")
         .await;
     assert_eq!(stuck, 0, "nothing left reserved");
-    let out = common::lockstep_cli(&[
-        "--config",
-        srv.config_path.to_str().unwrap(),
-        "audit",
-        "verify",
-    ]);
-    let text = common::output_text(&out);
-    assert!(
-        out.status.success() && text.contains("audit trail OK"),
-        "{text}"
-    );
+    let (ok, text) = common::audit_verify_config(&srv.config_path);
+    assert!(ok, "{text}");
 }

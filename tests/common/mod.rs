@@ -410,6 +410,17 @@ pub fn output_text(o: &std::process::Output) -> String {
 
 /// `lockstep audit verify` of the store file `db` against `root`: whether
 /// it passed, and what it printed.
+/// `lockstep --config CONFIG audit verify`: the trail of the store the
+/// configuration names, checked against its root. True when it says OK.
+pub fn audit_verify_config(config: &Path) -> (bool, String) {
+    let out = lockstep_cli(&["--config", config.to_str().unwrap(), "audit", "verify"]);
+    let text = output_text(&out);
+    (
+        out.status.success() && text.contains("audit trail OK"),
+        text,
+    )
+}
+
 pub fn audit_verify(db: &Path, root: &Path) -> (bool, String) {
     let out = lockstep_cli(&[
         "audit",

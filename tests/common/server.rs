@@ -263,6 +263,29 @@ impl TestServer {
             .expect("a server started with start_in")
     }
 
+    /// The CRL the service at `url` (this one, or another process on its
+    /// configuration) serves now, converted by openssl to
+    /// `<name>.crl.pem` in its directory.
+    pub async fn crl_pem(&self, url: &str, name: &str) -> PathBuf {
+        let resp = self.http.get(format!("{url}/v1/crl")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/pkix-crl");
+        let der = resp.bytes().await.unwrap();
+        let der_path = super::write(self.dir.path(), &format!("{name}.crl.der"), &der);
+        let pem = self.dir.path().join(format!("{name}.crl.pem"));
+        let (ok, text) = super::openssl(&[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            der_path.to_str().unwrap(),
+            "-out",
+            pem.to_str().unwrap(),
+        ]);
+        assert!(ok, "{text}");
+        pem
+    }
+
     /// The lockstep root certificate.
     pub fn root_pem(&self) -> PathBuf {
         self.dir.path().join("ca/root.pem")

@@ -363,37 +363,31 @@ mod postgres {
             )
         }
 
-        pub async fn bytes(&self, sql: &str) -> Vec<u8> {
+        async fn rows(&self, sql: &str) -> Vec<tokio_postgres::Row> {
             connect(&self.url)
                 .await
-                .query_one(sql, &[])
+                .query(sql, &[])
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"))
-                .get(0)
+        }
+
+        pub async fn bytes(&self, sql: &str) -> Vec<u8> {
+            self.rows(sql).await[0].get(0)
         }
 
         pub async fn entries(&self, sql: &str) -> Vec<(i64, i64, Option<String>, String, String)> {
-            let rows = connect(&self.url).await.query(sql, &[]).await.unwrap();
+            let rows = self.rows(sql).await;
             rows.iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
                 .collect()
         }
 
         pub async fn count(&self, sql: &str) -> i64 {
-            connect(&self.url)
-                .await
-                .query_one(sql, &[])
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"))
-                .get(0)
+            self.rows(sql).await[0].get(0)
         }
 
         pub async fn texts(&self, sql: &str) -> Vec<String> {
-            let rows = connect(&self.url)
-                .await
-                .query(sql, &[])
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let rows = self.rows(sql).await;
             rows.iter().map(|r| r.get(0)).collect()
         }
 
@@ -511,34 +505,17 @@ macro_rules! on_every_place {
             use super::common::backend::Backend;
             use super::common::store::{Place, StoreKind};
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn softhsm() {
-                super::$name(Place {
-                    backend: Backend::SoftHsm,
-                    store: StoreKind::Sqlite,
-                })
-                .await
-            }
-
-            #[cfg(feature = "tpm")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tpm() {
-                super::$name(Place {
-                    backend: Backend::Tpm,
-                    store: StoreKind::Sqlite,
-                })
-                .await
-            }
-
-            #[cfg(feature = "postgres")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(Place {
-                    backend: Backend::SoftHsm,
-                    store: StoreKind::Postgres,
-                })
-                .await
-            }
+            $crate::on_every_place!(@ $name, softhsm, SoftHsm, Sqlite, all());
+            $crate::on_every_place!(@ $name, tpm, Tpm, Sqlite, feature = "tpm");
+            $crate::on_every_place!(@ $name, postgres, SoftHsm, Postgres, feature = "postgres");
+        }
+    };
+    (@ $name:ident, $test:ident, $backend:ident, $store:ident, $($cfg:tt)*) => {
+        #[cfg($($cfg)*)]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let place = Place { backend: Backend::$backend, store: StoreKind::$store };
+            super::$name(place).await
         }
     };
 }

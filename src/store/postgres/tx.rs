@@ -98,7 +98,14 @@ impl<'a> PgTx<'a> {
         let pending = std::mem::take(&mut self.pending);
         let mut rows = Vec::with_capacity(pending.len());
         for (seq, p) in (last + 1..).zip(&pending) {
-            let hash = entry_hash(&prev, seq as u64, p.at, p.session.as_deref(), p.kind, &p.body);
+            let hash = entry_hash(
+                &prev,
+                seq as u64,
+                p.at,
+                p.session.as_deref(),
+                p.kind,
+                &p.body,
+            );
             rows.push((seq, prev.to_vec(), hash.to_vec()));
             prev = hash;
         }
