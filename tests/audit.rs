@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use common::backend::Backend;
 use common::server::TestServer;
-use common::store::{StoreKind, TestStore};
+use common::store::{Place, StoreKind, TestStore};
 use common::{audit_verify as verify, lockstep_cli as lockstep, openssl_csr, output_text as text};
 
 const POLICY: &str = r#"
@@ -76,17 +76,11 @@ async fn session_with_certificate(srv: &TestServer, csr: &str) -> Option<String>
     (status == 201).then(|| cert["serial"].as_str().unwrap().to_owned())
 }
 
-/// A trail with some history, the service stopped (last checkpoint signed).
-async fn history_on(backend: Backend, name: &str) -> (TestServer, PathBuf) {
-    let srv = start_on(backend, name).await;
-    let db = srv.dir.path().join("lockstep.db");
-    (with_history(srv).await, db)
-}
-
-/// [`history_on`] in a store of `kind`.
-async fn history_in(kind: StoreKind, name: &str) -> TestServer {
-    let srv = TestServer::start_in(
-        kind,
+/// A trail with some history at `place`, the service stopped (last
+/// checkpoint signed).
+async fn history_at(place: Place, name: &str) -> TestServer {
+    let srv = TestServer::start_at(
+        place,
         name,
         POLICY,
         &["alice", "bob", "carol", "auditor", "mallory"],
@@ -237,7 +231,11 @@ fn verify_db(db: &TestStore, root: &Path) -> (bool, String) {
 
 on_both_stores!(multi every_kind_of_tampering_is_found_and_named);
 async fn every_kind_of_tampering_is_found_and_named(kind: StoreKind) {
-    let srv = history_in(kind, "audit-tamper").await;
+    let place = Place {
+        backend: Backend::SoftHsm,
+        store: kind,
+    };
+    let srv = history_at(place, "audit-tamper").await;
     let store = srv.store();
     let root = srv.root_pem();
     let (ok, out) = verify_db(store, &root);
@@ -298,9 +296,9 @@ async fn rehash_from(db: &TestStore, seq: i64) {
     }
 }
 
-on_both_backends!(async export_verifies_offline_and_answers_who_approved_a_certificate);
-async fn export_verifies_offline_and_answers_who_approved_a_certificate(backend: Backend) {
-    let (srv, db) = history_on(backend, "audit-export").await;
+on_every_place!(async export_verifies_offline_and_answers_who_approved_a_certificate);
+async fn export_verifies_offline_and_answers_who_approved_a_certificate(place: Place) {
+    let srv = history_at(place, "audit-export").await;
     let dir = srv.dir.path();
     let cfg = srv.config_path.to_str().unwrap();
     let out = lockstep(&["--config", cfg, "audit", "export"]);
@@ -345,7 +343,6 @@ async fn export_verifies_offline_and_answers_who_approved_a_certificate(backend:
     );
     let opened: Value = serde_json::from_str(story[2]["body"].as_str().unwrap()).unwrap();
     assert_eq!(opened["approvers"], json!(["token:bob"]));
-    let _ = db;
 
     // Auditors read it over the API; others may not.
     let srv = srv.restart().await;
