@@ -420,9 +420,15 @@ async fn mint_leaf(
 }
 
 fn cli(config: &Path, args: &[&str]) -> String {
+    cli_on(&common::softhsm().conf, config, args)
+}
+
+/// `lockstep --config CONFIG ARGS…` with the SoftHSM2 configuration
+/// `softhsm_conf`; it must succeed. Returns what it printed.
+fn cli_on(softhsm_conf: &Path, config: &Path, args: &[&str]) -> String {
     let mut all = vec!["--config", s(config)];
     all.extend_from_slice(args);
-    let out = common::lockstep_cli(&all);
+    let out = common::lockstep_cli_on(softhsm_conf, &all);
     let text = common::output_text(&out);
     assert!(out.status.success(), "lockstep {args:?}: {text}");
     text
@@ -437,11 +443,14 @@ async fn replicas_with_issuing_keys_of_their_own_answer_for_their_own_certificat
     // "machine's" device), with an issuing CA of its own under A's root.
     let b_dir = tempfile::tempdir().unwrap();
     let a_text = std::fs::read_to_string(&srv.config_path).unwrap();
+    // A token in a SoftHSM2 store of its own: B's processes see only it,
+    // and making it disturbs no other test's processes.
     let hsm = common::softhsm();
+    let b_token = hsm.isolated_token("own-b");
     let b_text = a_text
         .replace(
             &format!("token_label = \"{}\"", hsm.token),
-            &format!("token_label = \"{}\"", hsm.new_token("own-b")),
+            &format!("token_label = \"{}\"", b_token.label),
         )
         .replace("own-a-postgres Issuing CA", "own-b Issuing CA");
     assert_ne!(a_text, b_text);
@@ -451,7 +460,7 @@ async fn replicas_with_issuing_keys_of_their_own_answer_for_their_own_certificat
         b_dir.path().join("policy.toml"),
     )
     .unwrap();
-    cli(&b_config, &["init", "--external-root"]);
+    cli_on(&b_token.conf, &b_config, &["init", "--external-root"]);
     let csr = b_dir.path().join("ca/issuing.csr.pem");
     let chain = b_dir.path().join("chain.pem");
     let text = cli(
@@ -459,11 +468,19 @@ async fn replicas_with_issuing_keys_of_their_own_answer_for_their_own_certificat
         &["certify-issuer", "--csr", s(&csr), "--out", s(&chain)],
     );
     assert!(text.contains("own-b Issuing CA"), "{text}");
-    cli(&b_config, &["init", "--install-chain", s(&chain)]);
+    cli_on(
+        &b_token.conf,
+        &b_config,
+        &["init", "--install-chain", s(&chain)],
+    );
 
     let (mut a, url_a) = serve(&srv);
-    let (child, stderr, url_b) =
-        common::server::spawn_serve(env!("CARGO_BIN_EXE_lockstep"), &b_config, "warn");
+    let (child, stderr, url_b) = common::server::spawn_serve_on(
+        env!("CARGO_BIN_EXE_lockstep"),
+        &b_config,
+        "warn",
+        &b_token.conf,
+    );
     std::thread::spawn(move || for _ in stderr.lines() {});
     let mut b = child;
     let id = open_session(&srv, &url_a, &url_b, "svc:own", 600).await;

@@ -391,10 +391,16 @@ pub fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
 /// Runs the `lockstep` binary with the process's SoftHSM2 configuration
 /// (through the TPM fixture, so the child inherits no TPM socket).
 pub fn lockstep_cli(args: &[&str]) -> std::process::Output {
+    lockstep_cli_on(&softhsm().conf, args)
+}
+
+/// [`lockstep_cli`] with another SoftHSM2 configuration (an
+/// [`IsolatedToken`]'s).
+pub fn lockstep_cli_on(softhsm_conf: &Path, args: &[&str]) -> std::process::Output {
     tpm::output(
         Command::new(env!("CARGO_BIN_EXE_lockstep"))
             .args(args)
-            .env("SOFTHSM2_CONF", &softhsm().conf),
+            .env("SOFTHSM2_CONF", softhsm_conf),
     )
     .unwrap()
 }

@@ -373,12 +373,27 @@ pub fn spawn_serve(
     std::io::BufReader<std::process::ChildStderr>,
     String,
 ) {
+    spawn_serve_on(bin, config, log, &super::softhsm().conf)
+}
+
+/// [`spawn_serve`] with another SoftHSM2 configuration (an isolated
+/// token's).
+pub fn spawn_serve_on(
+    bin: &str,
+    config: &std::path::Path,
+    log: &str,
+    softhsm_conf: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+    String,
+) {
     use std::io::BufRead;
     let cfg = config.to_str().unwrap().to_owned();
     let mut child = super::tpm::spawn(
         std::process::Command::new(bin)
             .args(["--config", &cfg, "serve", "--listen", "127.0.0.1:0"])
-            .env("SOFTHSM2_CONF", &super::softhsm().conf)
+            .env("SOFTHSM2_CONF", softhsm_conf)
             .env("LOCKSTEP_LOG", log)
             .stderr(std::process::Stdio::piped()),
     )
