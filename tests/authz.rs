@@ -74,6 +74,12 @@ quorum = 1
 max_duration = "1h"
 profiles = ["mtls-client"]
 
+# The gateway in front of acme's lines follows their sessions.
+[[gateway]]
+identities = ["token:acme-gw"]
+resources = ["ot:acme/line-*"]
+tenant = "acme"
+
 # A resource of no tenant, looked after by the global operators and auditors.
 [[resource]]
 match = "db:shared"
@@ -92,6 +98,7 @@ const CALLERS: &[&str] = &[
     "acme-ops",
     "acme-audit",
     "acme-vendor",
+    "acme-gw",
     "mallory",
     "globex-dev",
     "globex-lead",
@@ -108,7 +115,8 @@ const CALLERS: &[&str] = &[
 ///
 /// Columns: `req` the session's requester (an OIDC JWT); `acme-lead` one of
 /// its approvers; `acme-dba` the approver of another acme resource;
-/// `acme-audit` and `acme-ops` the tenant's auditor and operator; `mallory`
+/// `acme-audit` and `acme-ops` the tenant's auditor and operator; `acme-gw`
+/// the gateway following the session's resource (reads, changes nothing); `mallory`
 /// an identity no policy names; `anon` no Authorization header; `expired`
 /// the requester's JWT past `exp`; `wrong-aud` the requester's JWT for
 /// another audience; `globex-ops` and `globex-audit` the other tenant's
@@ -126,27 +134,27 @@ const CALLERS: &[&str] = &[
 /// Rows that change a session run each cell on a fresh session in the state
 /// the call needs (pending for approve and deny, open for the rest).
 const MATRIX: &str = "
-endpoint       req   acme-lead acme-dba acme-audit acme-ops mallory anon expired wrong-aud globex-ops globex-audit root-ops root-audit
-list           200+  200+      200-     200+       200+     200-    UA   UA      UA        200-       200-         200-     200-
-get            200   200       NF       200        200      NF      UA   UA      UA        NF         NF           NF       NF
-request        201   NQ        NQ       NQ         NQ       WT      UA   UA      UA        WT         WT           WT       WT
-approve        SA    200       NF       NA         NA       NF      UA   UA      UA        NF         NF           NF       NF
-deny           SA    200       NF       NA         NA       NF      UA   UA      UA        NF         NF           NF       NF
-close          200   NR        NF       NR         NR       NF      UA   UA      UA        NF         NF           NF       NF
-revoke         FB    200       NF       FB         200      NF      UA   UA      UA        NF         NF           NF       NF
-certificate    201   NR        NF       NR         NR       NF      UA   UA      UA        NF         NF           NF       NF
-token          201   NR        NF       NR         NR       NF      UA   UA      UA        NF         NF           NF       NF
-introspect     200   200       200      200        200      200     UA   UA      UA        200        200          200      200
-audit?session  FB    FB        NF       200        FB       NF      UA   UA      UA        NF         NF           NF       NF
-audit          FB    FB        FB       200        FB       FB      UA   UA      UA        FB         200          FB       200
-ca             200   200       200      200        200      200     200  200     200       200        200          200      200
-crl            200   200       200      200        200      200     200  200     200       200        200          200      200
-ocsp-post      200   200       200      200        200      200     200  200     200       200        200          200      200
-ocsp-get       200   200       200      200        200      200     200  200     200       200        200          200      200
-jwks           200   200       200      200        200      200     200  200     200       200        200          200      200
-healthz        200   200       200      200        200      200     200  200     200       200        200          200      200
-readyz         200   200       200      200        200      200     200  200     200       200        200          200      200
-openapi        200   200       200      200        200      200     200  200     200       200        200          200      200
+endpoint      req  acme-lead acme-dba acme-audit acme-ops acme-gw mallory anon expired wrong-aud globex-ops globex-audit root-ops root-audit
+list          200+ 200+      200-     200+       200+     200+    200-    UA   UA      UA        200-       200-         200-     200-
+get           200  200       NF       200        200      200     NF      UA   UA      UA        NF         NF           NF       NF
+request       201  NQ        NQ       NQ         NQ       NQ      WT      UA   UA      UA        WT         WT           WT       WT
+approve       SA   200       NF       NA         NA       NA      NF      UA   UA      UA        NF         NF           NF       NF
+deny          SA   200       NF       NA         NA       NA      NF      UA   UA      UA        NF         NF           NF       NF
+close         200  NR        NF       NR         NR       NR      NF      UA   UA      UA        NF         NF           NF       NF
+revoke        FB   200       NF       FB         200      FB      NF      UA   UA      UA        NF         NF           NF       NF
+certificate   201  NR        NF       NR         NR       NR      NF      UA   UA      UA        NF         NF           NF       NF
+token         201  NR        NF       NR         NR       NR      NF      UA   UA      UA        NF         NF           NF       NF
+introspect    200  200       200      200        200      200     200     UA   UA      UA        200        200          200      200
+audit?session FB   FB        NF       200        FB       FB      NF      UA   UA      UA        NF         NF           NF       NF
+audit         FB   FB        FB       200        FB       FB      FB      UA   UA      UA        FB         200          FB       200
+ca            200  200       200      200        200      200     200     200  200     200       200        200          200      200
+crl           200  200       200      200        200      200     200     200  200     200       200        200          200      200
+ocsp-post     200  200       200      200        200      200     200     200  200     200       200        200          200      200
+ocsp-get      200  200       200      200        200      200     200     200  200     200       200        200          200      200
+jwks          200  200       200      200        200      200     200     200  200     200       200        200          200      200
+healthz       200  200       200      200        200      200     200     200  200     200       200        200          200      200
+readyz        200  200       200      200        200      200     200     200  200     200       200        200          200      200
+openapi       200  200       200      200        200      200     200     200  200     200       200        200          200      200
 ";
 
 /// What a cell expects.
@@ -777,7 +785,7 @@ async fn run_matrix(fx: &Fx) {
             }
         }
     }
-    assert_eq!(cells, 20 * 13, "the whole matrix ran");
+    assert_eq!(cells, 20 * 14, "the whole matrix ran");
 }
 
 /// A refusal of the session workflow: a session of `res` in state `st`,
@@ -1173,6 +1181,7 @@ async fn run_attacks(fx: &Fx) {
         ("acme-lead", &globex),
         ("acme-ops", &globex),
         ("acme-audit", &globex),
+        ("acme-gw", &globex),
         ("req", &globex),
         ("globex-lead", &acme),
         ("globex-ops", &acme),

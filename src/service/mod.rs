@@ -92,6 +92,9 @@ pub enum Relation {
     Operator,
     /// Audits its tenant.
     Auditor,
+    /// Enforces the session at a gateway (a `[[gateway]]` following its
+    /// resource): reads it, changes nothing.
+    Gateway,
 }
 
 /// What a service is made of.
@@ -341,6 +344,8 @@ impl Service {
             Some(Relation::Operator)
         } else if self.policy.is_auditor(tenant, &caller.identity) {
             Some(Relation::Auditor)
+        } else if self.policy.gateway_follows(&caller.identity, tenant, &session.request.resource) {
+            Some(Relation::Gateway)
         } else {
             None
         }
@@ -498,7 +503,7 @@ impl Service {
         let actor = match relation {
             Relation::Approver => Actor::Approver,
             Relation::Operator => Actor::Operator,
-            Relation::Requester | Relation::Auditor => {
+            Relation::Requester | Relation::Auditor | Relation::Gateway => {
                 let err = ServiceError::Forbidden(
                     "only the session's approvers and operators may revoke it (the requester closes it)"
                         .into(),
