@@ -344,7 +344,10 @@ impl Service {
             Some(Relation::Operator)
         } else if self.policy.is_auditor(tenant, &caller.identity) {
             Some(Relation::Auditor)
-        } else if self.policy.gateway_follows(&caller.identity, tenant, &session.request.resource) {
+        } else if self
+            .policy
+            .gateway_follows(&caller.identity, tenant, &session.request.resource)
+        {
             Some(Relation::Gateway)
         } else {
             None
