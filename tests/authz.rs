@@ -144,6 +144,7 @@ close         200  NR        NF       NR         NR       NR      NF      UA   U
 revoke        FB   200       NF       FB         200      FB      NF      UA   UA      UA        NF         NF           NF       NF
 certificate   201  NR        NF       NR         NR       NR      NF      UA   UA      UA        NF         NF           NF       NF
 token         201  NR        NF       NR         NR       NR      NF      UA   UA      UA        NF         NF           NF       NF
+connections   FB   FB        NF       FB         FB       201     NF      UA   UA      UA        NF         NF           NF       NF
 introspect    200  200       200      200        200      200     200     UA   UA      UA        200        200          200      200
 audit?session FB   FB        NF       200        FB       FB      NF      UA   UA      UA        NF         NF           NF       NF
 audit         FB   FB        FB       200        FB       FB      FB      UA   UA      UA        FB         200          FB       200
@@ -635,6 +636,16 @@ impl Fx {
                 "token",
                 &["minted"],
             ),
+            "connections" => {
+                let s = fresh(St::Open).await;
+                let r = self.certificate(Res::Line.requester(), &s).await;
+                assert_eq!(r.status, 201, "{}", r.json);
+                let body = Body::Json(json!({"report": "con_matrix", "route": "line",
+                    "serial": r.json["serial"], "client": "127.0.0.1:40000",
+                    "started_at": "2026-01-01T00:00:00Z", "ended_at": "2026-01-01T00:01:00Z",
+                    "bytes_from_client": 10, "bytes_to_client": 20, "ended": "closed"}));
+                on(&s, "connections", body, "connection", &["connection"])
+            }
             "introspect" => Target {
                 method: "POST",
                 path: "/v1/introspect".into(),
@@ -785,7 +796,7 @@ async fn run_matrix(fx: &Fx) {
             }
         }
     }
-    assert_eq!(cells, 20 * 14, "the whole matrix ran");
+    assert_eq!(cells, 21 * 14, "the whole matrix ran");
 }
 
 /// A refusal of the session workflow: a session of `res` in state `st`,

@@ -47,11 +47,23 @@ max_duration = "1h"
 pending_timeout = "10m"
 profiles = ["mtls-client", "token"]
 credentials = 5
+
+[[gateway]]
+identities = ["token:gw"]
+resources = ["api:*"]
 "#;
 
-const CALLERS: &[&str] = &["alice", "bob", "carol", "svc", "ops", "auditor", "mallory"];
+const CALLERS: &[&str] = &[
+    "alice", "bob", "carol", "svc", "ops", "auditor", "mallory", "gw",
+];
 
 const JSON: &str = "application/json";
+
+/// A gateway's report of a connection carried with `$open`'s certificate.
+const CONNECTION: &str = r#"{"report": "con_1", "route": "api", "serial": "$serial",
+    "client": "127.0.0.1:40000", "started_at": "2026-01-01T00:00:00Z",
+    "ended_at": "2026-01-01T00:01:00Z", "bytes_from_client": 10, "bytes_to_client": 20,
+    "ended": "closed"}"#;
 
 /// One real call: who (`""`: nobody), method, path, content type (`""`:
 /// none), body, and the status it must get. `$name` in the path or body is
@@ -278,6 +290,46 @@ fn table() -> Vec<Row> {
         ),
         row("svc", "POST", "/v1/sessions/$open/token", "", "", 201),
         row(
+            "gw",
+            "POST",
+            "/v1/sessions/$open/connections",
+            JSON,
+            CONNECTION,
+            201,
+        ),
+        row(
+            "gw",
+            "POST",
+            "/v1/sessions/$open/connections",
+            JSON,
+            CONNECTION,
+            200,
+        ),
+        row(
+            "svc",
+            "POST",
+            "/v1/sessions/$open/connections",
+            JSON,
+            CONNECTION,
+            403,
+        ),
+        row(
+            "gw",
+            "POST",
+            "/v1/sessions/$open/connections",
+            JSON,
+            &CONNECTION.replace("$serial", "00ff"),
+            400,
+        ),
+        row(
+            "gw",
+            "POST",
+            "/v1/sessions/$open/connections",
+            JSON,
+            &CONNECTION.replace("\"closed\"", "\"gone\""),
+            400,
+        ),
+        row(
             "svc",
             "POST",
             "/v1/sessions/$open/token",
@@ -463,6 +515,17 @@ async fn setup(srv: &TestServer) -> BTreeMap<String, String> {
         .await;
     assert_eq!(status, 201, "{token}");
     vars.insert("token".into(), token["token"].as_str().unwrap().to_owned());
+    let csr = srv.csr("openapi-gateway");
+    let (status, cert) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{}/certificate", vars["open"]),
+            Some("svc"),
+            Some(json!({ "csr": csr })),
+        )
+        .await;
+    assert_eq!(status, 201, "{cert}");
+    vars.insert("serial".into(), cert["serial"].as_str().unwrap().to_owned());
     vars
 }
 

@@ -756,3 +756,66 @@ async fn each_issuers_revocations_are_its_own(kind: StoreKind) {
     let b = store.live_revocations(t(4), "b0b").await.unwrap();
     assert_eq!(listed(b), ["01", "b1"]);
 }
+
+on_both_stores!(async a_connection_report_is_recorded_once_and_only_for_the_sessions_serial);
+async fn a_connection_report_is_recorded_once_and_only_for_the_sessions_serial(kind: StoreKind) {
+    use lockstep::sessions::{ConnectionEnd, ConnectionReport};
+    use lockstep::store::ConnectionRecorded;
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
+    let (s, ev) = new_session(1, 1, 1);
+    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    approve(&store, &s, "token:approver-0", 1).await.unwrap();
+    let (_, r) = store
+        .reserve_credential(&s.id, cert("ab12"), t(2))
+        .await
+        .unwrap();
+    let facts = CredentialFacts::Certificate {
+        key_sha256: "k".into(),
+    };
+    let issued = Finish::Issued {
+        der: Some(vec![1]),
+        facts,
+    };
+    store
+        .finish_credential(&r.unwrap(), issued, t(2))
+        .await
+        .unwrap();
+    let report = |id: &str, serial: &str| ConnectionReport {
+        report: id.into(),
+        route: "plc".into(),
+        serial: serial.into(),
+        client: "127.0.0.1:40000".into(),
+        started_at: t(3),
+        ended_at: t(9),
+        bytes_from_client: 5,
+        bytes_to_client: 7,
+        ended: ConnectionEnd::Closed,
+    };
+    let gw = "token:gw";
+    let cases = [
+        (report("con_a", "AB12"), ConnectionRecorded::New),
+        (report("con_a", "ab12"), ConnectionRecorded::Duplicate),
+        (report("con_b", "ab12"), ConnectionRecorded::New),
+        (report("con_c", "ffff"), ConnectionRecorded::UnknownSerial),
+    ];
+    for (rep, want) in cases {
+        let got = store
+            .record_connection(&s.id, gw, rep, t(10))
+            .await
+            .unwrap();
+        assert_eq!(got, want);
+    }
+    let events = store.events(&s.id).await.unwrap();
+    let reports: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Connection {
+                gateway,
+                connection,
+            } => Some(format!("{gateway} {}", connection.report)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reports, ["token:gw con_a", "token:gw con_b"]);
+}

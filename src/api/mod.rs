@@ -5,6 +5,7 @@
 //! behind the handlers is assembled by [`crate::startup`].
 
 mod connection;
+pub mod connections;
 mod error;
 pub mod events;
 mod health;
@@ -162,6 +163,7 @@ pub fn routes() -> Vec<Route> {
         Route::post("/v1/sessions/{id}/revoke", sessions::revoke),
         Route::post("/v1/sessions/{id}/certificate", sessions::certificate),
         Route::post("/v1/sessions/{id}/token", published::token),
+        Route::post("/v1/sessions/{id}/connections", connections::report),
         Route::get("/v1/ca", health::ca),
         Route::get("/v1/crl", published::crl),
         Route::post("/v1/ocsp", published::ocsp_post),

@@ -8,7 +8,7 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{events, health, published, sessions, views};
+use super::{connections, events, health, published, sessions, views};
 
 struct BearerAuth;
 
@@ -119,7 +119,7 @@ impl Modify for SharedRefusals {
     info(title = "lockstep", description = "Hardware-rooted credentials that live exactly as long as an approved session.\n\nErrors are `{error, message}` (ErrorBody). Operations with query parameters refuse unknown ones (400 `invalid_request`); operations without query parameters ignore a query string."),
     paths(
         sessions::create, sessions::list, sessions::get, sessions::approve, sessions::deny,
-        sessions::close, sessions::revoke, sessions::certificate,
+        sessions::close, sessions::revoke, sessions::certificate, connections::report,
         published::token, published::crl, published::ocsp_post, published::ocsp_get,
         published::jwks, published::introspect, published::audit, events::events,
         health::ca, health::healthz, health::readyz, document,
@@ -128,7 +128,8 @@ impl Modify for SharedRefusals {
         ErrorBody, views::NewSessionBody, views::VoteBody, views::RevokeBody, views::CsrBody,
         views::SessionView, views::VoteView, views::SessionList, views::CertificateView, views::Health,
         views::TokenBody, views::TokenView, views::IntrospectionView, published::IntrospectBody,
-        events::EventView,
+        events::EventView, crate::sessions::ConnectionReport, crate::sessions::ConnectionEnd,
+        connections::ReportView,
     )),
     modifiers(&BearerAuth, &SharedRefusals)
 )]

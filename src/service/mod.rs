@@ -4,6 +4,7 @@
 //!
 //! Every refused call on a session is recorded as a `refused` event.
 
+mod connections;
 mod error;
 mod events;
 mod listing;

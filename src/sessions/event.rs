@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::CloseReason;
+use super::connection::ConnectionReport;
 use super::credential::{CredentialFacts, CredentialKind, Held};
 use crate::clock::Timestamp;
 
@@ -128,6 +129,14 @@ pub enum Event {
         /// When its certificate expires.
         not_after: crate::clock::Timestamp,
     },
+    /// A gateway carried a connection for the session (reported by the
+    /// gateway, once per report id, after the connection ended).
+    Connection {
+        /// The gateway's identity.
+        gateway: String,
+        /// What it reported.
+        connection: ConnectionReport,
+    },
     /// A call was refused.
     Refused {
         /// The caller, if authenticated.
@@ -187,6 +196,7 @@ impl Event {
             Self::Minted { .. } => "minted",
             Self::Voided { .. } => "voided",
             Self::Closed { .. } => "closed",
+            Self::Connection { .. } => "connection",
             Self::Refused { .. } => "refused",
             Self::RefusalsCounted { .. } => "refusals_counted",
             Self::ServiceStarted { .. } => "service_started",

@@ -11,6 +11,7 @@
 //!    └──────────────────────────────────────────────────────────────────────────────────┘
 //! ```
 
+pub mod connection;
 pub mod credential;
 mod event;
 mod id;
@@ -18,6 +19,7 @@ mod profile;
 mod request;
 mod session;
 
+pub use connection::{ConnectionEnd, ConnectionReport};
 pub use credential::{CredentialFacts, CredentialKind, CredentialState};
 pub use event::Event;
 pub use id::SessionId;

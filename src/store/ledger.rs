@@ -15,13 +15,14 @@
 use async_trait::async_trait;
 
 use super::{
-    Applied, CredentialRecord, EventRecord, Finish, Finished, NewCredential, Reservation,
-    RevokedEntry, SessionFilter, Store, StoreError,
+    Applied, ConnectionRecorded, CredentialRecord, EventRecord, Finish, Finished, NewCredential,
+    Reservation, RevokedEntry, SessionFilter, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::sessions::credential::{self, Held, Reserved};
 use crate::sessions::{
-    CredentialState, Event, RevocationReason, Session, SessionId, SessionOp, State,
+    ConnectionReport, CredentialState, Event, RevocationReason, Session, SessionId, SessionOp,
+    State,
 };
 
 /// How long a reservation's owner has to finish it before it may be
@@ -103,6 +104,13 @@ pub trait LedgerTx {
         session: Option<&SessionId>,
         event: &Event,
     ) -> Result<(), StoreError>;
+    /// Whether the session's trail already holds the gateway connection
+    /// report with this id.
+    fn has_connection_report(
+        &mut self,
+        session: &SessionId,
+        report: &str,
+    ) -> Result<bool, StoreError>;
     /// Every reservation, with whether its owner is still there.
     fn reservations(&mut self) -> Result<Vec<Reserved>, StoreError>;
     /// Sessions that time has changed by `now` (pending past their
@@ -499,6 +507,36 @@ impl<B: Backend> Store for Ledger<B> {
         self.backend
             .transact(Durability::Synced, move |tx| {
                 tx.append(now, session.as_ref(), &event)
+            })
+            .await
+    }
+
+    async fn record_connection(
+        &self,
+        session: &SessionId,
+        gateway: &str,
+        connection: ConnectionReport,
+        now: Timestamp,
+    ) -> Result<ConnectionRecorded, StoreError> {
+        let (report, serial) = (connection.report.clone(), connection.serial.clone());
+        let event = Event::Connection {
+            gateway: gateway.to_owned(),
+            connection,
+        };
+        let id = session.clone();
+        self.backend
+            .transact(Durability::Synced, move |tx| {
+                // The session's lock orders two deliveries of one report.
+                tx.lock_session(&id)?;
+                let ours = tx.session_credentials(&id)?;
+                if !ours.iter().any(|c| c.serial.eq_ignore_ascii_case(&serial)) {
+                    return Ok(ConnectionRecorded::UnknownSerial);
+                }
+                if tx.has_connection_report(&id, &report)? {
+                    return Ok(ConnectionRecorded::Duplicate);
+                }
+                tx.append(now, Some(&id), &event)?;
+                Ok(ConnectionRecorded::New)
             })
             .await
     }

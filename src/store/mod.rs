@@ -134,6 +134,17 @@ pub enum Finish {
     Failed,
 }
 
+/// What became of a gateway's connection report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionRecorded {
+    /// Appended to the trail.
+    New,
+    /// A report with this id was recorded before; nothing was added.
+    Duplicate,
+    /// The serial is none of the session's credentials; nothing was added.
+    UnknownSerial,
+}
+
 /// What happened to a finished credential.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finished {
@@ -300,6 +311,17 @@ pub trait Store: Send + Sync {
         event: Event,
         now: Timestamp,
     ) -> Result<(), StoreError>;
+
+    /// Appends `gateway`'s connection report (an [`Event::Connection`]) to
+    /// the session's trail unless a report with its id is there already,
+    /// and only if its serial is one of the session's credentials.
+    async fn record_connection(
+        &self,
+        session: &SessionId,
+        gateway: &str,
+        connection: crate::sessions::ConnectionReport,
+        now: Timestamp,
+    ) -> Result<ConnectionRecorded, StoreError>;
 
     /// Expires and abandons every session due at `now`; returns how many.
     async fn sweep(&self, now: Timestamp) -> Result<usize, StoreError>;

@@ -387,6 +387,19 @@ impl LedgerTx for PgTx<'_> {
         Ok(out)
     }
 
+    fn has_connection_report(
+        &mut self,
+        session: &SessionId,
+        report: &str,
+    ) -> Result<bool, StoreError> {
+        let rows = self.query(
+            "SELECT 1 FROM events WHERE session_id = $1 AND kind = 'connection'
+             AND (body::jsonb) -> 'connection' ->> 'report' = $2 LIMIT 1",
+            &[&session.as_str(), &report],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
     fn due_sessions(&mut self, now: Timestamp) -> Result<Vec<SessionId>, StoreError> {
         let rows = self.query(
             "SELECT id FROM sessions WHERE state = 'pending' AND pending_until <= $1

@@ -304,6 +304,23 @@ impl LedgerTx for SqliteTx<'_> {
             .collect()
     }
 
+    fn has_connection_report(
+        &mut self,
+        session: &SessionId,
+        report: &str,
+    ) -> Result<bool, StoreError> {
+        let hits: Vec<i64> = self
+            .tx
+            .all(
+                "SELECT 1 FROM events WHERE session_id = ?1 AND kind = 'connection'
+                 AND json_extract(body, '$.connection.report') = ?2 LIMIT 1",
+                params![session.as_str(), report],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)?;
+        Ok(!hits.is_empty())
+    }
+
     fn due_sessions(&mut self, now: Timestamp) -> Result<Vec<SessionId>, StoreError> {
         let ids: Vec<String> = self
             .tx
