@@ -318,7 +318,7 @@ fn table() -> Vec<Row> {
             "POST",
             "/v1/sessions/$open/connections",
             JSON,
-            &CONNECTION.replace("$serial", "00ff"),
+            CONNECTION.replace("$serial", "00ff"),
             400,
         ),
         row(
@@ -326,7 +326,7 @@ fn table() -> Vec<Row> {
             "POST",
             "/v1/sessions/$open/connections",
             JSON,
-            &CONNECTION.replace("\"closed\"", "\"gone\""),
+            CONNECTION.replace("\"closed\"", "\"gone\""),
             400,
         ),
         row(

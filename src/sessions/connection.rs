@@ -138,7 +138,8 @@ mod tests {
     #[test]
     fn reports_are_checked_field_by_field() {
         assert!(report().validate().is_ok());
-        let cases: [(&str, fn(&mut ConnectionReport)); 5] = [
+        type Spoil = fn(&mut ConnectionReport);
+        let cases: [(&str, Spoil); 5] = [
             ("report", |r| r.report = "a b".into()),
             ("route", |r| r.route = String::new()),
             ("serial", |r| r.serial = "xyz".into()),
