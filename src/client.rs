@@ -16,10 +16,13 @@ use crate::api::views::{
 };
 use crate::error::Error;
 use crate::net::{Trust, client};
+use crate::sessions::ConnectionReport;
 
 /// A connection to a lockstep server as one caller.
 pub struct Client {
     http: reqwest::Client,
+    /// For the event stream: no total timeout.
+    streaming: reqwest::Client,
     base: String,
     token: SecretString,
 }
@@ -59,7 +62,8 @@ impl Client {
             }
         };
         Ok(Self {
-            http: client(trust)?,
+            http: client(trust.clone())?,
+            streaming: crate::net::client_with(trust, None)?,
             base,
             token,
         })
@@ -232,6 +236,54 @@ impl Client {
             Some(body),
         )
         .await
+    }
+
+    /// `POST /v1/sessions/{id}/connections`: true if this call recorded
+    /// the report, false if it was recorded before.
+    pub async fn report_connection(
+        &self,
+        id: &str,
+        report: &ConnectionReport,
+    ) -> Result<bool, Error> {
+        let view: crate::api::connections::ReportView = self
+            .call(
+                Method::POST,
+                &format!("/v1/sessions/{}/connections", seg(id)),
+                Some(report),
+            )
+            .await?;
+        Ok(view.recorded)
+    }
+
+    /// `GET /v1/events`, resuming after `last_event_id` when given: the
+    /// open stream, once the server answered 200.
+    pub async fn events(&self, last_event_id: Option<u64>) -> Result<reqwest::Response, Error> {
+        let mut req = self
+            .streaming
+            .get(format!("{}/v1/events", self.base))
+            .bearer_auth(self.token.expose_secret())
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Error::Connection(describe(&e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody {
+            error: "remote_error".into(),
+            message: format!("HTTP {status}"),
+        });
+        Err(Error::Remote {
+            status: status.as_u16(),
+            code: err.error,
+            message: err.message,
+        })
     }
 }
 

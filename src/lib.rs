@@ -42,6 +42,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod fsio;
+pub mod gateway;
 pub mod keys;
 pub mod lane;
 pub mod net;

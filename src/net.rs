@@ -14,8 +14,17 @@ pub enum Trust {
     Only(Vec<CertificateDer<'static>>),
 }
 
-/// An HTTPS client trusting `trust`.
+/// An HTTPS client trusting `trust`, whose calls time out after a minute.
 pub fn client(trust: Trust) -> Result<reqwest::Client, Error> {
+    client_with(trust, Some(std::time::Duration::from_secs(60)))
+}
+
+/// An HTTPS client trusting `trust`, whose calls time out after `timeout`
+/// (none: a stream that lasts as long as the server sends).
+pub fn client_with(
+    trust: Trust,
+    timeout: Option<std::time::Duration>,
+) -> Result<reqwest::Client, Error> {
     let mut roots = rustls::RootCertStore::empty();
     match trust {
         Trust::PublicRoots => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -32,11 +41,14 @@ pub fn client(trust: Trust) -> Result<reqwest::Client, Error> {
         .map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .user_agent(concat!("lockstep/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .timeout(std::time::Duration::from_secs(60))
+        .connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    builder
         .build()
         .map_err(|e| Error::InvalidArgument(format!("HTTP client: {e}")))
 }

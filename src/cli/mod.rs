@@ -5,6 +5,8 @@ mod audit;
 mod auth;
 mod cert;
 mod client_args;
+mod connect;
+mod gateway;
 mod init;
 mod keys;
 mod output;
@@ -79,6 +81,13 @@ pub enum Command {
     Cert(cert::CertArgs),
     /// Get a session-bound token (JWT) for an open session.
     Token(token::TokenArgs),
+    /// Run a gateway (its own configuration file: `--config gateway.toml`)
+    /// that admits connections for open sessions and cuts them when the
+    /// session ends.
+    Gateway,
+    /// Tunnel stdin/stdout or a local port through a gateway with a
+    /// session certificate.
+    Connect(connect::ConnectArgs),
 }
 
 impl Cli {
@@ -101,6 +110,8 @@ impl Cli {
             Command::Revoke(args) => session::revoke(args, out),
             Command::Cert(args) => cert::run(args, out),
             Command::Token(args) => token::run(args, out),
+            Command::Gateway => gateway::run(&self.config),
+            Command::Connect(args) => connect::run(args),
         }
     }
 }

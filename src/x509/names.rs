@@ -124,6 +124,26 @@ fn is_disallowed(c: char) -> bool {
         || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Percent-encodes everything but unreserved characters and `:/@` for a
+/// URN's specific part.
+pub fn urn_encode(s: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b':')
+        .remove(b'/')
+        .remove(b'@');
+    utf8_percent_encode(s, KEEP).to_string()
+}
+
+/// The URI SAN naming a resource in the certificates of its sessions.
+pub fn resource_uri(resource: &str) -> String {
+    format!("urn:lockstep:resource:{}", urn_encode(resource))
+}
+
 /// A subject alternative name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "type", content = "value")]

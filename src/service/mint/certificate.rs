@@ -90,10 +90,10 @@ impl CertificateMinter {
             },
             sans: vec![
                 San::Uri(format!("urn:lockstep:session:{}", session.id)),
-                San::Uri(format!("urn:lockstep:resource:{}", urn_encode(&r.resource))),
+                San::Uri(crate::x509::names::resource_uri(&r.resource)),
                 San::Uri(format!(
                     "urn:lockstep:requester:{}",
-                    urn_encode(&r.requester)
+                    crate::x509::names::urn_encode(&r.requester)
                 )),
             ],
             profile,
@@ -156,24 +156,9 @@ impl Service {
     }
 }
 
-/// Percent-encodes everything but unreserved characters and `:/@` for a
-/// URN's specific part.
-fn urn_encode(s: &str) -> String {
-    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~')
-        .remove(b':')
-        .remove(b'/')
-        .remove(b'@');
-    utf8_percent_encode(s, KEEP).to_string()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::x509::names::urn_encode;
 
     #[test]
     fn urns_keep_identities_readable_and_valid() {

@@ -1,0 +1,498 @@
+//! `lockstep gateway` against things lockstep did not write: `openssl
+//! s_client` and `socat` as clients, a `socat` echo server as the target
+//! (which notes in a file when its side of a connection ends), and the
+//! issuer's audit trail for the gateway's reports.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::server::TestServer;
+use common::{openssl, openssl_csr};
+
+const POLICY: &str = r#"
+auditors = ["token:auditor"]
+
+[[resource]]
+match = "plc:*"
+requesters = ["token:alice"]
+approvers = ["token:bob"]
+quorum = 1
+max_duration = "1h"
+profiles = ["mtls-client", "code-signing"]
+credentials = 5
+
+[[gateway]]
+identities = ["token:gw"]
+resources = ["plc:line1"]
+"#;
+
+/// A heartbeat every second, so a lost stream is noticed in seconds.
+const EXTRA: &str = "[events]\nheartbeat = \"1s\"\n";
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills a child process when dropped (also when a test fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The target: a socat echo server that appends a line to `ends` each
+/// time its side of a connection ends.
+fn echo_target(dir: &Path) -> (Killed, SocketAddr, PathBuf) {
+    let port = free_port();
+    let ends = dir.join("target-ends");
+    std::fs::write(&ends, "").unwrap();
+    let child = Command::new("socat")
+        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+        .arg(format!("SYSTEM:cat; echo ended >> {}", ends.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("socat (scripts/setup installs it)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr);
+    // The probe's own connection is not one of the test's.
+    wait_for("the probe connection ended", Duration::from_secs(5), || {
+        target_ends(&ends) == 1
+    });
+    std::fs::write(&ends, "").unwrap();
+    (Killed(child), addr, ends)
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < until, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A self-signed certificate for the gateway's own TLS (127.0.0.1).
+fn gateway_identity(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("gw.pem"), dir.join("gw.key"));
+    let (ok, text) = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=gateway",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+    ]);
+    assert!(ok, "{text}");
+    (cert, key)
+}
+
+/// A running gateway process and what a client needs to reach it.
+struct Gateway {
+    _child: Killed,
+    addr: SocketAddr,
+    ca: PathBuf,
+}
+
+/// Starts `lockstep gateway` in front of `target` for resource
+/// `plc:line1`, with `limits` added to its configuration.
+fn start_gateway(srv: &TestServer, target: SocketAddr, limits: &str) -> Gateway {
+    let dir = srv.dir.path();
+    let (cert, key) = gateway_identity(dir);
+    std::fs::write(dir.join("gw.token"), srv.token("gw")).unwrap();
+    let port = free_port();
+    let spool = dir.join("gw-spool");
+    let config = format!(
+        r#"
+[issuer]
+url = "{url}"
+ca = "{root}"
+token = "file:{dir}/gw.token"
+silence = "4s"
+[tls]
+certificate = "{cert}"
+private_key = "file:{key}"
+[spool]
+dir = "{spool}"
+[limits]
+{limits}
+[[route]]
+name = "plc"
+listen = "127.0.0.1:{port}"
+target = "{target}"
+resource = "plc:line1"
+offline = "cut"
+"#,
+        url = srv.url,
+        root = srv.root_pem().display(),
+        dir = dir.display(),
+        cert = cert.display(),
+        key = key.display(),
+        spool = spool.display(),
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["gateway", "--config", path.to_str().unwrap()])
+        .env("LOCKSTEP_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr);
+    Gateway {
+        _child: Killed(child),
+        addr,
+        ca: cert,
+    }
+}
+
+/// A session certificate: key, certificate, chain files.
+struct Credential {
+    session: String,
+    serial: String,
+    key: PathBuf,
+    cert: PathBuf,
+    chain: PathBuf,
+}
+
+/// alice's open session of `resource` for `secs`, and a certificate of
+/// `profile` for it.
+async fn credential(srv: &TestServer, resource: &str, secs: u32, profile: &str) -> Credential {
+    let (status, s) = srv
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some("alice"),
+            Some(json!({"resource": resource, "task": "gateway test",
+                "duration_secs": secs, "profile": profile})),
+        )
+        .await;
+    assert_eq!(status, 201, "{s}");
+    assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
+    let id = s["id"].as_str().unwrap().to_owned();
+    let name = format!("c-{}", &id[4..12]);
+    let (key, csr) = openssl_csr(srv.dir.path(), &name, "ec:P-256");
+    let (status, c) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/certificate"),
+            Some("alice"),
+            Some(json!({"csr": String::from_utf8(csr).unwrap()})),
+        )
+        .await;
+    assert_eq!(status, 201, "{c}");
+    let cert = common::write(
+        srv.dir.path(),
+        &format!("{name}.pem"),
+        c["certificate"].as_str().unwrap(),
+    );
+    let chain = common::write(
+        srv.dir.path(),
+        &format!("{name}-chain.pem"),
+        c["chain"].as_str().unwrap(),
+    );
+    Credential {
+        session: id,
+        serial: c["serial"].as_str().unwrap().to_owned(),
+        key,
+        cert,
+        chain,
+    }
+}
+
+/// An `openssl s_client` connected through the gateway: its output lines
+/// arrive on a channel that disconnects when the connection ends.
+struct Client {
+    child: Killed,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+fn s_client(gw: &Gateway, cert: &Path, key: &Path, chain: Option<&Path>) -> Client {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-quiet", "-no_ign_eof", "-verify_return_error"])
+        .arg("-connect")
+        .arg(gw.addr.to_string())
+        .arg("-CAfile")
+        .arg(&gw.ca)
+        .arg("-cert")
+        .arg(cert)
+        .arg("-key")
+        .arg(key);
+    if let Some(c) = chain {
+        cmd.arg("-cert_chain").arg(c);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Client {
+        child: Killed(child),
+        lines,
+    }
+}
+
+impl Client {
+    fn of(gw: &Gateway, c: &Credential) -> Self {
+        s_client(gw, &c.cert, &c.key, Some(&c.chain))
+    }
+
+    /// Sends a line and reads what comes back (None: the connection ended).
+    fn echo(&mut self, line: &str) -> Option<String> {
+        let stdin = self.child.0.stdin.as_mut().unwrap();
+        if stdin.write_all(format!("{line}\n").as_bytes()).is_err() || stdin.flush().is_err() {
+            return None;
+        }
+        match self.lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) => Some(l),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(e) => panic!("no answer to `{line}`: {e}"),
+        }
+    }
+
+    /// Waits (up to `within`) for the connection to end; how long it took.
+    fn ended_within(&mut self, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let left = within.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(_) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return start.elapsed(),
+                Err(_) => panic!("the connection was not ended within {within:?}"),
+            }
+        }
+    }
+}
+
+/// How many connections the target saw end.
+fn target_ends(ends: &Path) -> usize {
+    std::fs::read_to_string(ends).unwrap().lines().count()
+}
+
+fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < until, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `connection` entries of a session's trail.
+async fn connection_entries(srv: &TestServer, session: &str) -> Vec<Value> {
+    let (status, page) = srv
+        .call(
+            "GET",
+            &format!("/v1/audit?session={session}&limit=1000"),
+            Some("auditor"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "connection")
+        .map(|e| serde_json::from_str(e["body"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+async fn wait_reports(srv: &TestServer, session: &str, n: usize) -> Vec<Value> {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = connection_entries(srv, session).await;
+        if found.len() >= n {
+            return found;
+        }
+        assert!(
+            Instant::now() < until,
+            "{n} connection report(s) of {session} not in the trail"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn close(srv: &TestServer, c: &Credential, verb: &str) -> Instant {
+    let (who, body) = match verb {
+        "close" => ("alice", None),
+        _ => ("bob", Some(json!({"reason": "gateway test"}))),
+    };
+    let (status, s) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{}/{verb}", c.session),
+            Some(who),
+            body,
+        )
+        .await;
+    assert_eq!(status, 200, "{s}");
+    Instant::now()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_lives_exactly_as_long_as_its_session() {
+    let srv = TestServer::start("gateway", POLICY, &["alice", "bob", "gw", "auditor"], EXTRA).await;
+    let (_target, target, ends) = echo_target(srv.dir.path());
+    let gw = start_gateway(&srv, target, "per_session = 2");
+
+    // Admitted while open; cut on both legs when its requester closes it.
+    let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
+    let mut client = Client::of(&gw, &c);
+    assert_eq!(client.echo("ping").as_deref(), Some("ping"));
+    let before = target_ends(&ends);
+    close(&srv, &c, "close").await;
+    let took = client.ended_within(Duration::from_secs(5));
+    wait_for(
+        "the target saw its connection end",
+        Duration::from_secs(5),
+        || target_ends(&ends) > before,
+    );
+    eprintln!("close → client leg closed in {took:?}");
+    let reports = wait_reports(&srv, &c.session, 1).await;
+    let r = &reports[0]["connection"];
+    assert_eq!(reports[0]["gateway"], "token:gw");
+    assert_eq!(r["ended"], "closed");
+    assert_eq!(r["serial"], c.serial.as_str());
+    assert_eq!(r["bytes_from_client"], 5);
+    assert_eq!(r["bytes_to_client"], 5);
+    assert_eq!(r["route"], "plc");
+
+    // Cut when an approver revokes it.
+    let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
+    let mut client = Client::of(&gw, &c);
+    assert_eq!(client.echo("one").as_deref(), Some("one"));
+    close(&srv, &c, "revoke").await;
+    client.ended_within(Duration::from_secs(5));
+    let reports = wait_reports(&srv, &c.session, 1).await;
+    assert_eq!(reports[0]["connection"]["ended"], "revoked");
+    // And a certificate of the revoked session is refused from then on.
+    let mut again = Client::of(&gw, &c);
+    assert_eq!(again.echo("two"), None);
+
+    // Cut at notAfter: a session of 3 seconds.
+    let c = credential(&srv, "plc:line1", 3, "mtls-client").await;
+    let mut client = Client::of(&gw, &c);
+    assert_eq!(client.echo("short").as_deref(), Some("short"));
+    client.ended_within(Duration::from_secs(6));
+    let reports = wait_reports(&srv, &c.session, 1).await;
+    assert_eq!(reports[0]["connection"]["ended"], "expired");
+    // Once expired, the certificate is refused.
+    let mut late = Client::of(&gw, &c);
+    assert_eq!(late.echo("late"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_that_do_not_fit_the_route_are_refused() {
+    let srv = TestServer::start(
+        "gateway-refuse",
+        POLICY,
+        &["alice", "bob", "gw", "auditor"],
+        EXTRA,
+    )
+    .await;
+    let (_target, target, ends) = echo_target(srv.dir.path());
+    let gw = start_gateway(&srv, target, "per_session = 1");
+    let refused = |mut c: Client, what: &str| {
+        assert_eq!(c.echo("hello"), None, "{what} was admitted");
+    };
+    // Another resource.
+    let other = credential(&srv, "plc:line2", 600, "mtls-client").await;
+    refused(
+        Client::of(&gw, &other),
+        "a certificate for another resource",
+    );
+    // A code-signing certificate of the right resource.
+    let signing = credential(&srv, "plc:line1", 600, "code-signing").await;
+    refused(Client::of(&gw, &signing), "a code-signing certificate");
+    // Another CA: a self-signed client certificate naming the resource.
+    let dir = srv.dir.path();
+    let (key, cert) = (dir.join("rogue.key"), dir.join("rogue.pem"));
+    let (ok, text) = openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=rogue",
+        "-addext",
+        "subjectAltName=URI:urn:lockstep:resource:plc:line1",
+        "-addext",
+        "extendedKeyUsage=clientAuth",
+    ]);
+    assert!(ok, "{text}");
+    refused(
+        s_client(&gw, &cert, &key, None),
+        "a certificate of another CA",
+    );
+    // Without the chain to the root.
+    let good = credential(&srv, "plc:line1", 600, "mtls-client").await;
+    refused(
+        s_client(&gw, &good.cert, &good.key, None),
+        "a certificate without its chain",
+    );
+    // The connection limit: one per session.
+    let mut first = Client::of(&gw, &good);
+    assert_eq!(first.echo("first").as_deref(), Some("first"));
+    refused(
+        Client::of(&gw, &good),
+        "a second connection of a one-connection session",
+    );
+    assert_eq!(first.echo("still").as_deref(), Some("still"));
+    // Nothing refused ever reached the target.
+    assert_eq!(target_ends(&ends), 0);
+    let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();
+    for reason in [
+        "not for this route's resource",
+        "extended key usage for client authentication",
+        "refused: connection limit",
+    ] {
+        assert!(log.contains(reason), "no `{reason}` in the log:\n{log}");
+    }
+    drop(gw);
+}
