@@ -63,7 +63,6 @@ where
         let idle = idle_watch(&activity, started, bounds.idle);
         tokio::pin!(idle);
         let mut up_done = false;
-        let mut down_done = false;
         loop {
             tokio::select! {
                 biased;
@@ -72,14 +71,15 @@ where
                 () = &mut idle => break ConnectionEnd::Idle,
                 _ = &mut up, if !up_done => {
                     // The client finished sending: its half-close went on
-                    // to the target; the answer may still be coming.
+                    // to the target, whose answer may still be coming.
                     up_done = true;
-                    if down_done { break ConnectionEnd::TargetHungUp; }
                 }
-                _ = &mut down, if !down_done => {
-                    down_done = true;
-                    if up_done { break ConnectionEnd::ClientHungUp; }
-                }
+                // The target's end is final: the client is told at once.
+                _ = &mut down => break if up_done {
+                    ConnectionEnd::ClientHungUp
+                } else {
+                    ConnectionEnd::TargetHungUp
+                },
             }
         }
     };

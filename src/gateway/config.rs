@@ -227,13 +227,13 @@ impl GatewayConfig {
             {
                 return Err(format!("{place}: a name is [A-Za-z0-9-_.]"));
             }
-            crate::sessions::validate_resource(&r.resource)
-                .map_err(|e| format!("{place}: resource: {e}"))?;
             if r.resource.ends_with('*') {
                 return Err(format!(
                     "{place}: resource must be one exact name, not a prefix"
                 ));
             }
+            crate::sessions::validate_resource(&r.resource)
+                .map_err(|e| format!("{place}: resource: {e}"))?;
             if r.per_session == Some(0) {
                 return Err(format!("{place}: per_session must be at least 1"));
             }

@@ -181,6 +181,12 @@ impl Sessions {
     /// Returns how many were cut.
     pub fn closed(&self, id: &SessionId, end: ConnectionEnd, now: Timestamp) -> usize {
         let mut inner = self.lock();
+        // The first close is the one that counts (an event replayed, or
+        // an answer of the issuer crossing it, changes nothing).
+        let end = match inner.status.get(id) {
+            Some(Status::Closed(first)) => *first,
+            _ => end,
+        };
         inner.status.insert(id.clone(), Status::Closed(end));
         let cut = inner
             .live
