@@ -47,6 +47,9 @@ pub enum Error {
     /// A lockstep server could not be reached.
     #[error("cannot reach the lockstep server: {0}")]
     Connection(String),
+    /// A tunnel through a gateway was refused or broke.
+    #[error("{0}")]
+    Tunnel(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -71,6 +74,7 @@ impl Error {
             Self::Io { .. } => "io_error",
             Self::Remote { code, .. } => code,
             Self::Connection(_) => "connection_failed",
+            Self::Tunnel(_) => "tunnel_failed",
             Self::SessionEnded(_) => "session_closed",
             Self::AuditFailed(_) => "audit_verification_failed",
         }

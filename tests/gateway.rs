@@ -85,30 +85,21 @@ fn wait_listening(addr: SocketAddr) {
     }
 }
 
-/// A self-signed certificate for the gateway's own TLS (127.0.0.1).
-fn gateway_identity(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("gw.pem"), dir.join("gw.key"));
-    let (ok, text) = openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=gateway",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-    ]);
-    assert!(ok, "{text}");
-    (cert, key)
+/// The gateway's own TLS identity (scripts/gateway-cert): its
+/// certificate, key and the CA clients trust it by.
+fn gateway_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gateway-cert");
+    let out = Command::new(script).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        dir.join("gateway.pem"),
+        dir.join("gateway.key"),
+        dir.join("gateway-ca.pem"),
+    )
 }
 
 /// A running gateway process and what a client needs to reach it.
@@ -122,7 +113,7 @@ struct Gateway {
 /// `plc:line1`, with `limits` added to its configuration.
 fn start_gateway(srv: &TestServer, target: SocketAddr, limits: &str) -> Gateway {
     let dir = srv.dir.path();
-    let (cert, key) = gateway_identity(dir);
+    let (cert, key, ca) = gateway_identity(dir);
     std::fs::write(dir.join("gw.token"), srv.token("gw")).unwrap();
     let port = free_port();
     let spool = dir.join("gw-spool");
@@ -168,7 +159,7 @@ offline = "cut"
     Gateway {
         _child: Killed(child),
         addr,
-        ca: cert,
+        ca,
     }
 }
 

@@ -12,7 +12,7 @@ use clap::Args;
 use der::Decode;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -60,7 +60,7 @@ pub fn run(args: ConnectArgs) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("tokio runtime", e))?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match args.listen {
             None => {
                 let local = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
@@ -68,7 +68,10 @@ pub fn run(args: ConnectArgs) -> Result<(), Error> {
             }
             Some(addr) => listen(tunnel, addr).await,
         }
-    })
+    });
+    // A read of stdin may still be blocked in its thread: not waited for.
+    runtime.shutdown_background();
+    result
 }
 
 async fn listen(tunnel: Arc<Tunnel>, addr: SocketAddr) -> Result<(), Error> {
@@ -162,7 +165,7 @@ impl Tunnel {
 
     /// Tunnels `local` through the gateway until both sides have ended,
     /// then says why it ended as far as this side can tell.
-    async fn carry(&self, mut local: impl AsyncRead + AsyncWrite + Unpin) -> Result<(), Error> {
+    async fn carry(&self, local: impl AsyncRead + AsyncWrite + Unpin) -> Result<(), Error> {
         let now = SystemClock.now();
         if now >= self.not_after {
             return Err(Error::SessionEnded(format!(
@@ -171,22 +174,36 @@ impl Tunnel {
             )));
         }
         let tcp = TcpStream::connect(&self.gateway).await.map_err(|e| {
-            Error::Connection(format!("cannot reach the gateway {}: {e}", self.gateway))
+            Error::Tunnel(format!("cannot reach the gateway {}: {e}", self.gateway))
         })?;
         let _ = tcp.set_nodelay(true);
-        let mut tls = self
+        let tls = self
             .connector
             .connect(self.name.clone(), tcp)
             .await
             .map_err(|e| refused(&e))?;
-        match tokio::io::copy_bidirectional(&mut local, &mut tls).await {
-            // The local side ended first (copy returns when both have).
-            Ok(_) => {}
-            Err(e) => {
-                if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                    return Err(Error::Connection(format!("the tunnel broke: {e}")));
-                }
+        let (mut lr, mut lw) = tokio::io::split(local);
+        let (mut rr, mut rw) = tokio::io::split(tls);
+        let up = async {
+            let _ = tokio::io::copy(&mut lr, &mut rw).await;
+            let _ = rw.shutdown().await;
+        };
+        let down = async {
+            let _ = tokio::io::copy(&mut rr, &mut lw).await;
+            let _ = lw.flush().await;
+        };
+        tokio::pin!(up, down);
+        let mut local_ended = false;
+        loop {
+            tokio::select! {
+                () = &mut up, if !local_ended => local_ended = true,
+                // The gateway's side ended: the tunnel is over, whether or
+                // not this side was done.
+                () = &mut down => break,
             }
+        }
+        if local_ended {
+            return Ok(());
         }
         let now = SystemClock.now();
         if now >= self.not_after {
@@ -217,5 +234,5 @@ fn refused(e: &std::io::Error) -> Error {
     } else {
         "the handshake failed"
     };
-    Error::Connection(format!("the gateway refused the tunnel: {why} ({text})"))
+    Error::Tunnel(format!("the gateway refused the tunnel: {why} ({text})"))
 }
