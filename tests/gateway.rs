@@ -487,3 +487,208 @@ async fn certificates_that_do_not_fit_the_route_are_refused() {
     }
     drop(gw);
 }
+
+/// The gateway's log so far, without colours.
+fn gateway_log(srv: &TestServer) -> String {
+    let raw = std::fs::read_to_string(srv.dir.path().join("gateway.log")).unwrap_or_default();
+    let mut out = String::new();
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_without_client_certificates_go_through_lockstep_connect() {
+    let srv = TestServer::start(
+        "gateway-connect",
+        POLICY,
+        &["alice", "bob", "gw", "auditor"],
+        EXTRA,
+    )
+    .await;
+    let (_target, target, ends) = echo_target(srv.dir.path());
+    let gw = start_gateway(&srv, target, "per_session = 4");
+    let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
+
+    // socat speaking TLS itself, with the certificate and its chain.
+    let both = srv.dir.path().join("socat-cert.pem");
+    let mut pem = std::fs::read(&c.cert).unwrap();
+    pem.extend(std::fs::read(&c.chain).unwrap());
+    std::fs::write(&both, pem).unwrap();
+    let out = Command::new("socat")
+        .arg("-T3")
+        .arg("-")
+        .arg(format!(
+            "OPENSSL:{},cert={},key={},cafile={}",
+            gw.addr,
+            both.display(),
+            c.key.display(),
+            gw.ca.display()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"via socat\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via socat\n");
+
+    // ncat, which has no client certificate, through `lockstep connect --listen`.
+    let port = free_port();
+    let connect = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "connect",
+            &gw.addr.to_string(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--cert")
+        .arg(&c.cert)
+        .arg("--key")
+        .arg(&c.key)
+        .arg("--chain")
+        .arg(&c.chain)
+        .arg("--gateway-ca")
+        .arg(&gw.ca)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _connect = Killed(connect);
+    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    let out = Command::new("ncat")
+        .args(["127.0.0.1", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"via ncat\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "via ncat\n");
+
+    // A plain socat through the same listener stays until the session
+    // closes; the close ends it, and the target's side too.
+    let mut plain = Killed(
+        Command::new("socat")
+            .arg("-")
+            .arg(format!("TCP:127.0.0.1:{port}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdin = plain.0.stdin.as_mut().unwrap();
+    stdin.write_all(b"held\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(plain.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "held\n");
+    let before = target_ends(&ends);
+    close(&srv, &c, "close").await;
+    let until = Instant::now() + Duration::from_secs(5);
+    while plain.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < until, "the tunnel was not cut");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_for(
+        "the target saw the tunnel end",
+        Duration::from_secs(5),
+        || target_ends(&ends) > before,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_issuer_cuts_and_a_restarted_gateway_delivers_its_spool_once() {
+    let mut srv = TestServer::start(
+        "gateway-link",
+        POLICY,
+        &["alice", "bob", "gw", "auditor"],
+        EXTRA,
+    )
+    .await;
+    let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
+    // The issuer as a process of its own, so it can be stopped.
+    srv.stop().await;
+    let (issuer, stderr) = srv.serve_process("warn");
+    std::thread::spawn(move || std::io::copy(&mut stderr.into_inner(), &mut std::io::sink()));
+    let issuer = Killed(issuer);
+    let pid = issuer.0.id().to_string();
+    let (_target, target, _ends) = echo_target(srv.dir.path());
+    let gw = start_gateway(&srv, target, "per_session = 4");
+    let mut client = Client::of(&gw, &c);
+    assert_eq!(client.echo("before").as_deref(), Some("before"));
+
+    // SIGSTOP: the stream falls silent; offline = "cut" ends the connection.
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let took = client.ended_within(Duration::from_secs(15));
+    eprintln!("link lost → cut in {took:?}");
+    wait_for("the report spooled", Duration::from_secs(5), || {
+        gateway_log(&srv).contains("ended=link_lost")
+    });
+    // No current status: a new connection is refused.
+    let mut refused = Client::of(&gw, &c);
+    assert_eq!(refused.echo("while stopped"), None);
+    // The gateway is killed with its report undelivered.
+    drop(gw);
+    let spool = srv.dir.path().join("gw-spool");
+    let spooled = std::fs::read_dir(&spool)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("con_")
+        })
+        .count();
+    assert_eq!(spooled, 1, "one report waits in the spool");
+
+    // SIGCONT, and a new gateway on the same spool: the report arrives once,
+    // and the session's connections are admitted again.
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (_target2, target2, _) = echo_target(srv.dir.path());
+    let gw = start_gateway(&srv, target2, "per_session = 4");
+    let mut again = Client::of(&gw, &c);
+    assert_eq!(again.echo("after").as_deref(), Some("after"));
+    let reports = wait_reports(&srv, &c.session, 1).await;
+    assert_eq!(reports[0]["connection"]["ended"], "link_lost");
+    assert_eq!(reports[0]["connection"]["bytes_from_client"], 7);
+    wait_for("the spool emptied", Duration::from_secs(10), || {
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("con_"))
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        connection_entries(&srv, &c.session).await.len(),
+        1,
+        "recorded once"
+    );
+    drop(issuer);
+}

@@ -21,7 +21,9 @@ use crate::error::Error;
 use crate::sessions::ConnectionReport;
 
 /// The longest wait between two delivery attempts while the issuer fails.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long one delivery may take (a stopped issuer still accepts TCP).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One spooled report: which session, and what.
 #[derive(Debug, Serialize, Deserialize)]
@@ -143,10 +145,17 @@ impl Spool {
                 return Ok(());
             }
         };
-        match client
-            .report_connection(&spooled.session, &spooled.connection)
-            .await
-        {
+        let sent = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            client.report_connection(&spooled.session, &spooled.connection),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Connection(
+                "the issuer did not answer in time".into(),
+            ))
+        });
+        match sent {
             Ok(recorded) => {
                 tracing::info!(session = %spooled.session, report = %spooled.connection.report,
                     again = !recorded, "connection report delivered");
