@@ -6,15 +6,18 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use common::gateway::{
+    Credential, Gateway, Killed, credential, free_port, start_gateway, wait_listening,
+};
+use common::openssl;
 use common::server::TestServer;
-use common::{openssl, openssl_csr};
 
 const POLICY: &str = r#"
 auditors = ["token:auditor"]
@@ -36,25 +39,6 @@ resources = ["plc:line1"]
 /// A heartbeat every second, so a lost stream is noticed in seconds.
 const EXTRA: &str = "[events]\nheartbeat = \"1s\"\n";
 
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills a child process when dropped (also when a test fails).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The target: a socat echo server that appends a line to `ends` each
 /// time its side of a connection ends.
 fn echo_target(dir: &Path) -> (Killed, SocketAddr, PathBuf) {
@@ -75,146 +59,6 @@ fn echo_target(dir: &Path) -> (Killed, SocketAddr, PathBuf) {
     });
     std::fs::write(&ends, "").unwrap();
     (Killed(child), addr, ends)
-}
-
-fn wait_listening(addr: SocketAddr) {
-    let until = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < until, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The gateway's own TLS identity (scripts/gateway-cert): its
-/// certificate, key and the CA clients trust it by.
-fn gateway_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gateway-cert");
-    let out = Command::new(script).arg(dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        dir.join("gateway.pem"),
-        dir.join("gateway.key"),
-        dir.join("gateway-ca.pem"),
-    )
-}
-
-/// A running gateway process and what a client needs to reach it.
-struct Gateway {
-    _child: Killed,
-    addr: SocketAddr,
-    ca: PathBuf,
-}
-
-/// Starts `lockstep gateway` in front of `target` for resource
-/// `plc:line1`, with `limits` added to its configuration.
-fn start_gateway(srv: &TestServer, target: SocketAddr, limits: &str) -> Gateway {
-    let dir = srv.dir.path();
-    let (cert, key, ca) = gateway_identity(dir);
-    std::fs::write(dir.join("gw.token"), srv.token("gw")).unwrap();
-    let port = free_port();
-    let spool = dir.join("gw-spool");
-    let config = format!(
-        r#"
-[issuer]
-url = "{url}"
-ca = "{root}"
-token = "file:{dir}/gw.token"
-silence = "4s"
-[tls]
-certificate = "{cert}"
-private_key = "file:{key}"
-[spool]
-dir = "{spool}"
-[limits]
-{limits}
-[[route]]
-name = "plc"
-listen = "127.0.0.1:{port}"
-target = "{target}"
-resource = "plc:line1"
-offline = "cut"
-"#,
-        url = srv.url,
-        root = srv.root_pem().display(),
-        dir = dir.display(),
-        cert = cert.display(),
-        key = key.display(),
-        spool = spool.display(),
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(["gateway", "--config", path.to_str().unwrap()])
-        .env("LOCKSTEP_LOG", "info")
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr);
-    Gateway {
-        _child: Killed(child),
-        addr,
-        ca,
-    }
-}
-
-/// A session certificate: key, certificate, chain files.
-struct Credential {
-    session: String,
-    serial: String,
-    key: PathBuf,
-    cert: PathBuf,
-    chain: PathBuf,
-}
-
-/// alice's open session of `resource` for `secs`, and a certificate of
-/// `profile` for it.
-async fn credential(srv: &TestServer, resource: &str, secs: u32, profile: &str) -> Credential {
-    let (status, s) = srv
-        .call(
-            "POST",
-            "/v1/sessions",
-            Some("alice"),
-            Some(json!({"resource": resource, "task": "gateway test",
-                "duration_secs": secs, "profile": profile})),
-        )
-        .await;
-    assert_eq!(status, 201, "{s}");
-    assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
-    let id = s["id"].as_str().unwrap().to_owned();
-    let name = format!("c-{}", &id[4..12]);
-    let (key, csr) = openssl_csr(srv.dir.path(), &name, "ec:P-256");
-    let (status, c) = srv
-        .call(
-            "POST",
-            &format!("/v1/sessions/{id}/certificate"),
-            Some("alice"),
-            Some(json!({"csr": String::from_utf8(csr).unwrap()})),
-        )
-        .await;
-    assert_eq!(status, 201, "{c}");
-    let cert = common::write(
-        srv.dir.path(),
-        &format!("{name}.pem"),
-        c["certificate"].as_str().unwrap(),
-    );
-    let chain = common::write(
-        srv.dir.path(),
-        &format!("{name}-chain.pem"),
-        c["chain"].as_str().unwrap(),
-    );
-    Credential {
-        session: id,
-        serial: c["serial"].as_str().unwrap().to_owned(),
-        key,
-        cert,
-        chain,
-    }
 }
 
 /// An `openssl s_client` connected through the gateway: its output lines

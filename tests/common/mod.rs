@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod flow;
+pub mod gateway;
 pub mod oidc;
 #[cfg(feature = "postgres")]
 pub mod postgres_server;
