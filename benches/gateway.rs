@@ -254,7 +254,7 @@ async fn main() {
     // close → cut, with every connection held open at once.
     let (echo, mut ends) = target(true).await;
     let limits = "per_session = 1000\nmax_connections = 4096\nidle_timeout = \"1h\"";
-    let gw = start_gateway(&srv, echo, limits);
+    let gw = start_gateway(&srv, echo, "plc:line1", limits);
     let cut = close_to_cut(&srv, &gw, &mut ends, conns).await;
     let expiry = not_after_to_cut(&srv, &gw, expiring).await;
 
@@ -287,7 +287,7 @@ async fn main() {
 
     // Throughput to a discarding target.
     let (sink, _) = target(false).await;
-    let gw = start_gateway(&srv, sink, limits);
+    let gw = start_gateway(&srv, sink, "plc:line1", limits);
     let tls = connector(&gw, &c);
     let proxied = send_rate(admitted_sink(&gw, &tls).await, mbytes << 20).await;
     let plain = send_rate(TcpStream::connect(sink).await.unwrap(), mbytes << 20).await;

@@ -205,7 +205,7 @@ async fn close(srv: &TestServer, c: &Credential, verb: &str) -> Instant {
 async fn a_connection_lives_exactly_as_long_as_its_session() {
     let srv = TestServer::start("gateway", POLICY, &["alice", "bob", "gw", "auditor"], EXTRA).await;
     let (_target, target, ends) = echo_target(srv.dir.path());
-    let gw = start_gateway(&srv, target, "per_session = 2");
+    let gw = start_gateway(&srv, target, "plc:line1", "per_session = 2");
 
     // Admitted while open; cut on both legs when its requester closes it.
     let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
@@ -263,7 +263,7 @@ async fn certificates_that_do_not_fit_the_route_are_refused() {
     )
     .await;
     let (_target, target, ends) = echo_target(srv.dir.path());
-    let gw = start_gateway(&srv, target, "per_session = 1");
+    let gw = start_gateway(&srv, target, "plc:line1", "per_session = 1");
     let refused = |mut c: Client, what: &str| {
         assert_eq!(c.echo("hello"), None, "{what} was admitted");
     };
@@ -361,7 +361,7 @@ async fn tools_without_client_certificates_go_through_lockstep_connect() {
     )
     .await;
     let (_target, target, ends) = echo_target(srv.dir.path());
-    let gw = start_gateway(&srv, target, "per_session = 4");
+    let gw = start_gateway(&srv, target, "plc:line1", "per_session = 4");
     let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
 
     // socat speaking TLS itself, with the certificate and its chain.
@@ -472,7 +472,7 @@ async fn a_stopped_issuer_cuts_and_a_restarted_gateway_delivers_its_spool_once()
     let issuer = Killed(issuer);
     let pid = issuer.0.id().to_string();
     let (_target, target, _ends) = echo_target(srv.dir.path());
-    let gw = start_gateway(&srv, target, "per_session = 4");
+    let gw = start_gateway(&srv, target, "plc:line1", "per_session = 4");
     let mut client = Client::of(&gw, &c);
     assert_eq!(client.echo("before").as_deref(), Some("before"));
 
@@ -517,7 +517,7 @@ async fn a_stopped_issuer_cuts_and_a_restarted_gateway_delivers_its_spool_once()
             .success()
     );
     let (_target2, target2, _) = echo_target(srv.dir.path());
-    let gw = start_gateway(&srv, target2, "per_session = 4");
+    let gw = start_gateway(&srv, target2, "plc:line1", "per_session = 4");
     let mut again = Client::of(&gw, &c);
     assert_eq!(again.echo("after").as_deref(), Some("after"));
     let reports = wait_reports(&srv, &c.session, 1).await;

@@ -66,9 +66,14 @@ pub struct Gateway {
     pub ca: PathBuf,
 }
 
-/// Starts `lockstep gateway` in front of `target` for resource
-/// `plc:line1`, with `limits` added to its configuration.
-pub fn start_gateway(srv: &TestServer, target: SocketAddr, limits: &str) -> Gateway {
+/// Starts `lockstep gateway` (identity `token:gw`) in front of `target`
+/// for `resource`, with `limits` added to its configuration.
+pub fn start_gateway(
+    srv: &TestServer,
+    target: SocketAddr,
+    resource: &str,
+    limits: &str,
+) -> Gateway {
     let dir = srv.dir.path();
     let (cert, key, ca) = gateway_identity(dir);
     std::fs::write(dir.join("gw.token"), srv.token("gw")).unwrap();
@@ -92,7 +97,7 @@ dir = "{spool}"
 name = "plc"
 listen = "127.0.0.1:{port}"
 target = "{target}"
-resource = "plc:line1"
+resource = "{resource}"
 offline = "cut"
 "#,
         url = srv.url,
