@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::gateway::{
-    Credential, Gateway, Killed, credential, free_port, start_gateway, wait_listening,
+    Credential, Gateway, Killed, credential, free_port, start_gateway, start_gateway_under,
+    wait_listening,
 };
 use common::openssl;
 use common::server::TestServer;
@@ -535,4 +536,44 @@ async fn a_stopped_issuer_cuts_and_a_restarted_gateway_delivers_its_spool_once()
         "recorded once"
     );
     drop(issuer);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_not_yet_valid_for_the_gateway_is_refused() {
+    let srv = TestServer::start(
+        "gateway-early",
+        POLICY,
+        &["alice", "bob", "gw", "auditor"],
+        EXTRA,
+    )
+    .await;
+    let (_target, target, ends) = echo_target(srv.dir.path());
+    // The gateway's clock an hour behind (libfaketime, Debian's faketime):
+    // the certificate's notBefore is still to come for it.
+    let gw = start_gateway_under(
+        &srv,
+        target,
+        "plc:line1",
+        "per_session = 2",
+        &[
+            (
+                "LD_PRELOAD",
+                "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+            ),
+            ("FAKETIME", "-3600"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
+    assert_eq!(
+        Client::of(&gw, &c).echo("early"),
+        None,
+        "admitted before notBefore"
+    );
+    assert_eq!(target_ends(&ends), 0);
+    let log = gateway_log(&srv);
+    assert!(
+        log.contains("NotValidYet") || log.contains("not valid yet"),
+        "{log}"
+    );
 }

@@ -74,6 +74,18 @@ pub fn start_gateway(
     resource: &str,
     limits: &str,
 ) -> Gateway {
+    start_gateway_under(srv, target, resource, limits, &[])
+}
+
+/// [`start_gateway`] with `env` added to its environment (e.g.
+/// libfaketime's, to run it with its clock an hour behind).
+pub fn start_gateway_under(
+    srv: &TestServer,
+    target: SocketAddr,
+    resource: &str,
+    limits: &str,
+    env: &[(&str, &str)],
+) -> Gateway {
     let dir = srv.dir.path();
     let (cert, key, ca) = gateway_identity(dir);
     std::fs::write(dir.join("gw.token"), srv.token("gw")).unwrap();
@@ -111,6 +123,7 @@ offline = "cut"
     std::fs::write(&path, config).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
         .args(["gateway", "--config", path.to_str().unwrap()])
+        .envs(env.iter().copied())
         .env("LOCKSTEP_LOG", "info")
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(dir.join("gateway.log")).unwrap())
