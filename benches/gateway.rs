@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
-use common::gateway::{Credential, Gateway, credential, start_gateway};
+use common::gateway::{Credential, Gateway, close, credential, start_gateway};
 use common::server::TestServer;
 
 const POLICY: &str = r#"
@@ -154,16 +154,7 @@ async fn close_to_cut(
     let mut took = Vec::new();
     for (c, s) in open {
         let client = tokio::spawn(eof(s));
-        let (status, body) = srv
-            .call(
-                "POST",
-                &format!("/v1/sessions/{}/close", c.session),
-                Some("alice"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        let closed = Instant::now();
+        let closed = close(srv, &c, "close").await;
         let client = client.await.unwrap();
         let target = targets.recv().await.unwrap();
         took.push(ms(client.max(target).saturating_duration_since(closed)));

@@ -95,15 +95,7 @@ impl Client {
             serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Connection(format!("unexpected answer from the server: {e}")))
         } else {
-            let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody {
-                error: "remote_error".into(),
-                message: format!("HTTP {status}"),
-            });
-            Err(Error::Remote {
-                status: status.as_u16(),
-                code: err.error,
-                message: err.message,
-            })
+            Err(remote(status, &bytes))
         }
     }
 
@@ -275,15 +267,20 @@ impl Client {
             return Ok(resp);
         }
         let bytes = resp.bytes().await.unwrap_or_default();
-        let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or(ErrorBody {
-            error: "remote_error".into(),
-            message: format!("HTTP {status}"),
-        });
-        Err(Error::Remote {
-            status: status.as_u16(),
-            code: err.error,
-            message: err.message,
-        })
+        Err(remote(status, &bytes))
+    }
+}
+
+/// The error of a refused call, from its JSON error body (or its status).
+fn remote(status: reqwest::StatusCode, body: &[u8]) -> Error {
+    let err: ErrorBody = serde_json::from_slice(body).unwrap_or(ErrorBody {
+        error: "remote_error".into(),
+        message: format!("HTTP {status}"),
+    });
+    Error::Remote {
+        status: status.as_u16(),
+        code: err.error,
+        message: err.message,
     }
 }
 

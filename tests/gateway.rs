@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use common::gateway::{
-    Credential, Gateway, Killed, credential, free_port, start_gateway, start_gateway_under,
+    Credential, Gateway, Killed, close, credential, free_port, start_gateway, start_gateway_under,
     wait_listening,
 };
 use common::openssl;
@@ -183,23 +183,6 @@ async fn wait_reports(srv: &TestServer, session: &str, n: usize) -> Vec<Value> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn close(srv: &TestServer, c: &Credential, verb: &str) -> Instant {
-    let (who, body) = match verb {
-        "close" => ("alice", None),
-        _ => ("bob", Some(json!({"reason": "gateway test"}))),
-    };
-    let (status, s) = srv
-        .call(
-            "POST",
-            &format!("/v1/sessions/{}/{verb}", c.session),
-            Some(who),
-            body,
-        )
-        .await;
-    assert_eq!(status, 200, "{s}");
-    Instant::now()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::gateway::{Killed, credential, free_port, start_gateway, wait_listening};
+use common::gateway::{Killed, close, credential, free_port, start_gateway, wait_listening};
 use common::server::TestServer;
 
 const POLICY: &str = r#"
@@ -130,15 +130,7 @@ async fn closing_the_session_ends_an_ssh_session_through_the_gateway() {
         std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
     );
 
-    let (status, body) = srv
-        .call(
-            "POST",
-            &format!("/v1/sessions/{}/close", c.session),
-            Some("alice"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    close(&srv, &c, "close").await;
     let until = Instant::now() + Duration::from_secs(10);
     let code = loop {
         if let Some(code) = ssh.0.try_wait().unwrap() {

@@ -196,3 +196,22 @@ pub async fn credential(srv: &TestServer, resource: &str, secs: u32, profile: &s
         chain,
     }
 }
+
+/// Ends `c`'s session: `close` as alice (its requester) or `revoke` as bob
+/// (its approver); when the call returned.
+pub async fn close(srv: &TestServer, c: &Credential, verb: &str) -> Instant {
+    let (who, body) = match verb {
+        "close" => ("alice", None),
+        _ => ("bob", Some(json!({"reason": "gateway test"}))),
+    };
+    let (status, s) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{}/{verb}", c.session),
+            Some(who),
+            body,
+        )
+        .await;
+    assert_eq!(status, 200, "{s}");
+    Instant::now()
+}
