@@ -56,10 +56,7 @@ struct Tunnel {
 /// Runs `connect`.
 pub fn run(args: ConnectArgs) -> Result<(), Error> {
     let tunnel = Arc::new(Tunnel::new(&args)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("tokio runtime", e))?;
+    let runtime = super::long_running_runtime()?;
     let result = runtime.block_on(async move {
         match args.listen {
             None => {

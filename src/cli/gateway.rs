@@ -9,10 +9,7 @@ use crate::startup::shutdown_signal;
 /// SIGINT.
 pub fn run(path: &std::path::Path) -> Result<(), Error> {
     let config = GatewayConfig::load(path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("tokio runtime", e))?;
+    let runtime = super::long_running_runtime()?;
     runtime.block_on(async {
         let gateway = Gateway::bind(&config).await?;
         for (name, addr) in gateway.addresses() {

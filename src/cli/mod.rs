@@ -116,6 +116,15 @@ impl Cli {
     }
 }
 
+/// The multi-threaded runtime of the commands that keep running (`serve`,
+/// `gateway`, `connect`).
+fn long_running_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))
+}
+
 fn load(path: &std::path::Path) -> Result<Config, Error> {
     Ok(Config::load(path)?)
 }

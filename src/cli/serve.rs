@@ -19,10 +19,7 @@ pub struct ServeArgs {
 
 /// Runs `serve`.
 pub fn run(config: &Config, args: ServeArgs) -> Result<(), Error> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("tokio runtime", e))?;
+    let runtime = super::long_running_runtime()?;
     runtime.block_on(async {
         let prepared = prepare(config, Arc::new(SystemClock)).await?;
         let addr = args.listen.unwrap_or(prepared.listen);
