@@ -101,9 +101,19 @@ impl Sqlite {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let owner = Arc::new(Owner::claim(path)?);
         owner.tidy();
+        // Every reader is opened, and has read once (which opens the WAL
+        // and its index), now: the process holds the same descriptors
+        // from its first request to its last.
+        let mut readers = Vec::with_capacity(MAX_READERS);
+        for _ in 0..MAX_READERS {
+            let c = Self::open_reader(path)?;
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+                .map_err(unavailable)?;
+            readers.push(c);
+        }
         Ok(Self {
             writer: Writer::start(conn)?,
-            readers: Arc::new(Mutex::new(Vec::new())),
+            readers: Arc::new(Mutex::new(readers)),
             reads: Lane::new(MAX_READERS),
             path: path.to_owned(),
             owner,
@@ -116,6 +126,10 @@ impl Sqlite {
         if let Some(c) = pool.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(c);
         }
+        Self::open_reader(path)
+    }
+
+    fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         let c = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
