@@ -247,6 +247,38 @@ impl Client {
         Ok(view.recorded)
     }
 
+    /// `GET /v1/crl`: the issuing CA's current CRL (DER).
+    pub async fn crl(&self) -> Result<Vec<u8>, Error> {
+        self.published("/v1/crl").await
+    }
+
+    /// `GET /v1/ca`: the issuing CA's chain (PEM).
+    pub async fn ca_chain(&self) -> Result<String, Error> {
+        let bytes = self.published("/v1/ca").await?;
+        String::from_utf8(bytes)
+            .map_err(|_| Error::Connection("the CA chain is not text (PEM)".into()))
+    }
+
+    /// The body of a published document at `path` (no credentials sent).
+    async fn published(&self, path: &str) -> Result<Vec<u8>, Error> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| Error::Connection(describe(&e)))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::Connection(describe(&e)))?;
+        if status.is_success() {
+            Ok(bytes.to_vec())
+        } else {
+            Err(remote(status, &bytes))
+        }
+    }
+
     /// `GET /v1/events`, resuming after `last_event_id` when given: the
     /// open stream, once the server answered 200.
     pub async fn events(&self, last_event_id: Option<u64>) -> Result<reqwest::Response, Error> {

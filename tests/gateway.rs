@@ -6,16 +6,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use common::gateway::{
-    Credential, Gateway, Killed, close, credential, free_port, start_gateway, start_gateway_under,
-    wait_listening,
+    Client, Killed, close, connection_entries, credential, echo_target, free_port, gateway_log,
+    s_client, start_gateway, start_gateway_under, target_ends, wait_for, wait_listening,
+    wait_reports,
 };
 use common::openssl;
 use common::server::TestServer;
@@ -39,151 +36,6 @@ resources = ["plc:line1"]
 
 /// A heartbeat every second, so a lost stream is noticed in seconds.
 const EXTRA: &str = "[events]\nheartbeat = \"1s\"\n";
-
-/// The target: a socat echo server that appends a line to `ends` each
-/// time its side of a connection ends.
-fn echo_target(dir: &Path) -> (Killed, SocketAddr, PathBuf) {
-    let port = free_port();
-    let ends = dir.join("target-ends");
-    std::fs::write(&ends, "").unwrap();
-    let child = Command::new("socat")
-        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
-        .arg(format!("SYSTEM:cat; echo ended >> {}", ends.display()))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("socat (scripts/setup installs it)");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr);
-    // The probe's own connection is not one of the test's.
-    wait_for("the probe connection ended", Duration::from_secs(5), || {
-        target_ends(&ends) == 1
-    });
-    std::fs::write(&ends, "").unwrap();
-    (Killed(child), addr, ends)
-}
-
-/// An `openssl s_client` connected through the gateway: its output lines
-/// arrive on a channel that disconnects when the connection ends.
-struct Client {
-    child: Killed,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-fn s_client(gw: &Gateway, cert: &Path, key: &Path, chain: Option<&Path>) -> Client {
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-quiet", "-no_ign_eof", "-verify_return_error"])
-        .arg("-connect")
-        .arg(gw.addr.to_string())
-        .arg("-CAfile")
-        .arg(&gw.ca)
-        .arg("-cert")
-        .arg(cert)
-        .arg("-key")
-        .arg(key);
-    if let Some(c) = chain {
-        cmd.arg("-cert_chain").arg(c);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in out.lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Client {
-        child: Killed(child),
-        lines,
-    }
-}
-
-impl Client {
-    fn of(gw: &Gateway, c: &Credential) -> Self {
-        s_client(gw, &c.cert, &c.key, Some(&c.chain))
-    }
-
-    /// Sends a line and reads what comes back (None: the connection ended).
-    fn echo(&mut self, line: &str) -> Option<String> {
-        let stdin = self.child.0.stdin.as_mut().unwrap();
-        if stdin.write_all(format!("{line}\n").as_bytes()).is_err() || stdin.flush().is_err() {
-            return None;
-        }
-        match self.lines.recv_timeout(Duration::from_secs(10)) {
-            Ok(l) => Some(l),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
-            Err(e) => panic!("no answer to `{line}`: {e}"),
-        }
-    }
-
-    /// Waits (up to `within`) for the connection to end; how long it took.
-    fn ended_within(&mut self, within: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            let left = within.saturating_sub(start.elapsed());
-            match self.lines.recv_timeout(left) {
-                Ok(_) => continue,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return start.elapsed(),
-                Err(_) => panic!("the connection was not ended within {within:?}"),
-            }
-        }
-    }
-}
-
-/// How many connections the target saw end.
-fn target_ends(ends: &Path) -> usize {
-    std::fs::read_to_string(ends).unwrap().lines().count()
-}
-
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < until, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The `connection` entries of a session's trail.
-async fn connection_entries(srv: &TestServer, session: &str) -> Vec<Value> {
-    let (status, page) = srv
-        .call(
-            "GET",
-            &format!("/v1/audit?session={session}&limit=1000"),
-            Some("auditor"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{page}");
-    page["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "connection")
-        .map(|e| serde_json::from_str(e["body"].as_str().unwrap()).unwrap())
-        .collect()
-}
-
-async fn wait_reports(srv: &TestServer, session: &str, n: usize) -> Vec<Value> {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = connection_entries(srv, session).await;
-        if found.len() >= n {
-            return found;
-        }
-        assert!(
-            Instant::now() < until,
-            "{n} connection report(s) of {session} not in the trail"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_lives_exactly_as_long_as_its_session() {
@@ -317,24 +169,6 @@ async fn certificates_that_do_not_fit_the_route_are_refused() {
 }
 
 /// The gateway's log so far, without colours.
-fn gateway_log(srv: &TestServer) -> String {
-    let raw = std::fs::read_to_string(srv.dir.path().join("gateway.log")).unwrap_or_default();
-    let mut out = String::new();
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tools_without_client_certificates_go_through_lockstep_connect() {
     let srv = TestServer::start(

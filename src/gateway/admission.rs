@@ -3,7 +3,8 @@
 //! The TLS handshake itself refuses, with an alert the client sees, a
 //! certificate that does not chain to the lockstep root, is outside its
 //! validity, lacks clientAuth, names another resource, carries no session
-//! extension, or belongs to a session known to be closed. A session whose
+//! extension, or belongs to a session known to be closed (or whose serial
+//! is on the CRL the gateway holds). A session whose
 //! status is not known yet is settled right after the handshake
 //! ([`super::sessions`]).
 
@@ -16,10 +17,11 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_cert::Certificate;
-use x509_cert::ext::pkix::ExtendedKeyUsage;
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, ExtendedKeyUsage};
 
+use super::crls::Crls;
 use super::sessions::Sessions;
 use crate::clock::Timestamp;
 use crate::error::Error;
@@ -37,6 +39,9 @@ pub struct Ticket {
     pub serial: String,
     /// Its `notAfter`: the session's close time.
     pub not_after: Timestamp,
+    /// Its issuing CA's key identifier (the certificate's AKI; empty when
+    /// it has none): which CRL speaks for it.
+    pub issuer_key: Vec<u8>,
 }
 
 /// Reads the lockstep facts of a client certificate that chains to the
@@ -74,10 +79,19 @@ pub fn ticket(der: &[u8], resource_uri: &str) -> Result<Ticket, String> {
     let session = SessionId::parse(&evidence.session_id)
         .map_err(|_| "the session extension names no lockstep session id".to_owned())?;
     let not_after = tbs.validity().not_after.to_unix_duration().as_secs() as i64;
+    let issuer_key = match ext(const_oid::db::rfc5280::ID_CE_AUTHORITY_KEY_IDENTIFIER) {
+        Some(e) => AuthorityKeyIdentifier::from_der(e.extn_value.as_bytes())
+            .map_err(|e| format!("malformed authority key identifier: {e}"))?
+            .key_identifier
+            .map(|k| k.as_bytes().to_vec())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
     Ok(Ticket {
         session,
         serial: hex::encode(tbs.serial_number().as_bytes()),
         not_after: Timestamp::from_unix(not_after),
+        issuer_key,
     })
 }
 
@@ -89,6 +103,7 @@ pub struct RouteVerifier {
     route: String,
     resource_uri: String,
     sessions: Arc<Sessions>,
+    crls: Arc<Crls>,
 }
 
 impl RouteVerifier {
@@ -99,6 +114,7 @@ impl RouteVerifier {
         route: &str,
         resource: &str,
         sessions: Arc<Sessions>,
+        crls: Arc<Crls>,
     ) -> Result<Arc<Self>, Error> {
         let webpki =
             WebPkiClientVerifier::builder_with_provider(roots, crate::api::tls::provider())
@@ -109,6 +125,7 @@ impl RouteVerifier {
             route: route.to_owned(),
             resource_uri: crate::x509::names::resource_uri(resource),
             sessions,
+            crls,
         }))
     }
 }
@@ -134,7 +151,8 @@ impl ClientCertVerifier for RouteVerifier {
             tracing::info!(route = %self.route, reason = %why, "refused: client certificate");
             rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
         })?;
-        if let Some(end) = self.sessions.known_closed(&ticket.session) {
+        let closed = self.sessions.known_closed(&ticket.session);
+        if let Some(end) = closed.or_else(|| self.crls.listed(&ticket.issuer_key, &ticket.serial)) {
             tracing::info!(route = %self.route, session = %ticket.session, serial = %ticket.serial,
                 ended = %end, "refused: the session is closed");
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));

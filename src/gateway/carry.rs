@@ -69,7 +69,12 @@ where
                 end = cut_reason(&mut cut) => break end,
                 () = tokio::time::sleep_until(bounds.deadline) => break ConnectionEnd::Expired,
                 () = &mut idle => break ConnectionEnd::Idle,
-                _ = &mut up, if !up_done => {
+                sent = &mut up, if !up_done => {
+                    if sent.is_err() {
+                        // The client's side broke (reset, or gone without
+                        // a TLS close_notify): nobody is left to answer.
+                        break ConnectionEnd::ClientHungUp;
+                    }
                     // The client finished sending: its half-close went on
                     // to the target, whose answer may still be coming.
                     up_done = true;
@@ -180,6 +185,52 @@ mod tests {
         assert_eq!(carried.from_client, 5);
         assert_eq!(carried.to_client, 3);
         assert_eq!(carried.ended, ConnectionEnd::TargetHungUp);
+    }
+
+    /// A client stream whose reads fail, as a TLS stream does when the
+    /// peer vanishes without close_notify.
+    struct Broken;
+
+    impl AsyncRead for Broken {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()))
+        }
+    }
+
+    impl AsyncWrite for Broken {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_vanishes_ends_the_connection_and_the_target_leg() {
+        let (target, mut far_target) = tokio::io::duplex(1024);
+        let (_tx, rx) = watch::channel(None);
+        let carried = carry(Broken, target, bounds(60, 60), rx).await;
+        assert_eq!(carried.ended, ConnectionEnd::ClientHungUp);
+        let mut buf = [0u8; 1];
+        assert_eq!(far_target.read(&mut buf).await.unwrap(), 0);
     }
 
     #[tokio::test]

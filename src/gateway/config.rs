@@ -7,6 +7,7 @@
 //! token = "file:gateway.token"       # the gateway's API token (env:NAME or file:PATH)
 //! silence = "35s"                    # the event stream is lost when silent this long
 //!                                    # (the issuer's heartbeat is 15 s by default)
+//! crl_refresh = "30s"                # how often the issuer's CRL is fetched
 //!
 //! [tls]                              # the gateway's own server certificate
 //! certificate = "gateway.pem"
@@ -28,6 +29,14 @@
 //! per_session = 1                    # optional, overrides [limits]
 //! idle_timeout = "5m"                # optional, overrides [limits]
 //! offline = "cut"                    # see `Offline`
+//!
+//! [[route]]
+//! name = "hmi"
+//! listen = "0.0.0.0:15900"
+//! target = "10.7.0.21:5900"
+//! resource = "hmi:line1"
+//! offline = "crl"                    # carry on while the held CRL is current…
+//! grace = "5m"                       # …and this long past its nextUpdate
 //! ```
 //!
 //! Relative paths are relative to the file's directory.
@@ -41,14 +50,37 @@ use serde::Deserialize;
 use crate::error::Error;
 use crate::secret::SecretRef;
 
-/// What a route does while the gateway cannot reach the issuer.
+/// What a route does while the gateway cannot reach the issuer (its event
+/// stream lost). Either way a connection ends at its certificate's
+/// `notAfter`, and a close the gateway learns of cuts at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offline {
+    /// Fail closed: the route's connections are cut (`link_lost`) and new
+    /// ones refused until the stream is back. Nobody stays in unobserved;
+    /// a flaky link ends support work.
+    Cut,
+    /// Carry on while the gateway holds the issuing CA's signed CRL and it
+    /// is current (now before its `nextUpdate` plus `grace`): admitted
+    /// connections continue and new ones are admitted if their serial is
+    /// not on it; once it is not current they are cut (`link_lost`) and
+    /// new ones refused. Support work survives a short outage, but a
+    /// session closed during it ends only when the link returns (the
+    /// gateway then catches up on events) or the CRL runs out: for up to
+    /// the CRL's validity plus `grace` a closed session's connection may
+    /// go on.
+    Crl {
+        /// How long past the CRL's `nextUpdate` it is still taken as
+        /// current.
+        grace: Duration,
+    },
+}
+
+/// `offline` as written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Offline {
-    /// Fail closed: when the event stream is lost, the route's connections
-    /// are cut (`link_lost`) and new ones refused until it is back. Nobody
-    /// stays in unobserved; a flaky link ends support work.
+enum OfflineFile {
     Cut,
+    Crl,
 }
 
 /// The whole file, as parsed.
@@ -72,6 +104,12 @@ struct IssuerFile {
     token: SecretRef,
     #[serde(default = "default_silence")]
     silence: String,
+    #[serde(default = "default_crl_refresh")]
+    crl_refresh: String,
+}
+
+fn default_crl_refresh() -> String {
+    "30s".into()
 }
 
 fn default_silence() -> String {
@@ -131,7 +169,8 @@ struct RouteFile {
     resource: String,
     per_session: Option<usize>,
     idle_timeout: Option<String>,
-    offline: Offline,
+    offline: OfflineFile,
+    grace: Option<String>,
 }
 
 /// The gateway's settings, checked.
@@ -146,6 +185,8 @@ pub struct GatewayConfig {
     pub token: SecretRef,
     /// The event stream is taken as lost when silent this long.
     pub silence: Duration,
+    /// How often the issuer's CRL is fetched.
+    pub crl_refresh: Duration,
     /// The gateway's server certificate chain (PEM).
     pub certificate: PathBuf,
     /// Its private key.
@@ -213,6 +254,11 @@ impl GatewayConfig {
         if silence < Duration::from_secs(1) {
             return Err("[issuer] silence must be at least 1s".into());
         }
+        let crl_refresh = duration("[issuer] crl_refresh", &file.issuer.crl_refresh)
+            .map_err(|e| e.to_string())?;
+        if crl_refresh < Duration::from_secs(1) {
+            return Err("[issuer] crl_refresh must be at least 1s".into());
+        }
         let mut routes = Vec::new();
         for r in file.routes {
             let place = format!("[[route]] `{}`", r.name);
@@ -243,6 +289,20 @@ impl GatewayConfig {
                 }
                 None => idle,
             };
+            let offline = match (r.offline, &r.grace) {
+                (OfflineFile::Cut, None) => Offline::Cut,
+                (OfflineFile::Cut, Some(_)) => {
+                    return Err(format!("{place}: grace applies only to offline = \"crl\""));
+                }
+                (OfflineFile::Crl, grace) => Offline::Crl {
+                    grace: match grace {
+                        Some(g) => {
+                            duration(&format!("{place} grace"), g).map_err(|e| e.to_string())?
+                        }
+                        None => Duration::ZERO,
+                    },
+                },
+            };
             routes.push(Route {
                 name: r.name,
                 listen: r.listen,
@@ -250,7 +310,7 @@ impl GatewayConfig {
                 resource: r.resource,
                 per_session: r.per_session.unwrap_or(file.limits.per_session),
                 idle_timeout,
-                offline: r.offline,
+                offline,
             });
         }
         let path = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
@@ -259,6 +319,7 @@ impl GatewayConfig {
             root: path(file.issuer.ca),
             token: file.issuer.token.relative_to(base),
             silence,
+            crl_refresh,
             certificate: path(file.tls.certificate),
             private_key: file.tls.private_key.relative_to(base),
             spool: path(file.spool.dir),
@@ -295,7 +356,8 @@ name = "hmi"
 listen = "127.0.0.1:15900"
 target = "127.0.0.1:5900"
 resource = "hmi:line1"
-offline = "cut"
+offline = "crl"
+grace = "2m"
 idle_timeout = "30s"
 "#;
 
@@ -309,6 +371,14 @@ idle_timeout = "30s"
         assert_eq!(c.routes[0].idle_timeout, Duration::from_secs(900));
         assert_eq!(c.routes[1].idle_timeout, Duration::from_secs(30));
         assert_eq!(c.silence, Duration::from_secs(35));
+        assert_eq!(c.crl_refresh, Duration::from_secs(30));
+        assert_eq!(c.routes[0].offline, Offline::Cut);
+        assert_eq!(
+            c.routes[1].offline,
+            Offline::Crl {
+                grace: Duration::from_secs(120)
+            }
+        );
     }
 
     #[test]
@@ -322,6 +392,11 @@ idle_timeout = "30s"
             (("name = \"hmi\"", "name = \"plc\""), "named twice"),
             (("https://127", "http://127"), "https://"),
             (("per_session = 2", "per_session = 0"), "at least 1"),
+            (
+                ("offline = \"crl\"", "offline = \"cut\""),
+                "only to offline",
+            ),
+            (("grace = \"2m\"", "grace = \"soon\""), "not a duration"),
         ] {
             let text = GOOD.replacen(spoil.0, spoil.1, 1);
             let err = GatewayConfig::parse(&text, Path::new(".")).unwrap_err();

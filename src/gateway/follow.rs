@@ -71,7 +71,7 @@ pub async fn follow(
                 continue;
             }
             Ended::Unreachable(why) => {
-                sessions.set_following(false);
+                sessions.set_lost();
                 if !failed_before {
                     tracing::warn!(reason = %why, "cannot reach the issuer's event stream");
                     link.lost();

@@ -2,16 +2,20 @@
 //! connection only for an open session of the route's resource, and ends
 //! it when the session ends: at the certificate's `notAfter` (a timer), at
 //! once when the issuer's event stream says the session closed or was
-//! revoked, and when the link to the issuer is lost (fail closed). Every
-//! connection is reported to the issuer's audit trail through the spool.
+//! revoked (or its certificate appears on the CRL it fetches), and when
+//! the link to the issuer is lost, as each route's `offline` rule says.
+//! Every connection is reported to the issuer's audit trail through the
+//! spool.
 
 pub mod admission;
 pub mod carry;
 pub mod config;
+pub mod crls;
 mod follow;
 pub mod sessions;
 pub mod spool;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use self::admission::{RouteVerifier, Ticket};
 use self::carry::{Bounds, Carried};
 use self::config::{GatewayConfig, Offline, Route};
+use self::crls::{Crls, Standing};
 use self::sessions::{Sessions, Status};
 use self::spool::Spool;
 use crate::client::Client;
@@ -40,13 +45,19 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 const TARGET_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connections get to be reported when the gateway stops.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How often, while the link is lost, connections are held against their
+/// routes' `offline` rules.
+const OFFLINE_CHECK: Duration = Duration::from_secs(1);
 
 /// What every connection of the gateway shares.
 struct Shared {
     client: Arc<Client>,
     sessions: Arc<Sessions>,
+    crls: Arc<Crls>,
     spool: Arc<Spool>,
     max_connections: usize,
+    /// Each route's `offline` rule, by route name.
+    offline: HashMap<String, Offline>,
 }
 
 /// One route's listener state.
@@ -62,7 +73,7 @@ pub struct Gateway {
     listeners: Vec<(TcpListener, Arc<RouteCtx>)>,
     shared: Arc<Shared>,
     silence: Duration,
-    offline_cut: Vec<String>,
+    crl_refresh: Duration,
 }
 
 impl Gateway {
@@ -74,14 +85,22 @@ impl Gateway {
             .resolve()
             .map_err(|e| Error::InvalidArgument(format!("[issuer] token: {e}")))?;
         let client = Arc::new(Client::new(&config.issuer_url, Some(&config.root), token)?);
-        let roots = Arc::new(roots(&config.root)?);
+        let (roots, root_certs) = roots(&config.root)?;
+        let roots = Arc::new(roots);
         let identity = crate::api::tls::from_files(&config.certificate, &config.private_key)?;
         let sessions = Arc::new(Sessions::default());
+        let crls = Arc::new(Crls::open(root_certs, &config.spool.join("crl"))?);
         let shared = Arc::new(Shared {
             client,
             sessions: sessions.clone(),
+            crls: crls.clone(),
             spool: Spool::open(&config.spool)?,
             max_connections: config.max_connections,
+            offline: config
+                .routes
+                .iter()
+                .map(|r| (r.name.clone(), r.offline))
+                .collect(),
         });
         let mut listeners = Vec::new();
         for route in &config.routes {
@@ -90,6 +109,7 @@ impl Gateway {
                 &route.name,
                 &route.resource,
                 sessions.clone(),
+                crls.clone(),
             )?;
             let tls = server_config(verifier, identity.clone())?;
             let listener = TcpListener::bind(route.listen)
@@ -103,17 +123,11 @@ impl Gateway {
             });
             listeners.push((listener, ctx));
         }
-        let offline_cut = config
-            .routes
-            .iter()
-            .filter(|r| r.offline == Offline::Cut)
-            .map(|r| r.name.clone())
-            .collect();
         Ok(Self {
             listeners,
             shared,
             silence: config.silence,
-            offline_cut,
+            crl_refresh: config.crl_refresh,
         })
     }
 
@@ -132,7 +146,6 @@ impl Gateway {
         let shared = self.shared.clone();
         let link = LinkHandler {
             shared: shared.clone(),
-            offline_cut: self.offline_cut.clone(),
         };
         let follower = tokio::spawn(follow::follow(
             shared.client.clone(),
@@ -140,6 +153,13 @@ impl Gateway {
             self.silence,
             link,
         ));
+        let refresher = tokio::spawn(crls::refresh(
+            shared.client.clone(),
+            shared.crls.clone(),
+            shared.sessions.clone(),
+            self.crl_refresh,
+        ));
+        let offline = tokio::spawn(offline_checks(shared.clone()));
         let delivery = tokio::spawn(shared.spool.clone().deliver(shared.client.clone()));
         let mut accepts = Vec::new();
         for (listener, ctx) in self.listeners {
@@ -150,6 +170,8 @@ impl Gateway {
             a.abort();
         }
         follower.abort();
+        refresher.abort();
+        offline.abort();
         let cut = shared
             .sessions
             .cut_routes(ConnectionEnd::GatewayStopped, |_| true);
@@ -178,24 +200,24 @@ impl Gateway {
     }
 }
 
-/// The lockstep root(s) client certificates must chain to.
-fn roots(path: &std::path::Path) -> Result<rustls::RootCertStore, Error> {
+/// The lockstep root(s) client certificates must chain to: for rustls,
+/// and parsed (for CRLs).
+fn roots(
+    path: &std::path::Path,
+) -> Result<(rustls::RootCertStore, Vec<x509_cert::Certificate>), Error> {
+    let bad =
+        |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("{}: {e}", path.display()));
     let mut store = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
-    for c in certs {
-        let c = c.map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
-        store
-            .add(c)
-            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))?;
+    let mut parsed = Vec::new();
+    for c in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+        let c = c.map_err(|e| bad(&e))?;
+        parsed.push(<x509_cert::Certificate as der::Decode>::from_der(&c).map_err(|e| bad(&e))?);
+        store.add(c).map_err(|e| bad(&e))?;
     }
     if store.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "{}: no PEM certificate (the lockstep root)",
-            path.display()
-        )));
+        return Err(bad(&"no PEM certificate (the lockstep root)"));
     }
-    Ok(store)
+    Ok((store, parsed))
 }
 
 fn server_config(
@@ -210,24 +232,77 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Whether a connection of `ticket` may go on, or be admitted, on a route
+/// with rule `offline` while the link to the issuer is lost: until when,
+/// or how it ends and why.
+fn offline_standing(
+    crls: &Crls,
+    offline: Offline,
+    ticket: &Ticket,
+    now: Timestamp,
+) -> Result<Timestamp, (ConnectionEnd, String)> {
+    match offline {
+        Offline::Cut => Err((
+            ConnectionEnd::LinkLost,
+            "the link to the issuer is lost (offline = \"cut\")".into(),
+        )),
+        Offline::Crl { grace } => {
+            match crls.standing(&ticket.issuer_key, &ticket.serial, now, grace) {
+                Standing::Clear(until) => Ok(until),
+                Standing::Listed(end) => {
+                    Err((end, format!("the certificate is on the CRL ({end})")))
+                }
+                other => Err((
+                    ConnectionEnd::LinkLost,
+                    format!("the link to the issuer is lost and {other} (offline = \"crl\")"),
+                )),
+            }
+        }
+    }
+}
+
+/// Cuts, while the link is lost, the connections their routes' `offline`
+/// rules no longer let go on; returns how many.
+fn cut_offline(shared: &Shared) -> usize {
+    let now = SystemClock.now();
+    shared.sessions.cut_where(|route, ticket| {
+        let offline = shared.offline.get(route).copied().unwrap_or(Offline::Cut);
+        offline_standing(&shared.crls, offline, ticket, now)
+            .err()
+            .map(|(end, _)| end)
+    })
+}
+
+/// Holds connections to their routes' `offline` rules every second while
+/// the link is lost (a CRL stops being current while they run).
+async fn offline_checks(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(OFFLINE_CHECK);
+    loop {
+        tick.tick().await;
+        if shared.sessions.link_lost() {
+            let cut = cut_offline(&shared);
+            if cut > 0 {
+                tracing::warn!(
+                    connections = cut,
+                    "link to the issuer lost: connections cut by their routes' offline rules"
+                );
+            }
+        }
+    }
+}
+
 /// What the gateway does when the event stream is lost or reopened blind.
 struct LinkHandler {
     shared: Arc<Shared>,
-    offline_cut: Vec<String>,
 }
 
 impl follow::Link for LinkHandler {
     fn lost(&self) {
-        let cut = self
-            .shared
-            .sessions
-            .cut_routes(ConnectionEnd::LinkLost, |r| {
-                self.offline_cut.iter().any(|n| n == r)
-            });
+        let cut = cut_offline(&self.shared);
         if cut > 0 {
             tracing::warn!(
                 connections = cut,
-                "link to the issuer lost: connections cut (offline = \"cut\")"
+                "link to the issuer lost: connections cut by their routes' offline rules"
             );
         }
     }
@@ -301,7 +376,7 @@ async fn serve_one(ctx: Arc<RouteCtx>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    if let Err(why) = settle(shared, &ticket).await {
+    if let Err(why) = settle(shared, &ctx.route, &ticket).await {
         tracing::info!(%route, %peer, session = %ticket.session, serial = %ticket.serial,
             reason = %why, "refused");
         goodbye(tls).await;
@@ -346,17 +421,38 @@ async fn serve_one(ctx: Arc<RouteCtx>, tcp: TcpStream, peer: SocketAddr) {
 }
 
 /// Settles whether the ticket's session is open, asking the issuer when
-/// the event stream cannot tell; fails closed.
-async fn settle(shared: &Shared, ticket: &Ticket) -> Result<(), String> {
+/// the event stream cannot tell, and by the route's `offline` rule when
+/// the issuer cannot be reached; fails closed.
+async fn settle(shared: &Shared, route: &Route, ticket: &Ticket) -> Result<(), String> {
     match shared.sessions.status(&ticket.session) {
         Some(Status::Closed(end)) => return Err(format!("the session is closed ({end})")),
         Some(Status::Open(_)) if shared.sessions.following() => {}
-        _ => ask(shared, &ticket.session).await?,
+        _ if shared.sessions.link_lost() => return admit_offline(shared, route, ticket),
+        _ => {
+            if let Err(why) = ask(shared, &ticket.session).await {
+                return match route.offline {
+                    Offline::Cut => Err(why),
+                    Offline::Crl { .. } => {
+                        admit_offline(shared, route, ticket).map_err(|e| format!("{why}; {e}"))
+                    }
+                };
+            }
+        }
     }
     match shared.sessions.known_closed(&ticket.session) {
         Some(end) => Err(format!("the session is closed ({end})")),
         None => Ok(()),
     }
+}
+
+/// Admits a connection while the issuer cannot be reached, if the route's
+/// `offline` rule lets it.
+fn admit_offline(shared: &Shared, route: &Route, ticket: &Ticket) -> Result<(), String> {
+    let until = offline_standing(&shared.crls, route.offline, ticket, SystemClock.now())
+        .map_err(|(_, why)| why)?;
+    tracing::info!(route = %route.name, session = %ticket.session, serial = %ticket.serial,
+        crl_current_until = %until, "the issuer is out of reach: admitting on the CRL held");
+    Ok(())
 }
 
 /// Asks the issuer for a session's status and remembers it (a closed one

@@ -40,6 +40,7 @@ pub enum LimitRefusal {
 
 struct Live {
     route: String,
+    ticket: Ticket,
     cut: watch::Sender<Option<ConnectionEnd>>,
 }
 
@@ -56,6 +57,7 @@ struct Inner {
 pub struct Sessions {
     inner: Mutex<Inner>,
     following: AtomicBool,
+    lost: AtomicBool,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -105,9 +107,25 @@ impl Sessions {
         self.following.load(Ordering::Acquire)
     }
 
-    /// Marks the event stream connected or lost.
+    /// Marks the event stream connected (which ends a lost link) or not.
     pub fn set_following(&self, on: bool) {
         self.following.store(on, Ordering::Release);
+        if on {
+            self.lost.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether the link to the issuer is lost: the stream could not be
+    /// reopened, and has not been since. (Between a stream's end and its
+    /// reopening the gateway is neither following nor lost.)
+    pub fn link_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Marks the link to the issuer lost.
+    pub fn set_lost(&self) {
+        self.following.store(false, Ordering::Release);
+        self.lost.store(true, Ordering::Release);
     }
 
     /// The session's status, if known.
@@ -152,6 +170,7 @@ impl Sessions {
         inner.total += 1;
         let live = Live {
             route: route.to_owned(),
+            ticket: ticket.clone(),
             cut: tx,
         };
         inner
@@ -199,12 +218,18 @@ impl Sessions {
     /// Cuts every connection on the routes `on_route` picks; returns how
     /// many.
     pub fn cut_routes(&self, end: ConnectionEnd, on_route: impl Fn(&str) -> bool) -> usize {
+        self.cut_where(|route, _| on_route(route).then_some(end))
+    }
+
+    /// Cuts every connection for which `decide` (given its route and
+    /// ticket) names an end; returns how many.
+    pub fn cut_where(&self, decide: impl Fn(&str, &Ticket) -> Option<ConnectionEnd>) -> usize {
         let inner = self.lock();
         inner
             .live
             .values()
             .flat_map(HashMap::values)
-            .filter(|c| on_route(&c.route) && cut(c, end))
+            .filter(|c| decide(&c.route, &c.ticket).is_some_and(|end| cut(c, end)))
             .count()
     }
 
@@ -257,6 +282,7 @@ mod tests {
             session: SessionId::generate().unwrap(),
             serial: "01".into(),
             not_after: Timestamp::from_unix(2_000_000_000),
+            issuer_key: vec![1],
         }
     }
 
@@ -304,5 +330,37 @@ mod tests {
         drop(a);
         assert_eq!(s.connections(), 2);
         assert!(s.register(&t, "plc", 1, 3).is_ok());
+    }
+
+    #[test]
+    fn cuts_pick_connections_by_route_and_ticket() {
+        let s = Arc::new(Sessions::default());
+        let (t, u) = (ticket(), ticket());
+        let a = s.register(&t, "plc", 2, 10).unwrap();
+        let b = s.register(&u, "plc", 2, 10).unwrap();
+        let c = s.register(&u, "hmi", 2, 10).unwrap();
+        let on_list = |route: &str, k: &Ticket| {
+            (route == "plc" && k.session == u.session).then_some(ConnectionEnd::Revoked)
+        };
+        assert_eq!(s.cut_where(on_list), 1);
+        assert_eq!(*a.cut.borrow(), None);
+        assert_eq!(*b.cut.borrow(), Some(ConnectionEnd::Revoked));
+        assert_eq!(*c.cut.borrow(), None);
+        // The first end sticks.
+        assert_eq!(s.cut_routes(ConnectionEnd::LinkLost, |_| true), 2);
+        assert_eq!(*b.cut.borrow(), Some(ConnectionEnd::Revoked));
+        assert_eq!(*c.cut.borrow(), Some(ConnectionEnd::LinkLost));
+    }
+
+    #[test]
+    fn a_lost_link_ends_when_the_stream_is_followed_again() {
+        let s = Sessions::default();
+        s.set_following(true);
+        s.set_lost();
+        assert!(s.link_lost() && !s.following());
+        s.set_following(false);
+        assert!(s.link_lost());
+        s.set_following(true);
+        assert!(!s.link_lost() && s.following());
     }
 }
