@@ -10,9 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::gateway::{
-    Client, Killed, close, connection_entries, credential, echo_target, free_port, gateway_log,
-    s_client, start_gateway, start_gateway_under, target_ends, wait_for, wait_listening,
-    wait_reports,
+    Client, Killed, close, connect_listener, connection_entries, credential, echo_target,
+    gateway_log, s_client, start_gateway, start_gateway_under, target_ends, wait_for, wait_reports,
 };
 use common::openssl;
 use common::server::TestServer;
@@ -208,27 +207,8 @@ async fn tools_without_client_certificates_go_through_lockstep_connect() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "via socat\n");
 
     // ncat, which has no client certificate, through `lockstep connect --listen`.
-    let port = free_port();
-    let connect = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args([
-            "connect",
-            &gw.addr.to_string(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--cert")
-        .arg(&c.cert)
-        .arg("--key")
-        .arg(&c.key)
-        .arg("--chain")
-        .arg(&c.chain)
-        .arg("--gateway-ca")
-        .arg(&gw.ca)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _connect = Killed(connect);
-    wait_listening(format!("127.0.0.1:{port}").parse().unwrap());
+    let (_connect, local) = connect_listener(&gw, &c);
+    let port = local.port();
     let out = Command::new("ncat")
         .args(["127.0.0.1", &port.to_string()])
         .stdin(Stdio::piped())

@@ -594,3 +594,31 @@ fn relay(
         }
     }
 }
+
+/// `lockstep connect GATEWAY --listen 127.0.0.1:PORT` with `c`'s
+/// certificate: the process, and where tools connect to tunnel.
+pub fn connect_listener(gw: &Gateway, c: &Credential) -> (Killed, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args([
+            "connect",
+            &gw.addr.to_string(),
+            "--listen",
+            &addr.to_string(),
+        ])
+        .arg("--cert")
+        .arg(&c.cert)
+        .arg("--key")
+        .arg(&c.key)
+        .arg("--chain")
+        .arg(&c.chain)
+        .arg("--gateway-ca")
+        .arg(&gw.ca)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Killed(child);
+    wait_listening(addr);
+    (child, addr)
+}
