@@ -133,6 +133,7 @@ fn sessions(c: &mut Criterion) {
         count_tokens: true,
         audiences: Vec::new(),
         conditions: Conditions::default(),
+        connections: None,
     };
     let request = Request {
         tenant: None,

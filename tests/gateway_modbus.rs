@@ -1,8 +1,9 @@
 //! A plant's Modbus/TCP device behind the gateway: a pymodbus server (the
 //! PLC) as the route's target and a pymodbus client (the vendor's
 //! engineering tool) through `lockstep connect --listen`. The tool reads
-//! and writes registers while the session is open; closing the session
-//! cuts it mid-poll, and it cannot come back.
+//! and writes registers while the session is open; a second tool is
+//! refused by the policy's one connection at a time; closing the session
+//! cuts the first mid-poll, and it cannot come back.
 
 mod common;
 
@@ -12,7 +13,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use common::gateway::{
-    Killed, close, connect_listener, credential, free_port, start_gateway, wait_reports,
+    Killed, close, connect_listener, credential, free_port, gateway_log, start_gateway,
+    wait_reports,
 };
 use common::server::TestServer;
 
@@ -26,6 +28,7 @@ approvers = ["token:bob"]
 quorum = 1
 max_duration = "1h"
 profiles = ["mtls-client"]
+connections = 1
 
 [[gateway]]
 identities = ["token:gw"]
@@ -84,11 +87,34 @@ async fn closing_the_session_cuts_a_modbus_tool_mid_poll() {
     let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
     let (_tunnel, local) = connect_listener(&gw, &c);
     let local = local.port().to_string();
+    // The probe that saw the tunnel listening made a connection of its
+    // own; it is over once reported.
+    wait_reports(&srv, &c.session, 1).await;
+    let (_, view) = srv
+        .call(
+            "GET",
+            &format!("/v1/sessions/{}", c.session),
+            Some("alice"),
+            None,
+        )
+        .await;
+    assert_eq!(view["connections_allowed"], 1, "{view}");
 
     let (_tool, tool) = python("modbus_operator.py", &[&local, "60"]);
     assert_eq!(line(&tool, Duration::from_secs(20)), "read 100 101 102 103");
     assert_eq!(line(&tool, Duration::from_secs(5)), "wrote 42");
-    // Polling; the session closes under it.
+    // A second tool at the same time: the route would allow two, the
+    // session's policy one.
+    let (_second, second) = python("modbus_operator.py", &[&local, "5"]);
+    let answer = line(&second, Duration::from_secs(20));
+    assert!(answer.starts_with("lost"), "{answer}");
+    assert!(
+        gateway_log(&srv)
+            .contains("the session already has the 1 connection(s) at once its policy allows"),
+        "{}",
+        gateway_log(&srv)
+    );
+    // The first polls on; the session closes under it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let closed = close(&srv, &c, "close").await;
     let lost = line(&tool, Duration::from_secs(10));

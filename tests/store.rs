@@ -46,6 +46,7 @@ fn new_session(quorum: u32, credentials: u32, n_approvers: usize) -> (Session, E
         count_tokens: true,
         audiences: Vec::new(),
         conditions: Conditions::default(),
+        connections: None,
     };
     Session::new(SessionId::generate().unwrap(), request, rules, t(0)).unwrap()
 }

@@ -276,10 +276,7 @@ fn leaf_spec(not_after: Timestamp) -> LeafSpec {
         sans: vec![San::Dns("tpm-restart.example".into())],
         profile: CertProfile::MtlsClient,
         not_after,
-        session: SessionEvidence {
-            session_id: "ses_tpm_restart".into(),
-            approval: None,
-        },
+        session: SessionEvidence::session("ses_tpm_restart"),
         revocation: None,
     }
 }

@@ -27,6 +27,7 @@ fn spec(profile: CertProfile, not_after: Timestamp) -> LeafSpec {
                 approvers: vec!["token:alice".into(), "token:bob".into()],
                 opened_at: SystemClock.now(),
             }),
+            connections: Some(3),
         },
         revocation: None,
     }
@@ -123,6 +124,7 @@ fn minted_certificate_verifies_and_carries_exact_not_after_eku_and_session(backe
             .unwrap()
             .unwrap();
         assert_eq!(evidence.session_id, "ses_test_0001");
+        assert_eq!(evidence.connections, Some(3));
         assert_eq!(
             evidence.approval.unwrap().approvers,
             ["token:alice", "token:bob"]

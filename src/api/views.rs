@@ -197,6 +197,10 @@ pub struct SessionView {
     pub closes_at: Option<String>,
     /// Credentials it may mint.
     pub credentials_allowed: u32,
+    /// At most this many connections of the session at once through one
+    /// gateway, when the policy sets a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections_allowed: Option<u32>,
     /// Credentials minted (or being minted).
     pub credentials_minted: u32,
     /// When it closed.
@@ -238,6 +242,7 @@ impl SessionView {
             opened_at: s.opened_at.map(|t| t.to_string()),
             closes_at: s.closes_at.map(|t| t.to_string()),
             credentials_allowed: s.rules.credentials,
+            connections_allowed: s.rules.connections,
             credentials_minted: s.minted,
             closed_at: s.closure.as_ref().map(|c| c.at.to_string()),
             closed_by: s.closure.as_ref().and_then(|c| c.by.clone()),

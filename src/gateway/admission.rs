@@ -42,6 +42,9 @@ pub struct Ticket {
     /// Its issuing CA's key identifier (the certificate's AKI; empty when
     /// it has none): which CRL speaks for it.
     pub issuer_key: Vec<u8>,
+    /// The policy's limit on the session's connections at once, from the
+    /// session extension.
+    pub connections: Option<u32>,
 }
 
 /// Reads the lockstep facts of a client certificate that chains to the
@@ -92,6 +95,7 @@ pub fn ticket(der: &[u8], resource_uri: &str) -> Result<Ticket, String> {
         serial: hex::encode(tbs.serial_number().as_bytes()),
         not_after: Timestamp::from_unix(not_after),
         issuer_key,
+        connections: evidence.connections,
     })
 }
 

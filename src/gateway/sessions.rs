@@ -36,6 +36,9 @@ pub enum LimitRefusal {
     /// The session has as many connections on this route as it may.
     #[error("the session already has its maximum of {0} connection(s) on this route")]
     Session(usize),
+    /// The session has as many connections as its policy allows.
+    #[error("the session already has the {0} connection(s) at once its policy allows")]
+    Policy(u32),
 }
 
 struct Live {
@@ -142,7 +145,8 @@ impl Sessions {
     }
 
     /// Registers a connection of `ticket`'s session on `route`, within the
-    /// limits.
+    /// limits: the route's `per_session`, the gateway's `max_total`, and
+    /// the policy's limit its certificate carries (across routes).
     pub fn register(
         self: &Arc<Self>,
         ticket: &Ticket,
@@ -154,12 +158,15 @@ impl Sessions {
         if inner.total >= max_total {
             return Err(LimitRefusal::Gateway(max_total));
         }
-        let on_route = inner
-            .live
-            .get(&ticket.session)
-            .map_or(0, |c| c.values().filter(|l| l.route == route).count());
+        let mine = inner.live.get(&ticket.session);
+        let on_route = mine.map_or(0, |c| c.values().filter(|l| l.route == route).count());
         if on_route >= per_session {
             return Err(LimitRefusal::Session(per_session));
+        }
+        if let Some(allowed) = ticket.connections
+            && mine.map_or(0, HashMap::len) >= allowed as usize
+        {
+            return Err(LimitRefusal::Policy(allowed));
         }
         let (tx, rx) = watch::channel(None);
         if let Some(Status::Closed(end)) = inner.status.get(&ticket.session) {
@@ -283,6 +290,7 @@ mod tests {
             serial: "01".into(),
             not_after: Timestamp::from_unix(2_000_000_000),
             issuer_key: vec![1],
+            connections: None,
         }
     }
 
@@ -330,6 +338,23 @@ mod tests {
         drop(a);
         assert_eq!(s.connections(), 2);
         assert!(s.register(&t, "plc", 1, 3).is_ok());
+    }
+
+    #[test]
+    fn the_policys_limit_counts_across_routes() {
+        let s = Arc::new(Sessions::default());
+        let t = Ticket {
+            connections: Some(2),
+            ..ticket()
+        };
+        let _a = s.register(&t, "plc", 4, 10).unwrap();
+        let b = s.register(&t, "hmi", 4, 10).unwrap();
+        assert_eq!(
+            s.register(&t, "ssh", 4, 10).err(),
+            Some(LimitRefusal::Policy(2))
+        );
+        drop(b);
+        assert!(s.register(&t, "ssh", 4, 10).is_ok());
     }
 
     #[test]

@@ -24,6 +24,8 @@
 //! claims = { ref = "refs/heads/main" } # OIDC claims required of requesters
 //! audiences = ["payroll-api"]        # token audiences besides the resource
 //! count_tokens = true                 # tokens count against `credentials`
+//! connections = 1                     # optional: at most this many connections of
+//!                                     # a session at once through one gateway
 //! conditions = { source_networks = ["10.0.0.0/8"], requester_token_valid = true }
 //!
 //! [[gateway]]                         # optional: follows sessions on GET /v1/events
@@ -52,6 +54,8 @@ use crate::sessions::{Conditions, Rules};
 const MAX_SESSION_SECS: u64 = 30 * 86_400;
 /// The most credentials one session may mint.
 const MAX_CREDENTIALS: u32 = 1000;
+/// The most connections a policy may allow one session at once.
+const MAX_CONNECTIONS: u32 = 1000;
 
 /// Why a policy file was refused. The message names the file and the
 /// place in it.
@@ -138,6 +142,8 @@ struct ResourceFile {
     audiences: Vec<String>,
     #[serde(default)]
     conditions: ConditionsFile,
+    #[serde(default)]
+    connections: Option<u32>,
 }
 
 #[derive(Default, Deserialize)]
@@ -267,6 +273,9 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         if r.credentials == 0 || r.credentials > MAX_CREDENTIALS {
             return Err(bad(format!("credentials must be 1 to {MAX_CREDENTIALS}")));
         }
+        if r.connections.is_some_and(|n| n == 0 || n > MAX_CONNECTIONS) {
+            return Err(bad(format!("connections must be 1 to {MAX_CONNECTIONS}")));
+        }
         if r.denials_to_close == 0 {
             return Err(bad("denials_to_close must be at least 1".into()));
         }
@@ -316,6 +325,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
                     source_networks: r.conditions.source_networks,
                     requester_token_valid: r.conditions.requester_token_valid,
                 },
+                connections: r.connections,
             },
         });
     }

@@ -230,6 +230,11 @@ profiles = ["mtls-client"]
         (format!("{base}{base}"), "#2", "same match"),
         (format!("{base}colour = \"red\"\n"), "line", "unknown field"),
         (format!("{base}credentials = 0\n"), "#1", "credentials"),
+        (
+            format!("{base}connections = 0\n"),
+            "#1",
+            "connections must be 1 to 1000",
+        ),
     ];
     for (text, place, message) in cases {
         let err = Policy::parse(&text, Path::new("p.toml"))

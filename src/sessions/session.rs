@@ -36,6 +36,10 @@ pub struct Rules {
     /// session.
     #[serde(default)]
     pub conditions: Conditions,
+    /// At most this many connections of the session at once through one
+    /// gateway (carried in its certificates' session extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
 }
 
 fn yes() -> bool {

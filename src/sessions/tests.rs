@@ -24,6 +24,7 @@ fn rules() -> Rules {
         count_tokens: true,
         audiences: Vec::new(),
         conditions: Conditions::default(),
+        connections: None,
     }
 }
 

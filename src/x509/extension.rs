@@ -9,7 +9,10 @@
 //! LockstepSession ::= SEQUENCE {
 //!     version     INTEGER (1),
 //!     sessionId   UTF8String (SIZE (1..128)),
-//!     approval    [0] IMPLICIT ApprovalEvidence OPTIONAL
+//!     approval    [0] IMPLICIT ApprovalEvidence OPTIONAL,
+//!     connections [1] IMPLICIT INTEGER (1..1000) OPTIONAL
+//!                 -- at most this many connections at once through one
+//!                 -- lockstep gateway (the policy's `connections`)
 //! }
 //!
 //! ApprovalEvidence ::= SEQUENCE {
@@ -41,6 +44,9 @@ pub struct SessionEvidence {
     pub session_id: String,
     /// The approval, once the session has one.
     pub approval: Option<ApprovalEvidence>,
+    /// The policy's limit on the session's connections at once through
+    /// one gateway, if it sets one.
+    pub connections: Option<u32>,
 }
 
 /// The approval that opened a session.
@@ -60,6 +66,8 @@ struct Wire {
     session_id: String,
     #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
     approval: Option<WireApproval>,
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    connections: Option<u32>,
 }
 
 #[derive(Sequence)]
@@ -75,6 +83,7 @@ impl SessionEvidence {
         Self {
             session_id: id.into(),
             approval: None,
+            connections: None,
         }
     }
 
@@ -104,6 +113,7 @@ impl SessionEvidence {
             version: VERSION,
             session_id: id.clone(),
             approval,
+            connections: self.connections,
         };
         Ok(Extension {
             extn_id: oids::LOCKSTEP_SESSION_EXT,
@@ -138,9 +148,15 @@ impl SessionEvidence {
                 opened_at: Timestamp::from_unix(a.opened_at.to_unix_duration().as_secs() as i64),
             }),
         };
+        if wire.connections == Some(0) {
+            return Err(X509Error::Chain(
+                "the session extension allows 0 connections".into(),
+            ));
+        }
         Ok(Some(Self {
             session_id: wire.session_id,
             approval,
+            connections: wire.connections,
         }))
     }
 }
@@ -180,6 +196,7 @@ mod tests {
                 approvers: vec!["token:alice".into(), "oidc:https://idp:bob".into()],
                 opened_at: Timestamp::from_unix(1_900_000_000),
             }),
+            connections: Some(2),
         }
         .to_extension()
         .unwrap();
@@ -188,5 +205,15 @@ mod tests {
         let wire = Wire::from_der(ext.extn_value.as_bytes()).unwrap();
         assert_eq!(wire.session_id, "s1");
         assert_eq!(wire.approval.unwrap().approvers.len(), 2);
+        assert_eq!(wire.connections, Some(2));
+        // Without a limit the field is left out: the encoding of earlier
+        // certificates.
+        let plain = SessionEvidence::session("s1").to_extension().unwrap();
+        assert_eq!(
+            Wire::from_der(plain.extn_value.as_bytes())
+                .unwrap()
+                .connections,
+            None
+        );
     }
 }

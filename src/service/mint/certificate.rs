@@ -105,6 +105,7 @@ impl CertificateMinter {
                     approvers: session.approvals.iter().map(|v| v.by.clone()).collect(),
                     opened_at: session.opened_at.unwrap_or(session.created_at),
                 }),
+                connections: session.rules.connections,
             },
             revocation: self.revocation.clone(),
         }
