@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::gateway::{
-    Client, Killed, close, connect_listener, connection_entries, credential, echo_target,
-    gateway_log, s_client, start_gateway, start_gateway_under, target_ends, wait_for, wait_reports,
+    Client, Killed, RouteSpec, Setup, close, connect_listener, connection_entries, credential,
+    echo_target, gateway_log, launch, s_client, start_gateway, start_gateway_under, target_ends,
+    wait_for, wait_reports,
 };
 use common::openssl;
 use common::server::TestServer;
@@ -270,11 +271,36 @@ async fn a_stopped_issuer_cuts_and_a_restarted_gateway_delivers_its_spool_once()
     let issuer = Killed(issuer);
     let pid = issuer.0.id().to_string();
     let (_target, target, _ends) = echo_target(srv.dir.path());
-    let gw = start_gateway(&srv, target, "plc:line1", "per_session = 4");
+    // Two routes to the target, one under each offline rule.
+    let route = |name: &str, offline: &str| RouteSpec {
+        name: name.into(),
+        target,
+        resource: "plc:line1".into(),
+        extra: format!("offline = \"{offline}\""),
+    };
+    let gw = launch(
+        &srv,
+        Setup {
+            issuer: "silence = \"4s\"".into(),
+            limits: "per_session = 4".into(),
+            routes: vec![route("plc", "cut"), route("hmi", "crl")],
+            ..Setup::default()
+        },
+    );
+    wait_for("a CRL held", Duration::from_secs(10), || {
+        gateway_log(&srv).contains("following the issuer's events")
+            && std::fs::read_dir(gw.spool.join("crl")).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "crl"))
+            })
+    });
     let mut client = Client::of(&gw, &c);
     assert_eq!(client.echo("before").as_deref(), Some("before"));
+    let mut kept = Client::on(&gw, 1, &c);
+    assert_eq!(kept.echo("before").as_deref(), Some("before"));
 
-    // SIGSTOP: the stream falls silent; offline = "cut" ends the connection.
+    // SIGSTOP: the stream falls silent; offline = "cut" ends the connection,
+    // offline = "crl" carries on (the CRL is valid for ten minutes).
     assert!(
         Command::new("kill")
             .args(["-STOP", &pid])
@@ -284,26 +310,34 @@ async fn a_stopped_issuer_cuts_and_a_restarted_gateway_delivers_its_spool_once()
     );
     let took = client.ended_within(Duration::from_secs(15));
     eprintln!("link lost → cut in {took:?}");
+    let spool = gw.spool.clone();
+    let spooled = || {
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("con_")
+            })
+            .count()
+    };
     wait_for("the report spooled", Duration::from_secs(5), || {
-        gateway_log(&srv).contains("ended=link_lost")
+        spooled() == 1
     });
-    // No current status: a new connection is refused.
+    assert!(gateway_log(&srv).contains("ended=link_lost"));
+    assert_eq!(kept.echo("while stopped").as_deref(), Some("while stopped"));
+    // No current status: a new connection is refused on the cut route and
+    // admitted on the CRL on the other.
     let mut refused = Client::of(&gw, &c);
     assert_eq!(refused.echo("while stopped"), None);
-    // The gateway is killed with its report undelivered.
+    let mut on_crl = Client::on(&gw, 1, &c);
+    assert_eq!(on_crl.echo("on the CRL").as_deref(), Some("on the CRL"));
+    // The gateway is killed (its CRL-route connections unreported: a kill
+    // leaves no time) with its one report undelivered.
     drop(gw);
-    let spool = srv.dir.path().join("gw-spool");
-    let spooled = std::fs::read_dir(&spool)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("con_")
-        })
-        .count();
-    assert_eq!(spooled, 1, "one report waits in the spool");
+    assert_eq!(spooled(), 1, "one report waits in the spool");
 
     // SIGCONT, and a new gateway on the same spool: the report arrives once,
     // and the session's connections are admitted again.
