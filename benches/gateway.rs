@@ -32,23 +32,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
-use common::gateway::{Credential, Gateway, close, credential, start_gateway};
+use common::gateway::{Credential, Gateway, close, credential, policy, start_gateway};
 use common::server::TestServer;
-
-const POLICY: &str = r#"
-[[resource]]
-match = "plc:*"
-requesters = ["token:alice"]
-approvers = ["token:bob"]
-quorum = 1
-max_duration = "1h"
-profiles = ["mtls-client"]
-credentials = 5
-
-[[gateway]]
-identities = ["token:gw"]
-resources = ["plc:line1"]
-"#;
 
 /// A target that echoes, or discards and counts, and tells when each of
 /// its connections ended (seen from its side).
@@ -240,7 +225,7 @@ async fn main() {
     } else {
         (200, 20, 256, 2000, 400)
     };
-    let srv = TestServer::start("bench-gateway", POLICY, &["alice", "bob", "gw"], "").await;
+    let srv = TestServer::start("bench-gateway", &policy(""), &["alice", "bob", "gw"], "").await;
 
     // close → cut, with every connection held open at once.
     let (echo, mut ends) = target(true).await;

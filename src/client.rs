@@ -82,21 +82,9 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Error::Connection(describe(&e)))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::Connection(describe(&e)))?;
-        if status.is_success() {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Connection(format!("unexpected answer from the server: {e}")))
-        } else {
-            Err(remote(status, &bytes))
-        }
+        let bytes = body_of(req).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Connection(format!("unexpected answer from the server: {e}")))
     }
 
     /// `POST /v1/sessions`.
@@ -261,22 +249,8 @@ impl Client {
 
     /// The body of a published document at `path` (no credentials sent).
     async fn published(&self, path: &str) -> Result<Vec<u8>, Error> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| Error::Connection(describe(&e)))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::Connection(describe(&e)))?;
-        if status.is_success() {
-            Ok(bytes.to_vec())
-        } else {
-            Err(remote(status, &bytes))
-        }
+        let req = self.http.get(format!("{}{path}", self.base));
+        body_of(req).await
     }
 
     /// `GET /v1/events`, resuming after `last_event_id` when given: the
@@ -299,6 +273,25 @@ impl Client {
             return Ok(resp);
         }
         let bytes = resp.bytes().await.unwrap_or_default();
+        Err(remote(status, &bytes))
+    }
+}
+
+/// Sends `req` and reads its whole answer: the body of a success, or the
+/// error of a refusal.
+async fn body_of(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Error> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Error::Connection(describe(&e)))?;
+    let status = resp.status();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::Connection(describe(&e)))?;
+    if status.is_success() {
+        Ok(bytes.to_vec())
+    } else {
         Err(remote(status, &bytes))
     }
 }

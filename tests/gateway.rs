@@ -11,35 +11,24 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{
     Client, Killed, RouteSpec, Setup, close, connect_listener, connection_entries, credential,
-    echo_target, gateway_log, launch, s_client, start_gateway, start_gateway_under, target_ends,
-    wait_for, wait_reports,
+    echo_target, gateway_log, launch, policy, s_client, start_gateway, start_gateway_under,
+    target_ends, wait_for, wait_reports,
 };
 use common::openssl;
 use common::server::TestServer;
-
-const POLICY: &str = r#"
-auditors = ["token:auditor"]
-
-[[resource]]
-match = "plc:*"
-requesters = ["token:alice"]
-approvers = ["token:bob"]
-quorum = 1
-max_duration = "1h"
-profiles = ["mtls-client", "code-signing"]
-credentials = 5
-
-[[gateway]]
-identities = ["token:gw"]
-resources = ["plc:line1"]
-"#;
 
 /// A heartbeat every second, so a lost stream is noticed in seconds.
 const EXTRA: &str = "[events]\nheartbeat = \"1s\"\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_lives_exactly_as_long_as_its_session() {
-    let srv = TestServer::start("gateway", POLICY, &["alice", "bob", "gw", "auditor"], EXTRA).await;
+    let srv = TestServer::start(
+        "gateway",
+        &policy(""),
+        &["alice", "bob", "gw", "auditor"],
+        EXTRA,
+    )
+    .await;
     let (_target, target, ends) = echo_target(srv.dir.path());
     let gw = start_gateway(&srv, target, "plc:line1", "per_session = 2");
 
@@ -93,7 +82,7 @@ async fn a_connection_lives_exactly_as_long_as_its_session() {
 async fn certificates_that_do_not_fit_the_route_are_refused() {
     let srv = TestServer::start(
         "gateway-refuse",
-        POLICY,
+        &policy(""),
         &["alice", "bob", "gw", "auditor"],
         EXTRA,
     )
@@ -173,7 +162,7 @@ async fn certificates_that_do_not_fit_the_route_are_refused() {
 async fn tools_without_client_certificates_go_through_lockstep_connect() {
     let srv = TestServer::start(
         "gateway-connect",
-        POLICY,
+        &policy(""),
         &["alice", "bob", "gw", "auditor"],
         EXTRA,
     )
@@ -258,7 +247,7 @@ async fn tools_without_client_certificates_go_through_lockstep_connect() {
 async fn a_stopped_issuer_cuts_and_a_restarted_gateway_delivers_its_spool_once() {
     let mut srv = TestServer::start(
         "gateway-link",
-        POLICY,
+        &policy(""),
         &["alice", "bob", "gw", "auditor"],
         EXTRA,
     )
@@ -373,7 +362,7 @@ async fn a_stopped_issuer_cuts_and_a_restarted_gateway_delivers_its_spool_once()
 async fn a_certificate_not_yet_valid_for_the_gateway_is_refused() {
     let srv = TestServer::start(
         "gateway-early",
-        POLICY,
+        &policy(""),
         &["alice", "bob", "gw", "auditor"],
         EXTRA,
     )

@@ -13,27 +13,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use common::gateway::{
-    Killed, close, connect_listener, credential, free_port, gateway_log, start_gateway,
+    Killed, close, connect_listener, credential, free_port, gateway_log, policy, start_gateway,
     wait_reports,
 };
 use common::server::TestServer;
-
-const POLICY: &str = r#"
-auditors = ["token:auditor"]
-
-[[resource]]
-match = "plc:*"
-requesters = ["token:alice"]
-approvers = ["token:bob"]
-quorum = 1
-max_duration = "1h"
-profiles = ["mtls-client"]
-connections = 1
-
-[[gateway]]
-identities = ["token:gw"]
-resources = ["plc:line1"]
-"#;
 
 /// Runs `tests/python/<script>` with the pinned tools; its stdout lines
 /// arrive on the channel (which disconnects when it exits).
@@ -70,7 +53,7 @@ fn line(rx: &Receiver<String>, within: Duration) -> String {
 async fn closing_the_session_cuts_a_modbus_tool_mid_poll() {
     let srv = TestServer::start(
         "gateway-modbus",
-        POLICY,
+        &policy("connections = 1"),
         &["alice", "bob", "gw", "auditor"],
         "",
     )

@@ -39,7 +39,8 @@ use crate::sessions::{ConnectionEnd, ConnectionReport, SessionId};
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the issuer has to tell a session's status at connect.
+/// How long the issuer has to tell a session's status at connect (or
+/// `[issuer] silence`, when shorter).
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the target has to accept the connection.
 const TARGET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +57,8 @@ struct Shared {
     crls: Arc<Crls>,
     spool: Arc<Spool>,
     max_connections: usize,
+    /// How long the issuer has to answer a status question.
+    status_timeout: Duration,
     /// Each route's `offline` rule, by route name.
     offline: HashMap<String, Offline>,
 }
@@ -96,6 +99,7 @@ impl Gateway {
             crls: crls.clone(),
             spool: Spool::open(&config.spool)?,
             max_connections: config.max_connections,
+            status_timeout: STATUS_TIMEOUT.min(config.silence),
             offline: config
                 .routes
                 .iter()
@@ -458,7 +462,7 @@ fn admit_offline(shared: &Shared, route: &Route, ticket: &Ticket) -> Result<(), 
 /// Asks the issuer for a session's status and remembers it (a closed one
 /// has its connections cut). An error means the status is unknown.
 async fn ask(shared: &Shared, id: &SessionId) -> Result<(), String> {
-    let view = tokio::time::timeout(STATUS_TIMEOUT, shared.client.session(id.as_str()))
+    let view = tokio::time::timeout(shared.status_timeout, shared.client.session(id.as_str()))
         .await
         .map_err(|_| "the issuer did not say whether the session is open (timed out)".to_owned())?
         .map_err(|e| format!("the issuer did not say whether the session is open: {e}"))?;

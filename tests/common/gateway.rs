@@ -13,6 +13,31 @@ use serde_json::{Value, json};
 use super::openssl_csr;
 use super::server::TestServer;
 
+/// The gateway tests' policy: alice requests `plc:*`, bob approves (one
+/// approval), `extra` lines added to that resource; the gateway `token:gw`
+/// follows `plc:line1`; `token:auditor` reads the trail.
+pub fn policy(extra: &str) -> String {
+    format!(
+        r#"
+auditors = ["token:auditor"]
+
+[[resource]]
+match = "plc:*"
+requesters = ["token:alice"]
+approvers = ["token:bob"]
+quorum = 1
+max_duration = "1h"
+profiles = ["mtls-client", "code-signing"]
+credentials = 5
+{extra}
+
+[[gateway]]
+identities = ["token:gw"]
+resources = ["plc:line1"]
+"#
+    )
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

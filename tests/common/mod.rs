@@ -212,15 +212,22 @@ pub fn openssl(args: &[&str]) -> (bool, String) {
 
 /// `openssl crl -text` of the DER CRL at `path`: (success, output).
 pub fn crl_text(path: &Path) -> (bool, String) {
-    openssl(&[
+    openssl_crl(path, &["-text"])
+}
+
+/// `openssl crl -noout` with `what` (e.g. `-crlnumber`) of the DER CRL at
+/// `path`: (success, output).
+pub fn openssl_crl(path: &Path, what: &[&str]) -> (bool, String) {
+    let mut args = vec![
         "crl",
         "-inform",
         "DER",
         "-in",
         path.to_str().unwrap(),
         "-noout",
-        "-text",
-    ])
+    ];
+    args.extend_from_slice(what);
+    openssl(&args)
 }
 
 /// Backend as the trait object the product uses.
