@@ -276,13 +276,7 @@ async fn a_stopped_issuer_cuts_and_a_restarted_gateway_delivers_its_spool_once()
             ..Setup::default()
         },
     );
-    wait_for("a CRL held", Duration::from_secs(10), || {
-        gateway_log(&srv).contains("following the issuer's events")
-            && std::fs::read_dir(gw.spool.join("crl")).is_ok_and(|d| {
-                d.flatten()
-                    .any(|e| e.path().extension().is_some_and(|x| x == "crl"))
-            })
-    });
+    gw.wait_following_with_crl(&srv);
     let mut client = Client::of(&gw, &c);
     assert_eq!(client.echo("before").as_deref(), Some("before"));
     let mut kept = Client::on(&gw, 1, &c);

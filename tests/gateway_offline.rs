@@ -69,15 +69,7 @@ async fn a_crl_route_rides_out_an_outage_until_its_crl_runs_out() {
             ..Setup::default()
         },
     );
-    wait_for("a CRL held", Duration::from_secs(10), || {
-        gateway_log(&srv).contains("following the issuer's events")
-            && std::fs::read_dir(gw.spool.join("crl"))
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.path().extension().is_some_and(|x| x == "crl"))
-                })
-                .unwrap_or(false)
-    });
+    gw.wait_following_with_crl(&srv);
     // c2's session opens while the gateway follows: it has a position in
     // the event stream to resume from.
     let c2 = credential(&srv, "plc:line1", 600, "mtls-client").await;

@@ -242,6 +242,22 @@ impl Gateway {
         Killed(child)
     }
 
+    /// Waits until the gateway follows the issuer's events and holds (and
+    /// keeps) a CRL.
+    pub fn wait_following_with_crl(&self, srv: &TestServer) {
+        wait_for(
+            "the gateway following, with a CRL",
+            Duration::from_secs(10),
+            || {
+                gateway_log(srv).contains("following the issuer's events")
+                    && std::fs::read_dir(self.spool.join("crl")).is_ok_and(|d| {
+                        d.flatten()
+                            .any(|e| e.path().extension().is_some_and(|x| x == "crl"))
+                    })
+            },
+        );
+    }
+
     /// Stops the gateway (SIGTERM, waited for) and starts it again on the
     /// same configuration and spool.
     pub fn restart(&mut self) {
