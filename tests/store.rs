@@ -792,6 +792,8 @@ async fn a_connection_report_is_recorded_once_and_only_for_the_sessions_serial(k
         bytes_from_client: 5,
         bytes_to_client: 7,
         ended: ConnectionEnd::Closed,
+        refused: Vec::new(),
+        refused_total: 0,
     };
     let gw = "token:gw";
     let cases = [

@@ -128,7 +128,7 @@ impl Modify for SharedRefusals {
         ErrorBody, views::NewSessionBody, views::VoteBody, views::RevokeBody, views::CsrBody,
         views::SessionView, views::VoteView, views::SessionList, views::CertificateView, views::Health,
         views::TokenBody, views::TokenView, views::IntrospectionView, published::IntrospectBody,
-        events::EventView, crate::sessions::ConnectionReport, crate::sessions::ConnectionEnd,
+        events::EventView, crate::sessions::ConnectionReport, crate::sessions::ConnectionEnd, crate::sessions::RefusedRequest,
         connections::ReportView,
     )),
     modifiers(&BearerAuth, &SharedRefusals)

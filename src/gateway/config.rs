@@ -37,6 +37,15 @@
 //! resource = "hmi:line1"
 //! offline = "crl"                    # carry on while the held CRL is current…
 //! grace = "5m"                       # …and this long past its nextUpdate
+//!
+//! [[route]]
+//! name = "plc-read"
+//! listen = "0.0.0.0:15021"
+//! target = "10.7.0.20:502"
+//! resource = "plc:line1:read"
+//! offline = "cut"
+//! protocol = "modbus-tcp"            # read as Modbus/TCP frames (see `gateway::modbus`)
+//! modbus = { allow = ["read-only"], refused = "answer" }   # or "close"
 //! ```
 //!
 //! Relative paths are relative to the file's directory.
@@ -47,6 +56,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::carry::Protocol;
+use super::modbus::{Allowed, FunctionName, OnRefused};
 use crate::error::Error;
 use crate::secret::SecretRef;
 
@@ -171,6 +182,27 @@ struct RouteFile {
     idle_timeout: Option<String>,
     offline: OfflineFile,
     grace: Option<String>,
+    #[serde(default)]
+    protocol: ProtocolFile,
+    modbus: Option<ModbusFile>,
+}
+
+/// `protocol` as written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+enum ProtocolFile {
+    #[default]
+    #[serde(rename = "tcp")]
+    Tcp,
+    #[serde(rename = "modbus-tcp")]
+    ModbusTcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModbusFile {
+    allow: Vec<FunctionName>,
+    #[serde(default)]
+    refused: OnRefused,
 }
 
 /// The gateway's settings, checked.
@@ -216,6 +248,8 @@ pub struct Route {
     pub idle_timeout: Duration,
     /// What happens while the issuer is out of reach.
     pub offline: Offline,
+    /// How the carried bytes are read.
+    pub protocol: Protocol,
 }
 
 fn duration(place: &str, text: &str) -> Result<Duration, Error> {
@@ -303,6 +337,24 @@ impl GatewayConfig {
                     },
                 },
             };
+            let protocol = match (r.protocol, r.modbus) {
+                (ProtocolFile::Tcp, None) => Protocol::Opaque,
+                (ProtocolFile::Tcp, Some(_)) => {
+                    return Err(format!(
+                        "{place}: modbus rules need protocol = \"modbus-tcp\""
+                    ));
+                }
+                (ProtocolFile::ModbusTcp, None) => {
+                    return Err(format!(
+                        "{place}: protocol = \"modbus-tcp\" needs modbus = {{ allow = [...] }} (e.g. [\"read-only\"])"
+                    ));
+                }
+                (ProtocolFile::ModbusTcp, Some(m)) => Protocol::Modbus {
+                    allowed: Allowed::parse(&m.allow)
+                        .map_err(|e| format!("{place}: modbus allow: {e}"))?,
+                    on_refused: m.refused,
+                },
+            };
             routes.push(Route {
                 name: r.name,
                 listen: r.listen,
@@ -311,6 +363,7 @@ impl GatewayConfig {
                 per_session: r.per_session.unwrap_or(file.limits.per_session),
                 idle_timeout,
                 offline,
+                protocol,
             });
         }
         let path = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
@@ -359,6 +412,14 @@ resource = "hmi:line1"
 offline = "crl"
 grace = "2m"
 idle_timeout = "30s"
+[[route]]
+name = "plc-read"
+listen = "127.0.0.1:15021"
+target = "127.0.0.1:5020"
+resource = "plc:line1:read"
+offline = "cut"
+protocol = "modbus-tcp"
+modbus = { allow = ["read-only", 23], refused = "close" }
 "#;
 
     #[test]
@@ -373,6 +434,14 @@ idle_timeout = "30s"
         assert_eq!(c.silence, Duration::from_secs(35));
         assert_eq!(c.crl_refresh, Duration::from_secs(30));
         assert_eq!(c.routes[0].offline, Offline::Cut);
+        assert_eq!(c.routes[0].protocol, Protocol::Opaque);
+        assert_eq!(
+            c.routes[2].protocol,
+            Protocol::Modbus {
+                allowed: Allowed::of(&[1, 2, 3, 4, 23]),
+                on_refused: OnRefused::Close,
+            }
+        );
         assert_eq!(
             c.routes[1].offline,
             Offline::Crl {
@@ -397,6 +466,10 @@ idle_timeout = "30s"
                 "only to offline",
             ),
             (("grace = \"2m\"", "grace = \"soon\""), "not a duration"),
+            (("protocol = \"modbus-tcp\"\n", ""), "need protocol"),
+            (("modbus = {", "x = {"), "unknown field"),
+            (("\"read-only\", 23", "\"erase\""), "not a Modbus function"),
+            (("\"modbus-tcp\"", "\"s7\""), "unknown variant"),
         ] {
             let text = GOOD.replacen(spoil.0, spoil.1, 1);
             let err = GatewayConfig::parse(&text, Path::new(".")).unwrap_err();

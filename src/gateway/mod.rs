@@ -12,6 +12,7 @@ pub mod carry;
 pub mod config;
 pub mod crls;
 mod follow;
+pub mod modbus;
 pub mod sessions;
 pub mod spool;
 
@@ -398,7 +399,7 @@ async fn serve_one(ctx: Arc<RouteCtx>, tcp: TcpStream, peer: SocketAddr) {
                 deadline: deadline(ticket.not_after),
                 idle: ctx.route.idle_timeout,
             };
-            carry::carry(tls, target, bounds, reg.cut.clone()).await
+            carry::carry(tls, target, bounds, ctx.route.protocol, reg.cut.clone()).await
         }
         failed => {
             let error = match failed {
@@ -411,13 +412,16 @@ async fn serve_one(ctx: Arc<RouteCtx>, tcp: TcpStream, peer: SocketAddr) {
                 ended: ConnectionEnd::TargetHungUp,
                 from_client: 0,
                 to_client: 0,
+                refused: Vec::new(),
+                refused_total: 0,
             }
         }
     };
     let ended_at = SystemClock.now();
     tracing::info!(%route, %peer, session = %ticket.session, serial = %ticket.serial,
         ended = %carried.ended, bytes_from_client = carried.from_client,
-        bytes_to_client = carried.to_client, "connection ended");
+        bytes_to_client = carried.to_client, refused = carried.refused_total,
+        "connection ended");
     report(
         shared, &ctx.route, &ticket, peer, started_at, ended_at, carried,
     );
@@ -523,6 +527,8 @@ fn report(
         bytes_from_client: carried.from_client,
         bytes_to_client: carried.to_client,
         ended: carried.ended,
+        refused: carried.refused,
+        refused_total: carried.refused_total,
     };
     if let Err(e) = shared.spool.put(ticket.session.as_str(), report) {
         tracing::error!(error = %e, session = %ticket.session, "connection report could not be spooled");

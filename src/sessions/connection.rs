@@ -12,6 +12,8 @@ use crate::clock::Timestamp;
 
 /// The longest report id, route name or client address accepted.
 const MAX_FIELD: usize = 128;
+/// Refused requests a report lists at most (the rest are only counted).
+pub const MAX_REFUSED_LISTED: usize = 100;
 
 /// Why a gateway connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -33,6 +35,12 @@ pub enum ConnectionEnd {
     LinkLost,
     /// The gateway stopped.
     GatewayStopped,
+    /// The client sent a request its route does not allow, and the route
+    /// closes on one.
+    RefusedFunction,
+    /// The client or the target sent bytes that are not the route's
+    /// protocol.
+    MalformedFrame,
 }
 
 impl ConnectionEnd {
@@ -47,6 +55,8 @@ impl ConnectionEnd {
             Self::TargetHungUp => "target_hung_up",
             Self::LinkLost => "link_lost",
             Self::GatewayStopped => "gateway_stopped",
+            Self::RefusedFunction => "refused_function",
+            Self::MalformedFrame => "malformed_frame",
         }
     }
 }
@@ -81,6 +91,28 @@ pub struct ConnectionReport {
     pub bytes_to_client: u64,
     /// Why it ended.
     pub ended: ConnectionEnd,
+    /// Requests the route's protocol rules did not let through, in order
+    /// (the first 100).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedRequest>,
+    /// How many requests were not let through in all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused_total: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A request a gateway did not let through to the target (a Modbus
+/// function its route does not allow).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefusedRequest {
+    /// The function code.
+    pub function: u8,
+    /// The unit id it was addressed to.
+    pub unit: u8,
 }
 
 impl ConnectionReport {
@@ -113,6 +145,13 @@ impl ConnectionReport {
         if self.ended_at < self.started_at {
             return bad("`ended_at` is before `started_at`".into());
         }
+        if self.refused.len() > MAX_REFUSED_LISTED
+            || (self.refused.len() as u64) > self.refused_total
+        {
+            return bad(format!(
+                "`refused` lists at most {MAX_REFUSED_LISTED} requests, and no more than `refused_total`"
+            ));
+        }
         Ok(())
     }
 }
@@ -132,6 +171,8 @@ mod tests {
             bytes_from_client: 12,
             bytes_to_client: 34,
             ended: ConnectionEnd::Closed,
+            refused: Vec::new(),
+            refused_total: 0,
         }
     }
 
@@ -139,12 +180,18 @@ mod tests {
     fn reports_are_checked_field_by_field() {
         assert!(report().validate().is_ok());
         type Spoil = fn(&mut ConnectionReport);
-        let cases: [(&str, Spoil); 5] = [
+        let cases: [(&str, Spoil); 6] = [
             ("report", |r| r.report = "a b".into()),
             ("route", |r| r.route = String::new()),
             ("serial", |r| r.serial = "xyz".into()),
             ("client", |r| r.client = "somewhere".into()),
             ("ended_at", |r| r.ended_at = Timestamp::from_unix(99)),
+            ("refused", |r| {
+                r.refused = vec![RefusedRequest {
+                    function: 6,
+                    unit: 1,
+                }];
+            }),
         ];
         for (field, spoil) in cases {
             let mut r = report();

@@ -19,7 +19,7 @@ mod profile;
 mod request;
 mod session;
 
-pub use connection::{ConnectionEnd, ConnectionReport};
+pub use connection::{ConnectionEnd, ConnectionReport, RefusedRequest};
 pub use credential::{CredentialFacts, CredentialKind, CredentialState};
 pub use event::Event;
 pub use id::SessionId;
