@@ -13,8 +13,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use common::gateway::{
-    Killed, close, connect_listener, credential, free_port, gateway_log, policy, start_gateway,
-    wait_reports,
+    Killed, RouteSpec, Setup, close, connect_listener, connect_listener_to, credential, free_port,
+    gateway_log, launch, policy, start_gateway, wait_reports,
 };
 use common::server::TestServer;
 
@@ -85,7 +85,7 @@ async fn closing_the_session_cuts_a_modbus_tool_mid_poll() {
 
     let (_tool, tool) = python("modbus_operator.py", &[&local, "60"]);
     assert_eq!(line(&tool, Duration::from_secs(20)), "read 100 101 102 103");
-    assert_eq!(line(&tool, Duration::from_secs(5)), "wrote 42");
+    assert_eq!(line(&tool, Duration::from_secs(5)), "register 5 is 42");
     // A second tool at the same time: the route would allow two, the
     // session's policy one.
     let (_second, second) = python("modbus_operator.py", &[&local, "5"]);
@@ -127,4 +127,94 @@ async fn closing_the_session_cuts_a_modbus_tool_mid_poll() {
     // header and a read or write PDU).
     assert!(conn["bytes_from_client"].as_u64().unwrap() >= 36, "{conn}");
     assert!(conn["bytes_to_client"].as_u64().unwrap() >= 30, "{conn}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_modbus_routes_refuse_writes_and_what_is_not_modbus() {
+    let srv = TestServer::start(
+        "gateway-modbus-ro",
+        &policy(""),
+        &["alice", "bob", "gw", "auditor"],
+        "",
+    )
+    .await;
+    let port = free_port();
+    let (_plc, plc) = python("modbus_plc.py", &[&port.to_string()]);
+    assert_eq!(line(&plc, Duration::from_secs(20)), "listening");
+    let target = format!("127.0.0.1:{port}").parse().unwrap();
+    let route = |name: &str, refused: &str| RouteSpec {
+        name: name.into(),
+        target,
+        resource: "plc:line1".into(),
+        extra: format!(
+            "offline = \"cut\"\nprotocol = \"modbus-tcp\"\nmodbus = {{ allow = [\"read-only\"], refused = \"{refused}\" }}"
+        ),
+    };
+    let gw = launch(
+        &srv,
+        Setup {
+            limits: "per_session = 2".into(),
+            routes: vec![route("plc-read", "answer"), route("plc-strict", "close")],
+            ..Setup::default()
+        },
+    );
+    let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
+
+    // Answered: the write gets exception 01 from the gateway and the
+    // register keeps its value; reads go on.
+    let (_answering, local) = connect_listener_to(&gw, 0, &c);
+    wait_reports(&srv, &c.session, 1).await;
+    let (_tool, tool) = python("modbus_operator.py", &[&local.port().to_string(), "1"]);
+    assert_eq!(line(&tool, Duration::from_secs(20)), "read 100 101 102 103");
+    assert_eq!(line(&tool, Duration::from_secs(5)), "write refused 1");
+    assert_eq!(line(&tool, Duration::from_secs(5)), "register 5 is 105");
+    assert_eq!(line(&tool, Duration::from_secs(5)), "timeout");
+
+    // Closed: the write ends the connection.
+    let (_closing, strict) = connect_listener_to(&gw, 1, &c);
+    wait_reports(&srv, &c.session, 3).await;
+    let (_tool, tool) = python("modbus_operator.py", &[&strict.port().to_string(), "5"]);
+    assert_eq!(line(&tool, Duration::from_secs(20)), "read 100 101 102 103");
+    let lost = line(&tool, Duration::from_secs(5));
+    assert!(lost.starts_with("lost"), "{lost}");
+
+    // Not Modbus at all: the gateway ends the connection, nothing reaches
+    // the PLC.
+    let out = Command::new("ncat")
+        .args(["127.0.0.1", &local.port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"GET / HTTP/1.1\r\n\r\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.stdout.is_empty(), "{:?}", out.stdout);
+
+    let reports = wait_reports(&srv, &c.session, 5).await;
+    let by = |route: &str, ended: &str| {
+        reports
+            .iter()
+            .map(|r| &r["connection"])
+            .filter(|r| r["route"] == route && r["ended"] == ended)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let answered: Vec<_> = by("plc-read", "client_hung_up")
+        .into_iter()
+        .filter(|r| r["refused_total"] == 1)
+        .collect();
+    assert_eq!(answered.len(), 1, "{reports:?}");
+    let refused = serde_json::json!([{"function": 6, "unit": 1}]);
+    assert_eq!(answered[0]["refused"], refused);
+    let closed = by("plc-strict", "refused_function");
+    assert_eq!(closed.len(), 1, "{reports:?}");
+    assert_eq!(closed[0]["refused"], refused);
+    assert_eq!(by("plc-read", "malformed_frame").len(), 1, "{reports:?}");
 }

@@ -639,11 +639,16 @@ fn relay(
 /// `lockstep connect GATEWAY --listen 127.0.0.1:PORT` with `c`'s
 /// certificate: the process, and where tools connect to tunnel.
 pub fn connect_listener(gw: &Gateway, c: &Credential) -> (Killed, SocketAddr) {
+    connect_listener_to(gw, 0, c)
+}
+
+/// [`connect_listener`] to the gateway's route number `route`.
+pub fn connect_listener_to(gw: &Gateway, route: usize, c: &Credential) -> (Killed, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_lockstep"))
         .args([
             "connect",
-            &gw.addr.to_string(),
+            &gw.addrs[route].to_string(),
             "--listen",
             &addr.to_string(),
         ])

@@ -399,12 +399,14 @@ pub fn spawn_serve_on(
     )
     .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
     let url = loop {
         let mut line = String::new();
         assert!(
             stderr.read_line(&mut line).unwrap() > 0,
-            "serve exited early"
+            "serve exited early:\n{said}"
         );
+        said.push_str(&line);
         if let Some(rest) = line.trim().strip_prefix("lockstep serving on ") {
             break rest.to_owned();
         }

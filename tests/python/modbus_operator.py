@@ -1,6 +1,7 @@
 """A Modbus/TCP client (pymodbus) standing for a vendor's engineering
 tool: reads holding registers 0-3 of unit 1 at 127.0.0.1:PORT, writes 42
-to register 5 and reads it back, printing each result, then polls
+to register 5 (printing `write refused CODE` if answered with an
+exception) and reads it back, printing each result, then polls
 register 0 every 100 ms, printing `lost` and exiting when a request fails
 (the connection was cut). Stops after SECONDS (default 60) with `timeout`.
 
@@ -22,9 +23,11 @@ def main(port: int, seconds: float) -> int:
     try:
         rr = client.read_holding_registers(0, count=4, device_id=1)
         print("read", *rr.registers, flush=True)
-        client.write_register(5, 42, device_id=1)
+        wr = client.write_register(5, 42, device_id=1)
+        if wr.isError():
+            print("write refused", wr.exception_code, flush=True)
         rr = client.read_holding_registers(5, count=1, device_id=1)
-        print("wrote", *rr.registers, flush=True)
+        print("register 5 is", *rr.registers, flush=True)
         until = time.monotonic() + seconds
         while time.monotonic() < until:
             rr = client.read_holding_registers(0, count=1, device_id=1)
