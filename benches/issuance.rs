@@ -134,6 +134,8 @@ fn sessions(c: &mut Criterion) {
         audiences: Vec::new(),
         conditions: Conditions::default(),
         connections: None,
+        ssh: None,
+        gateway_certificates: false,
     };
     let request = Request {
         tenant: None,

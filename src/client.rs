@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::api::ErrorBody;
 use crate::api::views::{
-    CertificateView, CsrBody, NewSessionBody, RevokeBody, SessionList, SessionView, TokenBody,
-    TokenView, VoteBody,
+    CertificateView, CsrBody, NewSessionBody, RevokeBody, SessionList, SessionView,
+    SshCertificateBody, SshCertificateView, TokenBody, TokenView, VoteBody,
 };
 use crate::error::Error;
 use crate::net::{Trust, client};
@@ -208,6 +208,20 @@ impl Client {
 }
 
 impl Client {
+    /// `POST /v1/sessions/{id}/ssh`.
+    pub async fn ssh_certificate(
+        &self,
+        id: &str,
+        body: &SshCertificateBody,
+    ) -> Result<SshCertificateView, Error> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/ssh", seg(id)),
+            Some(body),
+        )
+        .await
+    }
+
     /// `POST /v1/sessions/{id}/token`.
     pub async fn token(&self, id: &str, body: &TokenBody) -> Result<TokenView, Error> {
         self.call(

@@ -185,6 +185,10 @@ pub struct KeysConfig {
     /// signed without it.
     #[serde(default)]
     pub audit: Option<KeyRef>,
+    /// The SSH certificate authority's key: signs OpenSSH user
+    /// certificates (profile `ssh-user`) and nothing else.
+    #[serde(default)]
+    pub ssh: Option<KeyRef>,
 }
 
 impl KeysConfig {
@@ -195,6 +199,7 @@ impl KeysConfig {
             .iter()
             .map(|k| ("token", k))
             .chain(self.audit.iter().map(|k| ("audit", k)))
+            .chain(self.ssh.iter().map(|k| ("ssh", k)))
             .collect()
     }
 }
@@ -724,6 +729,7 @@ impl Config {
             .into_iter()
             .chain(config.keys.token.iter())
             .chain(config.keys.audit.iter())
+            .chain(config.keys.ssh.iter())
             .collect();
         for (i, a) in all_keys.iter().enumerate() {
             for b in &all_keys[i + 1..] {

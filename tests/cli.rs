@@ -121,7 +121,11 @@ fn keys_list_and_pkcs11_tool_show_sensitive_never_extractable_keys() {
         .iter()
         .filter(|o| o["class"] == "private-key")
         .collect();
-    assert_eq!(private.len(), 4, "root, issuing, token and audit keys");
+    assert_eq!(
+        private.len(),
+        5,
+        "root, issuing, token, audit and SSH CA keys"
+    );
     for o in private {
         assert_eq!(o["key_type"], "EC P-256");
         let p = &o["protection"];
@@ -159,7 +163,7 @@ fn keys_list_and_pkcs11_tool_show_sensitive_never_extractable_keys() {
     assert_eq!(
         text.matches("Access:     sensitive, always sensitive, never extractable, local")
             .count(),
-        4,
+        5,
         "{text}"
     );
     assert!(

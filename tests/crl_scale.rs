@@ -28,6 +28,8 @@ fn rules() -> Rules {
         audiences: Vec::new(),
         conditions: Conditions::default(),
         connections: None,
+        ssh: None,
+        gateway_certificates: false,
     }
 }
 

@@ -1,17 +1,22 @@
 //! An SSH session through `lockstep connect` and a gateway route to a real
-//! sshd (Debian's openssh-server on loopback): `ssh -o ProxyCommand=…`
-//! logs in while the session is open, and closing the session ends the
-//! SSH session, which sshd itself would not do.
+//! sshd (Debian's openssh-server on loopback), logged in with the
+//! session's SSH certificate: `ssh -o ProxyCommand=…` logs in while the
+//! session is open, and closing the session ends the SSH session, which
+//! sshd itself would not do (it checks certificates and the KRL only at
+//! login).
 
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::gateway::{Killed, close, credential, free_port, start_gateway, wait_listening};
+use serde_json::json;
+
+use common::gateway::{Killed, certificate_for, close, start_gateway};
+use common::output_text;
 use common::server::TestServer;
+use common::sshd::{Sshd, ssh, user};
 
 const POLICY: &str = r#"
 [[resource]]
@@ -20,66 +25,68 @@ requesters = ["token:alice"]
 approvers = ["token:bob"]
 quorum = 1
 max_duration = "1h"
-profiles = ["mtls-client"]
+profiles = ["ssh-user", "mtls-client"]
+credentials = 2
+ssh = { principals = ["vendor"] }
 
 [[gateway]]
 identities = ["token:gw"]
 resources = ["ssh:plc7"]
 "#;
 
-fn keygen(path: &Path) {
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ssh-keygen");
-}
-
-/// sshd on a loopback port, accepting `user_key` for the current user.
-fn sshd(dir: &Path, user_key: &Path) -> (Killed, std::net::SocketAddr) {
-    let host_key = dir.join("ssh_host_ed25519_key");
-    keygen(&host_key);
-    let authorized = dir.join("authorized_keys");
-    std::fs::copy(user_key.with_extension("pub"), &authorized).unwrap();
-    // sshd wants its privilege-separation directory (made by systemd on a
-    // host; here by the test).
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let port = free_port();
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "ListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
-             StrictModes no\nUsePAM no\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
-            host_key.display(),
-            authorized.display(),
-            dir.join("sshd.pid").display()
+/// sshd trusting the issuer's SSH CA, with its KRL, letting `vendor` in.
+async fn sshd(srv: &TestServer) -> Sshd {
+    let dir = srv.dir.path();
+    let (ca, krl, principals) = (dir.join("ca.pub"), dir.join("krl"), dir.join("principals"));
+    for (path, file) in [("/v1/ssh/ca.pub", &ca), ("/v1/ssh/krl", &krl)] {
+        let resp = srv
+            .http
+            .get(format!("{}{path}", srv.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        std::fs::write(file, resp.bytes().await.unwrap()).unwrap();
+    }
+    std::fs::write(&principals, "vendor\n").unwrap();
+    Sshd::start(
+        dir,
+        &format!(
+            "AuthorizedKeysFile none\nTrustedUserCAKeys {}\nRevokedKeys {}\nAuthorizedPrincipalsFile {}",
+            ca.display(),
+            krl.display(),
+            principals.display()
         ),
     )
-    .unwrap();
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-p", &port.to_string(), "-f"])
-        .arg(&config)
-        .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
-        .spawn()
-        .expect("sshd (scripts/setup installs openssh-server)");
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr);
-    (Killed(child), addr)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_the_session_ends_an_ssh_session_through_the_gateway() {
     let srv = TestServer::start("gateway-ssh", POLICY, &["alice", "bob", "gw"], "").await;
     let dir = srv.dir.path();
-    let user_key = dir.join("id_ed25519");
-    keygen(&user_key);
-    let (_sshd, sshd_addr) = sshd(dir, &user_key);
-    let gw = start_gateway(&srv, sshd_addr, "ssh:plc7", "per_session = 2");
-    let c = credential(&srv, "ssh:plc7", 600, "mtls-client").await;
+    let sshd = sshd(&srv).await;
+    let gw = start_gateway(&srv, sshd.addr, "ssh:plc7", "per_session = 2");
+
+    // One ssh-user session: its SSH certificate for sshd, its client
+    // certificate for the gateway.
+    let body = json!({"resource": "ssh:plc7", "task": "vendor support", "duration_secs": 600, "profile": "ssh-user"});
+    let (status, s) = srv
+        .call("POST", "/v1/sessions", Some("alice"), Some(body))
+        .await;
+    assert_eq!(status, 201, "{s}");
+    assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
+    let id = s["id"].as_str().unwrap();
+    let key = dir.join("vendor");
+    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
+        .args(["ssh", id, "--key-out", key.to_str().unwrap()])
+        .env("LOCKSTEP_URL", &srv.url)
+        .env("LOCKSTEP_CA", srv.root_pem())
+        .env("LOCKSTEP_TOKEN", srv.token("alice"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let c = certificate_for(&srv, id).await;
+
     let proxy = format!(
         "{} connect {} --cert {} --key {} --chain {} --gateway-ca {}",
         env!("CARGO_BIN_EXE_lockstep"),
@@ -89,31 +96,20 @@ async fn closing_the_session_ends_an_ssh_session_through_the_gateway() {
         c.chain.display(),
         gw.ca.display()
     );
-    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
     let mut ssh = Killed(
-        Command::new("ssh")
-            .args([
-                "-F",
-                "none",
-                "-T",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-            ])
-            .args([
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-i",
-            ])
-            .arg(&user_key)
+        ssh()
+            .arg("-T")
+            .arg("-i")
+            .arg(&key)
+            .arg("-o")
+            .arg(format!(
+                "CertificateFile={}",
+                dir.join("vendor-cert.pub").display()
+            ))
             .arg("-o")
             .arg(format!("ProxyCommand={proxy}"))
-            .arg(format!("{user}@plc7"))
+            .arg(format!("{}@plc7", user()))
             .arg("echo logged-in; sleep 120")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -123,11 +119,11 @@ async fn closing_the_session_ends_an_ssh_session_through_the_gateway() {
     BufReader::new(ssh.0.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert_eq!(
-        line.trim(),
-        "logged-in",
-        "sshd log: {}",
-        std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+    assert_eq!(line.trim(), "logged-in", "sshd log: {}", sshd.said());
+    assert!(
+        sshd.said().contains(&format!("lockstep session {id}")),
+        "{}",
+        sshd.said()
     );
 
     close(&srv, &c, "close").await;

@@ -48,10 +48,22 @@ pending_timeout = "10m"
 profiles = ["mtls-client", "token"]
 credentials = 5
 
+[[resource]]
+match = "ssh:*"
+requesters = ["token:svc"]
+approvers = ["token:bob"]
+quorum = 1
+max_duration = "1h"
+profiles = ["ssh-user"]
+ssh = { principals = ["vendor"] }
+
 [[gateway]]
 identities = ["token:gw"]
 resources = ["api:*"]
 "#;
+
+/// An OpenSSH public key to certify.
+const SSH_KEY: &str = r#"{"public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHUdbWTqbV1b7dsDNYgb7EJ7ZrqCkVAoSTHHCtfHdAvp x@y"}"#;
 
 const CALLERS: &[&str] = &[
     "alice", "bob", "carol", "svc", "ops", "auditor", "mallory", "gw",
@@ -372,6 +384,20 @@ fn table() -> Vec<Row> {
         ),
         row("", "GET", "/v1/ca", "", "", 200),
         row("", "GET", "/v1/crl", "", "", 200),
+        row("", "GET", "/v1/ssh/krl", "", "", 200),
+        row("", "GET", "/v1/ssh/ca.pub", "", "", 200),
+        row("bob", "POST", "/v1/sessions/$ssh/ssh", JSON, SSH_KEY, 403),
+        row("svc", "POST", "/v1/sessions/$open/ssh", JSON, SSH_KEY, 403),
+        row(
+            "svc",
+            "POST",
+            "/v1/sessions/$ssh/ssh",
+            JSON,
+            r#"{"public_key": "ssh-rsa AAAA"}"#,
+            400,
+        ),
+        row("svc", "POST", "/v1/sessions/$ssh/ssh", JSON, SSH_KEY, 201),
+        row("svc", "POST", "/v1/sessions/$ssh/ssh", JSON, SSH_KEY, 409),
         row(
             "",
             "POST",
@@ -504,6 +530,14 @@ async fn setup(srv: &TestServer) -> BTreeMap<String, String> {
             s["request_hash"].as_str().unwrap().to_owned(),
         );
     }
+    let body =
+        json!({"resource": "ssh:one", "task": "t", "duration_secs": 600, "profile": "ssh-user"});
+    let (status, s) = srv
+        .call("POST", "/v1/sessions", Some("svc"), Some(body))
+        .await;
+    assert_eq!(status, 201, "{s}");
+    assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
+    vars.insert("ssh".into(), s["id"].as_str().unwrap().to_owned());
     vars.insert("csr".into(), srv.csr("openapi").replace('\n', "\\n"));
     let (status, token) = srv
         .call(

@@ -47,6 +47,8 @@ fn new_session(quorum: u32, credentials: u32, n_approvers: usize) -> (Session, E
         audiences: Vec::new(),
         conditions: Conditions::default(),
         connections: None,
+        ssh: None,
+        gateway_certificates: false,
     };
     Session::new(SessionId::generate().unwrap(), request, rules, t(0)).unwrap()
 }

@@ -268,3 +268,34 @@ pub struct Health {
     /// `ok`.
     pub status: String,
 }
+
+/// The body of `POST /v1/sessions/{id}/ssh`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshCertificateBody {
+    /// One OpenSSH public key line (`ssh-ed25519 AAAA… comment`): ed25519,
+    /// ecdsa, or RSA of 3072 bits or more.
+    pub public_key: String,
+}
+
+/// An SSH user certificate minted for a session.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SshCertificateView {
+    /// The session.
+    pub session: String,
+    /// The certificate, one `…-cert-v01@openssh.com` line (the
+    /// `id_…-cert.pub` file).
+    pub certificate: String,
+    /// Its serial, decimal (as sshd logs it and `ssh-keygen -L` shows it).
+    pub serial: String,
+    /// Its key id: the session and the requester.
+    pub key_id: String,
+    /// The principals, from the policy.
+    pub principals: Vec<String>,
+    /// The certified key's fingerprint (`SHA256:…`).
+    pub fingerprint: String,
+    /// `valid_after`, RFC 3339: the minting second.
+    pub valid_after: String,
+    /// `valid_before`, RFC 3339: the session's `closes_at`.
+    pub valid_before: String,
+}

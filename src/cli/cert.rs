@@ -38,20 +38,25 @@ pub struct CertArgs {
     chain_out: Option<PathBuf>,
 }
 
+/// A fresh P-256 key from the operating system's randomness, in memory
+/// only (wiped when dropped).
+pub(super) fn fresh_p256_key() -> Result<p256::SecretKey, Error> {
+    let bad = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("key generation: {e}"));
+    for _ in 0..8 {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut()).map_err(|e| bad(&e))?;
+        if let Ok(k) = p256::SecretKey::from_slice(bytes.as_ref()) {
+            return Ok(k);
+        }
+    }
+    Err(bad(&"no valid key from the OS randomness"))
+}
+
 /// A fresh P-256 key and a CSR for it. The key's bytes are wiped when
 /// dropped.
 fn key_and_csr() -> Result<(Zeroizing<String>, String), Error> {
     let bad = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("key generation: {e}"));
-    let mut secret = None;
-    for _ in 0..8 {
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        getrandom::fill(bytes.as_mut()).map_err(|e| bad(&e))?;
-        if let Ok(k) = p256::ecdsa::SigningKey::from_slice(bytes.as_ref()) {
-            secret = Some(k);
-            break;
-        }
-    }
-    let signing = secret.ok_or_else(|| bad(&"no valid key from the OS randomness"))?;
+    let signing = p256::ecdsa::SigningKey::from(fresh_p256_key()?);
     // The server takes names from the session; the CSR's subject is
     // informational only.
     let subject = SubjectName::cn("lockstep cert").to_name()?;
@@ -77,10 +82,7 @@ pub fn run(args: CertArgs, out: Output) -> Result<(), Error> {
             (Some(key), csr)
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("tokio runtime", e))?;
+    let runtime = super::session::runtime()?;
     let issued = runtime.block_on(client.certificate(&args.id, csr))?;
     if let (Some(key), Some(path)) = (&key, &args.key_out) {
         write_atomic(path, key.as_bytes(), 0o600)?;

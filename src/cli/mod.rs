@@ -12,6 +12,7 @@ mod keys;
 mod output;
 mod serve;
 mod session;
+mod ssh;
 mod token;
 
 use std::path::PathBuf;
@@ -81,6 +82,8 @@ pub enum Command {
     Cert(cert::CertArgs),
     /// Get a session-bound token (JWT) for an open session.
     Token(token::TokenArgs),
+    /// Get an SSH user certificate for an open `ssh-user` session.
+    Ssh(ssh::SshArgs),
     /// Run a gateway (its own configuration file: `--config gateway.toml`)
     /// that admits connections for open sessions and cuts them when the
     /// session ends.
@@ -110,6 +113,7 @@ impl Cli {
             Command::Revoke(args) => session::revoke(args, out),
             Command::Cert(args) => cert::run(args, out),
             Command::Token(args) => token::run(args, out),
+            Command::Ssh(args) => ssh::run(args, out),
             Command::Gateway => gateway::run(&self.config),
             Command::Connect(args) => connect::run(args),
         }

@@ -130,7 +130,8 @@ fn parse_duration(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("`{text}` must be whole seconds, at least 1s"))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+/// A runtime for one client call.
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

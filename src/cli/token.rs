@@ -42,10 +42,7 @@ pub fn run(args: TokenArgs, out: Output) -> Result<(), Error> {
         certificate,
         x5t_s256: None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("tokio runtime", e))?;
+    let runtime = super::session::runtime()?;
     let issued = runtime.block_on(client.token(&args.id, &body))?;
     match &args.out {
         Some(path) => {

@@ -28,6 +28,16 @@
 //!                                     # a session at once through one gateway
 //! conditions = { source_networks = ["10.0.0.0/8"], requester_token_valid = true }
 //!
+//! [[resource]]
+//! match = "ssh:plc-gw1"
+//! requesters = ["token:vendor"]
+//! approvers = ["token:ops"]
+//! quorum = 1
+//! max_duration = "2h"
+//! profiles = ["ssh-user", "mtls-client"] # SSH certificates, and client
+//!                                     # certificates for the gateway before sshd
+//! ssh = { principals = ["vendor"], extensions = ["permit-pty"], force_command = "/usr/bin/plc-shell" }
+//!
 //! [[gateway]]                         # optional: follows sessions on GET /v1/events
 //! identities = ["token:gw-plant1"]
 //! resources = ["plc:line1*"]          # exact names or prefixes ending in `*`
@@ -48,7 +58,7 @@ use serde::Deserialize;
 use super::{Gateway, Policy, ResourceMatch, ResourceRule, Tenant};
 use crate::identity;
 use crate::sessions::Profile;
-use crate::sessions::{Conditions, Rules};
+use crate::sessions::{Conditions, Rules, SshRules};
 
 /// The longest session a policy may allow: 30 days.
 const MAX_SESSION_SECS: u64 = 30 * 86_400;
@@ -144,6 +154,81 @@ struct ResourceFile {
     conditions: ConditionsFile,
     #[serde(default)]
     connections: Option<u32>,
+    #[serde(default)]
+    ssh: Option<SshFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshFile {
+    principals: Vec<String>,
+    /// Default: `permit-pty` only.
+    #[serde(default)]
+    extensions: Option<Vec<String>>,
+    #[serde(default)]
+    force_command: Option<String>,
+}
+
+/// The certificate extensions OpenSSH defines for user certificates.
+const SSH_EXTENSIONS: [&str; 6] = [
+    "no-touch-required",
+    "permit-X11-forwarding",
+    "permit-agent-forwarding",
+    "permit-port-forwarding",
+    "permit-pty",
+    "permit-user-rc",
+];
+
+/// The SSH rules of a resource, checked: principals a login name could
+/// be, known extensions, a one-line command.
+fn ssh_rules(file: Option<SshFile>, profiles: &[Profile]) -> Result<Option<SshRules>, String> {
+    let wanted = profiles.contains(&Profile::SshUser);
+    let f = match (file, wanted) {
+        (None, false) => return Ok(None),
+        (None, true) => {
+            return Err("profile ssh-user needs `ssh = { principals = [...] }`".into());
+        }
+        (Some(_), false) => {
+            return Err("ssh is given but `ssh-user` is not among the profiles".into());
+        }
+        (Some(f), true) => f,
+    };
+    if f.principals.is_empty() || f.principals.len() > 32 {
+        return Err("ssh.principals must list 1 to 32 principals".into());
+    }
+    for p in &f.principals {
+        let ok = (1..=64).contains(&p.len())
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+        if !ok {
+            return Err(format!(
+                "ssh.principals: `{}` must be 1 to 64 of A-Z a-z 0-9 . _ - @",
+                p.escape_debug()
+            ));
+        }
+    }
+    let extensions = f
+        .extensions
+        .unwrap_or_else(|| vec!["permit-pty".to_owned()]);
+    for e in &extensions {
+        if !SSH_EXTENSIONS.contains(&e.as_str()) {
+            return Err(format!(
+                "ssh.extensions: `{}` is not one of {}",
+                e.escape_debug(),
+                SSH_EXTENSIONS.join(", ")
+            ));
+        }
+    }
+    if let Some(c) = &f.force_command
+        && (c.is_empty() || c.len() > 1024 || c.chars().any(char::is_control))
+    {
+        return Err("ssh.force_command must be one line of 1 to 1024 characters".into());
+    }
+    Ok(Some(SshRules {
+        principals: f.principals,
+        extensions,
+        force_command: f.force_command,
+    }))
 }
 
 #[derive(Default, Deserialize)]
@@ -305,6 +390,8 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
             ));
         }
         let tokens_allowed = r.profiles.contains(&Profile::Token);
+        let ssh = ssh_rules(r.ssh, &r.profiles).map_err(bad)?;
+        let gateway_certificates = ssh.is_some() && r.profiles.contains(&Profile::MtlsClient);
         resources.push(ResourceRule {
             matches,
             tenant: r.tenant,
@@ -326,6 +413,8 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
                     requester_token_valid: r.conditions.requester_token_valid,
                 },
                 connections: r.connections,
+                gateway_certificates,
+                ssh,
             },
         });
     }

@@ -1,7 +1,8 @@
 //! Revocation: what relying parties consult to learn that a session closed
 //! early. A session's certificates are revoked in the store transaction
 //! that closes it; this module publishes that state as a CRL (RFC 5280)
-//! and answers OCSP (RFC 6960).
+//! and answers OCSP (RFC 6960); SSH certificates are listed in the SSH
+//! CA's KRL ([`krl`]).
 //!
 //! The CRL and OCSP speak for one issuing CA, this process's: replicas
 //! with issuing keys of their own each answer for their own certificates.
@@ -10,6 +11,7 @@
 //! whatever the history. It is rebuilt when a revocation is recorded or
 //! when half its validity has passed, with an ever-increasing CRL number.
 
+pub mod krl;
 pub mod ocsp;
 
 use std::sync::Arc;
@@ -28,6 +30,9 @@ pub enum RevocationError {
     /// Signing or encoding failed.
     #[error(transparent)]
     X509(#[from] X509Error),
+    /// The KRL could not be encoded.
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh::SshError),
     /// A background task failed.
     #[error("CRL task failed: {0}")]
     Task(String),

@@ -48,6 +48,12 @@ pub enum ServiceError {
     /// No token key is configured.
     #[error("tokens are not configured: add [keys.token] and run `lockstep init`")]
     TokensNotConfigured,
+    /// No SSH CA key is configured.
+    #[error("SSH certificates are not configured: add [keys.ssh] and run `lockstep init`")]
+    SshNotConfigured,
+    /// The public key to certify is not usable.
+    #[error("{0}")]
+    SshPublicKey(String),
     /// The credential's reservation lapsed while the device was signing
     /// it; nothing was handed out.
     #[error(
@@ -67,6 +73,28 @@ impl From<crate::events::EventsError> for ServiceError {
         match e {
             crate::events::EventsError::Store(s) => Self::Store(s),
             crate::events::EventsError::Stopping => Self::Stopping,
+        }
+    }
+}
+
+impl From<crate::revocation::RevocationError> for ServiceError {
+    fn from(e: crate::revocation::RevocationError) -> Self {
+        use crate::revocation::RevocationError;
+        match e {
+            RevocationError::Store(s) => Self::Store(s),
+            RevocationError::X509(x) => Self::X509(x),
+            RevocationError::Ssh(s) => s.into(),
+            RevocationError::Task(t) => Self::Internal(t),
+        }
+    }
+}
+
+impl From<crate::ssh::SshError> for ServiceError {
+    fn from(e: crate::ssh::SshError) -> Self {
+        match e {
+            crate::ssh::SshError::PublicKey(m) => Self::SshPublicKey(format!("public_key: {m}")),
+            crate::ssh::SshError::Device(k) => Self::Key(k),
+            crate::ssh::SshError::Encoding(m) => Self::Internal(m),
         }
     }
 }
@@ -109,6 +137,8 @@ impl ServiceError {
             Self::ConditionFailed(_) => "condition_failed",
             Self::AudienceNotAllowed(_) => "audience_not_allowed",
             Self::TokensNotConfigured => "tokens_not_configured",
+            Self::SshNotConfigured => "ssh_not_configured",
+            Self::SshPublicKey(_) => "invalid_public_key",
             Self::ReservationLapsed => "reservation_lapsed",
             Self::Stopping => "service_stopping",
             Self::Internal(_) => "internal_error",
@@ -125,7 +155,8 @@ impl ServiceError {
             | Self::Forbidden(_)
             | Self::ConditionFailed(_)
             | Self::AudienceNotAllowed(_) => 403,
-            Self::TokensNotConfigured => 409,
+            Self::TokensNotConfigured | Self::SshNotConfigured => 409,
+            Self::SshPublicKey(_) => 400,
             Self::Session(e) => match e {
                 SessionError::InvalidRequest(_) | SessionError::InvalidDuration(_) => 400,
                 SessionError::SelfApproval

@@ -35,7 +35,7 @@ use crate::x509::{Issuer, RevocationUrls};
 pub use error::ServiceError;
 pub use events::{Follow, FollowedEvents};
 pub use listing::{LIST_SCAN_BUDGET, SessionPage};
-pub use mint::{IssuedToken, TokenRequest};
+pub use mint::{IssuedSshCertificate, IssuedToken, TokenRequest, ssh_serial_text};
 pub use published::{AuditPage, Introspection};
 
 /// What a requester asks for.
@@ -114,6 +114,8 @@ pub struct ServiceParts {
     pub organization: String,
     /// The token signer, if tokens are configured.
     pub tokens: Option<TokenSigner>,
+    /// The SSH CA, if SSH certificates are configured.
+    pub ssh: Option<crate::ssh::SshCa>,
     /// CRL lifetime, seconds.
     pub crl_validity_secs: i64,
     /// OCSP response lifetime, seconds.
@@ -142,6 +144,8 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     organization: String,
     tokens: Option<TokenSigner>,
+    ssh: Option<crate::ssh::SshCa>,
+    krl: Option<crate::revocation::krl::KrlPublisher>,
     crl: CrlPublisher,
     ocsp: Responder,
     ocsp_validity_secs: i64,
@@ -188,6 +192,10 @@ impl Service {
                 parts.crl_validity_secs,
             ),
             ocsp,
+            krl: parts
+                .ssh
+                .clone()
+                .map(|ca| crate::revocation::krl::KrlPublisher::new(ca, parts.store.clone())),
             events: crate::events::Hub::new(parts.store.clone(), parts.clock.clone(), parts.events),
             ocsp_validity_secs: parts.ocsp_validity_secs,
             store: parts.store,
@@ -197,6 +205,7 @@ impl Service {
             clock: parts.clock,
             organization: parts.organization,
             tokens: parts.tokens,
+            ssh: parts.ssh,
             public_url: RwLock::new(None),
             audit: parts.audit,
             checkpoint_every: parts.checkpoint_every.max(1),

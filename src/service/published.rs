@@ -106,11 +106,22 @@ impl Service {
 
     /// The current CRL (DER).
     pub async fn crl(&self) -> Result<std::sync::Arc<Vec<u8>>, ServiceError> {
-        self.crl.current(self.now()).await.map_err(|e| match e {
-            crate::revocation::RevocationError::Store(s) => ServiceError::Store(s),
-            crate::revocation::RevocationError::X509(x) => ServiceError::X509(x),
-            crate::revocation::RevocationError::Task(t) => ServiceError::Internal(t),
-        })
+        Ok(self.crl.current(self.now()).await?)
+    }
+
+    /// The SSH CA's current KRL (what sshd's `RevokedKeys` reads), if SSH
+    /// certificates are configured.
+    pub async fn ssh_krl(&self) -> Result<std::sync::Arc<Vec<u8>>, ServiceError> {
+        let Some(krl) = &self.krl else {
+            return Err(ServiceError::SshNotConfigured);
+        };
+        Ok(krl.current(self.now()).await?)
+    }
+
+    /// The SSH CA's public key as a `TrustedUserCAKeys` line.
+    pub fn ssh_ca_line(&self) -> Result<String, ServiceError> {
+        let ca = self.ssh.as_ref().ok_or(ServiceError::SshNotConfigured)?;
+        Ok(ca.public_line())
     }
 
     /// Answers a DER OCSP request with a DER OCSP response (errors are

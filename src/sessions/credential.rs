@@ -11,13 +11,16 @@ use crate::clock::Timestamp;
 
 /// What kind of credential.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum CredentialKind {
     /// An X.509 certificate (identified by its serial).
     #[default]
     Certificate,
     /// A session-bound JWT (identified by its `jti`).
     Token,
+    /// An OpenSSH user certificate (identified by its serial, 16 hex
+    /// digits).
+    SshCertificate,
 }
 
 impl CredentialKind {
@@ -26,6 +29,7 @@ impl CredentialKind {
         match self {
             Self::Certificate => "certificate",
             Self::Token => "token",
+            Self::SshCertificate => "ssh-certificate",
         }
     }
 
@@ -34,15 +38,17 @@ impl CredentialKind {
         match text {
             "certificate" => Some(Self::Certificate),
             "token" => Some(Self::Token),
+            "ssh-certificate" => Some(Self::SshCertificate),
             _ => None,
         }
     }
 
-    /// Whether relying parties learn of its revocation from the CRL and
-    /// OCSP (certificates), rather than from the session's state (tokens,
-    /// through introspection).
+    /// Whether relying parties learn of its revocation from a list the
+    /// issuer signs or serves (the CRL and OCSP for certificates, the KRL
+    /// for SSH certificates), rather than from the session's state
+    /// (tokens, through introspection).
     pub fn listed_when_revoked(self) -> bool {
-        self == Self::Certificate
+        matches!(self, Self::Certificate | Self::SshCertificate)
     }
 }
 
@@ -99,6 +105,15 @@ pub enum CredentialFacts {
         /// The RFC 8705 thumbprint of the certificate it is bound to.
         x5t_s256: Option<String>,
     },
+    /// An SSH user certificate.
+    SshCertificate {
+        /// SHA-256 of the certified key's wire encoding, hex.
+        key_sha256: String,
+        /// The same, as `ssh-keygen -l` prints it (`SHA256:…`).
+        fingerprint: String,
+        /// The principals it names.
+        principals: Vec<String>,
+    },
 }
 
 impl CredentialFacts {
@@ -107,6 +122,7 @@ impl CredentialFacts {
         match self {
             Self::Certificate { .. } => CredentialKind::Certificate,
             Self::Token { .. } => CredentialKind::Token,
+            Self::SshCertificate { .. } => CredentialKind::SshCertificate,
         }
     }
 
@@ -114,7 +130,9 @@ impl CredentialFacts {
     /// certificate, the bound certificate of a token.
     pub fn key_sha256(&self) -> Option<&str> {
         match self {
-            Self::Certificate { key_sha256 } => Some(key_sha256),
+            Self::Certificate { key_sha256 } | Self::SshCertificate { key_sha256, .. } => {
+                Some(key_sha256)
+            }
             Self::Token { x5t_s256, .. } => x5t_s256.as_deref(),
         }
     }

@@ -52,7 +52,7 @@ pub enum Event {
     /// certificate it is bound to. Entries written before kinds were
     /// recorded are certificates or tokens by their serial (`tok_…`).
     Minted {
-        /// `certificate` or `token`.
+        /// `certificate`, `token` or `ssh-certificate`.
         #[serde(default)]
         kind: CredentialKind,
         /// Certificate serial (hex) or token `jti`.
@@ -60,7 +60,8 @@ pub enum Event {
         /// The credential's profile (`mtls-client`, `code-signing`,
         /// `token`).
         profile: String,
-        /// Certificates: SHA-256 of the subject public key, hex.
+        /// Certificates: SHA-256 of the subject public key, hex (SSH
+        /// certificates: of the certified key's wire encoding).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key_sha256: Option<String>,
         /// Tokens: the `jti`.
@@ -73,7 +74,13 @@ pub enum Event {
         /// bound to (`cnf`), if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         x5t_s256: Option<String>,
-        /// `notAfter` / `exp`.
+        /// SSH certificates: the certified key's fingerprint (`SHA256:…`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+        /// SSH certificates: the principals.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principals: Option<Vec<String>>,
+        /// `notAfter` / `exp` / `valid_before`.
         not_after: Timestamp,
         /// Whether it was handed out (false: the session closed while it
         /// was being signed, so it was withheld).
@@ -162,6 +169,7 @@ pub enum Event {
 impl Event {
     /// The `minted` entry of a credential.
     pub fn minted(held: &Held, profile: &str, facts: &CredentialFacts, handed_out: bool) -> Self {
+        let (mut fingerprint, mut principals) = (None, None);
         let (key_sha256, jti, audience, x5t_s256) = match facts {
             CredentialFacts::Certificate { key_sha256 } => {
                 (Some(key_sha256.clone()), None, None, None)
@@ -172,6 +180,14 @@ impl Event {
                 Some(audience.clone()),
                 x5t_s256.clone(),
             ),
+            CredentialFacts::SshCertificate {
+                key_sha256,
+                fingerprint: f,
+                principals: p,
+            } => {
+                (fingerprint, principals) = (Some(f.clone()), Some(p.clone()));
+                (Some(key_sha256.clone()), None, None, None)
+            }
         };
         Self::Minted {
             kind: facts.kind(),
@@ -181,6 +197,8 @@ impl Event {
             jti,
             audience,
             x5t_s256,
+            fingerprint,
+            principals,
             not_after: held.not_after,
             handed_out,
         }

@@ -30,7 +30,7 @@ pub use request::{
 };
 pub use session::{
     Actor, CloseReason, Closure, Conditions, MintSlot, RevocationReason, Rules, Session, SessionOp,
-    State, Vote,
+    SshRules, State, Vote,
 };
 
 /// Why a session operation was refused.

@@ -14,6 +14,8 @@ pub enum Profile {
     CodeSigning,
     /// A session-bound JWT.
     Token,
+    /// An OpenSSH user certificate for a key the requester sends.
+    SshUser,
 }
 
 impl Profile {
@@ -23,6 +25,7 @@ impl Profile {
             Self::MtlsClient => "mtls-client",
             Self::CodeSigning => "code-signing",
             Self::Token => "token",
+            Self::SshUser => "ssh-user",
         }
     }
 
@@ -31,7 +34,7 @@ impl Profile {
         match self {
             Self::MtlsClient => Some(CertProfile::MtlsClient),
             Self::CodeSigning => Some(CertProfile::CodeSigning),
-            Self::Token => None,
+            Self::Token | Self::SshUser => None,
         }
     }
 
@@ -41,6 +44,7 @@ impl Profile {
             "mtls-client" => Some(Self::MtlsClient),
             "code-signing" => Some(Self::CodeSigning),
             "token" => Some(Self::Token),
+            "ssh-user" => Some(Self::SshUser),
             _ => None,
         }
     }

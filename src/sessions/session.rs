@@ -40,10 +40,33 @@ pub struct Rules {
     /// gateway (carried in its certificates' session extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u32>,
+    /// What the session's SSH user certificates say (profile `ssh-user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshRules>,
+    /// Whether an `ssh-user` session may also mint `mtls-client`
+    /// certificates (its policy lists both): the client certificate
+    /// `lockstep connect` shows the gateway in front of sshd.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gateway_certificates: bool,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// What a policy grants an SSH user certificate: principals, extensions
+/// and a forced command. Never taken from the request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshRules {
+    /// The principals (user names sshd matches against
+    /// `AuthorizedPrincipalsFile`, or the login name).
+    pub principals: Vec<String>,
+    /// Extensions granted (`permit-pty`, `permit-port-forwarding`, …).
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// The `force-command` critical option, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_command: Option<String>,
 }
 
 /// Conditions a session must still meet each time it mints.

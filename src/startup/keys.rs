@@ -1,5 +1,5 @@
 //! Step 2: the key backend, the issuing CA on it, and the service's other
-//! signers (session tokens, audit checkpoints).
+//! signers (session tokens, audit checkpoints, the SSH CA).
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::error::Error;
 use crate::keys::KeyBackend;
+use crate::ssh::SshCa;
 use crate::tokens::TokenSigner;
 use crate::x509::Issuer;
 
@@ -18,6 +19,8 @@ pub struct Signers {
     pub tokens: Option<TokenSigner>,
     /// Signs audit checkpoints (`[keys.audit]`).
     pub audit: Option<AuditSigner>,
+    /// Signs SSH user certificates (`[keys.ssh]`).
+    pub ssh: Option<SshCa>,
 }
 
 /// Opens the configured key backend and loads the issuing CA: its
@@ -35,7 +38,7 @@ pub async fn open(
     .await
 }
 
-/// Opens the token and audit keys the configuration names.
+/// Opens the token, audit and SSH CA keys the configuration names.
 pub async fn signers(
     config: &Config,
     backend: &Arc<dyn KeyBackend>,
@@ -45,7 +48,19 @@ pub async fn signers(
     Ok(Signers {
         tokens: token_signer(config, backend).await?,
         audit: audit_signer(config, backend, issuer, now).await?,
+        ssh: ssh_ca(config, backend).await?,
     })
+}
+
+/// The `[keys.ssh]` CA; without it SSH certificates are unavailable.
+async fn ssh_ca(config: &Config, backend: &Arc<dyn KeyBackend>) -> Result<Option<SshCa>, Error> {
+    let Some(key) = config.keys.ssh.clone() else {
+        return Ok(None);
+    };
+    let backend = backend.clone();
+    let opened = blocking(move || Ok(backend.open_key(&key)?)).await?;
+    let ca = SshCa::new(opened).map_err(|e| Error::InvalidArgument(format!("[keys.ssh]: {e}")))?;
+    Ok(Some(ca))
 }
 
 /// The `[keys.token]` signer; without it tokens are unavailable.

@@ -44,6 +44,7 @@ pub async fn start(
         clock: parts.clock,
         organization: server.organization.clone(),
         tokens: parts.signers.tokens,
+        ssh: parts.signers.ssh,
         crl_validity_secs: config
             .revocation
             .crl_secs()

@@ -302,7 +302,12 @@ pub async fn credential(srv: &TestServer, resource: &str, secs: u32, profile: &s
         .await;
     assert_eq!(status, 201, "{s}");
     assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
-    let id = s["id"].as_str().unwrap().to_owned();
+    certificate_for(srv, s["id"].as_str().unwrap()).await
+}
+
+/// A client certificate (key by openssl) for open session `id` of alice.
+pub async fn certificate_for(srv: &TestServer, id: &str) -> Credential {
+    let id = id.to_owned();
     let name = format!("c-{}", &id[4..12]);
     let (key, csr) = openssl_csr(srv.dir.path(), &name, "ec:P-256");
     let (status, c) = srv

@@ -14,6 +14,7 @@ pub mod postgres_server;
 pub mod python;
 pub mod server;
 pub mod sse;
+pub mod sshd;
 pub mod store;
 pub mod tls;
 pub mod tpm;
@@ -281,6 +282,10 @@ id = "{token_id:04x}"
 label = "{name}-audit"
 id = "{audit_id:04x}"
 
+[keys.ssh]
+label = "{name}-ssh"
+id = "{ssh_id:04x}"
+
 [ca]
 dir = "ca"
 root_subject = {{ common_name = "{name} Root CA", organization = "lockstep tests" }}
@@ -293,6 +298,7 @@ issuing_validity_days = {issuing_days}
         issuing_id = 0x1001 + 4 * n,
         token_id = 0x1002 + 4 * n,
         audit_id = 0x1003 + 4 * n,
+        ssh_id = 0x8000 + n,
     )
 }
 

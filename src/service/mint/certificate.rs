@@ -10,7 +10,7 @@ use super::super::{IssuedCredential, Service, ServiceError};
 use super::Minter;
 use crate::auth::Caller;
 use crate::clock::Timestamp;
-use crate::sessions::{CredentialFacts, CredentialKind, Session, SessionId};
+use crate::sessions::{CredentialFacts, CredentialKind, Profile, Session, SessionId};
 use crate::store::{Finish, NewCredential};
 use crate::x509::csr::{VerifiedCsr, parse_and_verify};
 use crate::x509::extension::ApprovalEvidence;
@@ -32,11 +32,16 @@ struct CertificateMinter {
 impl Minter for CertificateMinter {
     type Output = IssuedCertificate;
 
-    fn credential(&self, session: &Session) -> NewCredential {
+    fn credential(&self, _session: &Session) -> NewCredential {
         NewCredential {
             serial: hex::encode(self.serial.as_bytes()),
             kind: CredentialKind::Certificate,
-            profile: session.request.profile,
+            // The certificate's own profile: an ssh-user session's
+            // gateway certificate is recorded as mtls-client.
+            profile: match self.profile {
+                CertProfile::MtlsClient => Profile::MtlsClient,
+                CertProfile::CodeSigning => Profile::CodeSigning,
+            },
             counted: true,
             issuer: Some(self.issuer.fingerprint()),
         }
@@ -124,10 +129,15 @@ impl Service {
     ) -> Result<IssuedCredential, ServiceError> {
         const ACTION: &str = "certificate";
         let session = self.mintable(caller, id, ACTION).await?;
-        let Some(profile) = session.request.profile.certificate() else {
-            let err = ServiceError::Forbidden(
-                "this session is for tokens; request a session with a certificate profile".into(),
-            );
+        let profile = match session.request.profile {
+            Profile::SshUser if session.rules.gateway_certificates => Some(CertProfile::MtlsClient),
+            p => p.certificate(),
+        };
+        let Some(profile) = profile else {
+            let err = ServiceError::Forbidden(format!(
+                "this session's profile is {}; request a session with a certificate profile",
+                session.request.profile
+            ));
             return self.refuse(caller, Some(id), ACTION, err).await;
         };
         // Check the CSR before taking a slot: a bad CSR costs nothing.

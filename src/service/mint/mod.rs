@@ -1,6 +1,6 @@
 //! Minting for open sessions: one pipeline for every kind of credential.
 //!
-//! Each kind ([`certificate`], [`token`]) says what it checks before a slot
+//! Each kind ([`certificate`], [`token`], [`ssh`]) says what it checks before a slot
 //! is taken and how the device makes it; the pipeline does the rest the
 //! same way for all: the requester's open session, the policy's
 //! conditions again, a slot taken in the store (with the credential's
@@ -8,6 +8,7 @@
 //! withheld if the session closed while it was being signed.
 
 mod certificate;
+mod ssh;
 mod token;
 
 use std::net::IpAddr;
@@ -18,6 +19,7 @@ use crate::clock::Timestamp;
 use crate::sessions::{Actor, RevocationReason, Session, SessionError, SessionId, SessionOp};
 use crate::store::{Finish, Finished, NewCredential, Reservation};
 
+pub use ssh::{IssuedSshCertificate, serial_text as ssh_serial_text};
 pub use token::{IssuedToken, TokenRequest};
 
 /// The identity lockstep acts as when a policy condition revokes a session.
