@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
-use common::gateway::{Credential, Gateway, close, credential, policy, start_gateway};
+use common::gateway::{Credential, Gateway, ISSUER, close, credential, policy, start_gateway};
 use common::server::TestServer;
 
 /// A target that echoes, or discards and counts, and tells when each of
@@ -225,7 +225,13 @@ async fn main() {
     } else {
         (200, 20, 256, 2000, 400)
     };
-    let srv = TestServer::start("bench-gateway", &policy(""), &["alice", "bob", "gw"], "").await;
+    let srv = TestServer::start(
+        "bench-gateway",
+        &policy(""),
+        &["alice", "bob", "gw"],
+        ISSUER,
+    )
+    .await;
 
     // close → cut, with every connection held open at once.
     let (echo, mut ends) = target(true).await;

@@ -10,15 +10,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::gateway::{
-    Client, Killed, RouteSpec, Setup, close, connect_listener, connection_entries, credential,
-    echo_target, gateway_log, launch, policy, s_client, start_gateway, start_gateway_under,
-    target_ends, wait_for, wait_reports,
+    Client, ISSUER, Killed, RouteSpec, Setup, close, connect_listener, connection_entries,
+    credential, echo_target, gateway_log, launch, policy, s_client, start_gateway,
+    start_gateway_under, target_ends, wait_for, wait_reports,
 };
 use common::openssl;
 use common::server::TestServer;
 
 /// A heartbeat every second, so a lost stream is noticed in seconds.
-const EXTRA: &str = "[events]\nheartbeat = \"1s\"\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_lives_exactly_as_long_as_its_session() {
@@ -26,7 +25,7 @@ async fn a_connection_lives_exactly_as_long_as_its_session() {
         "gateway",
         &policy(""),
         &["alice", "bob", "gw", "auditor"],
-        EXTRA,
+        ISSUER,
     )
     .await;
     let (_target, target, ends) = echo_target(srv.dir.path());
@@ -84,7 +83,7 @@ async fn certificates_that_do_not_fit_the_route_are_refused() {
         "gateway-refuse",
         &policy(""),
         &["alice", "bob", "gw", "auditor"],
-        EXTRA,
+        ISSUER,
     )
     .await;
     let (_target, target, ends) = echo_target(srv.dir.path());
@@ -164,7 +163,7 @@ async fn tools_without_client_certificates_go_through_lockstep_connect() {
         "gateway-connect",
         &policy(""),
         &["alice", "bob", "gw", "auditor"],
-        EXTRA,
+        ISSUER,
     )
     .await;
     let (_target, target, ends) = echo_target(srv.dir.path());
@@ -249,7 +248,7 @@ async fn a_stopped_issuer_cuts_and_a_restarted_gateway_delivers_its_spool_once()
         "gateway-link",
         &policy(""),
         &["alice", "bob", "gw", "auditor"],
-        EXTRA,
+        ISSUER,
     )
     .await;
     let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
@@ -358,7 +357,7 @@ async fn a_certificate_not_yet_valid_for_the_gateway_is_refused() {
         "gateway-early",
         &policy(""),
         &["alice", "bob", "gw", "auditor"],
-        EXTRA,
+        ISSUER,
     )
     .await;
     let (_target, target, ends) = echo_target(srv.dir.path());

@@ -13,8 +13,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use common::gateway::{
-    Killed, RouteSpec, Setup, close, connect_listener, connect_listener_to, credential, free_port,
-    gateway_log, launch, policy, start_gateway, wait_reports,
+    ISSUER, Killed, RouteSpec, Setup, close, connect_listener, connect_listener_to, credential,
+    free_port, gateway_log, launch, policy, start_gateway, wait_reports,
 };
 use common::server::TestServer;
 
@@ -55,7 +55,7 @@ async fn closing_the_session_cuts_a_modbus_tool_mid_poll() {
         "gateway-modbus",
         &policy("connections = 1"),
         &["alice", "bob", "gw", "auditor"],
-        "",
+        ISSUER,
     )
     .await;
     let port = free_port();
@@ -90,7 +90,11 @@ async fn closing_the_session_cuts_a_modbus_tool_mid_poll() {
     // session's policy one.
     let (_second, second) = python("modbus_operator.py", &[&local, "5"]);
     let answer = line(&second, Duration::from_secs(20));
-    assert!(answer.starts_with("lost"), "{answer}");
+    assert!(
+        answer.starts_with("lost"),
+        "{answer}\ngateway log:\n{}",
+        gateway_log(&srv)
+    );
     assert!(
         gateway_log(&srv)
             .contains("the session already has the 1 connection(s) at once its policy allows"),
@@ -135,7 +139,7 @@ async fn read_only_modbus_routes_refuse_writes_and_what_is_not_modbus() {
         "gateway-modbus-ro",
         &policy(""),
         &["alice", "bob", "gw", "auditor"],
-        "",
+        ISSUER,
     )
     .await;
     let port = free_port();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::gateway::{Killed, certificate_for, close, start_gateway};
+use common::gateway::{ISSUER, Killed, certificate_for, close, start_gateway};
 use common::output_text;
 use common::server::TestServer;
 use common::sshd::{Sshd, ssh, user};
@@ -62,7 +62,7 @@ async fn sshd(srv: &TestServer) -> Sshd {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_the_session_ends_an_ssh_session_through_the_gateway() {
-    let srv = TestServer::start("gateway-ssh", POLICY, &["alice", "bob", "gw"], "").await;
+    let srv = TestServer::start("gateway-ssh", POLICY, &["alice", "bob", "gw"], ISSUER).await;
     let dir = srv.dir.path();
     let sshd = sshd(&srv).await;
     let gw = start_gateway(&srv, sshd.addr, "ssh:plc7", "per_session = 2");

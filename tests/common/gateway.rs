@@ -137,6 +137,12 @@ pub fn start_gateway(
     start_gateway_under(srv, target, resource, limits, &[])
 }
 
+/// The issuer's side of every gateway test: a heartbeat every second on
+/// the event stream, well inside the gateways' 4-second `silence` (with
+/// the default 15 s, a test slower than 4 s would see its link lost and
+/// its `offline = "cut"` connections cut).
+pub const ISSUER: &str = "[events]\nheartbeat = \"1s\"\n";
+
 /// [`start_gateway`] with `env` added to its environment (e.g.
 /// libfaketime's, to run it with its clock an hour behind).
 pub fn start_gateway_under(
