@@ -34,6 +34,11 @@ fn the_example_policy_loads() {
         "ot-gateway:plant7/hmi"
     ));
     assert_ne!(p.sha256(), [0; 32]);
+    let ssh = p.rule("ot-gateway:plant7/ssh").unwrap();
+    let rules = ssh.rules.ssh.as_ref().unwrap();
+    assert_eq!(rules.principals, ["vendor"]);
+    assert_eq!(rules.extensions, ["permit-pty"]);
+    assert!(ssh.rules.gateway_certificates);
 }
 
 #[test]
@@ -235,7 +240,42 @@ profiles = ["mtls-client"]
             "#1",
             "connections must be 1 to 1000",
         ),
+        (
+            base.replace("[\"mtls-client\"]", "[\"ssh-user\"]"),
+            "#1",
+            "profile ssh-user needs",
+        ),
+        (
+            format!("{base}ssh = {{ principals = [\"v\"] }}\n"),
+            "#1",
+            "`ssh-user` is not among the profiles",
+        ),
     ];
+    let ssh = base.replace("[\"mtls-client\"]", "[\"ssh-user\"]");
+    let cases = cases.into_iter().chain([
+        (
+            format!("{ssh}ssh = {{ principals = [] }}\n"),
+            "#1",
+            "1 to 32 principals",
+        ),
+        (
+            format!("{ssh}ssh = {{ principals = [\"a b\"] }}\n"),
+            "#1",
+            "ssh.principals: `a b`",
+        ),
+        (
+            format!(
+                "{ssh}ssh = {{ principals = [\"v\"], extensions = [\"permit-everything\"] }}\n"
+            ),
+            "#1",
+            "ssh.extensions: `permit-everything` is not one of",
+        ),
+        (
+            format!("{ssh}ssh = {{ principals = [\"v\"], force_command = \"a\\nb\" }}\n"),
+            "#1",
+            "ssh.force_command must be one line",
+        ),
+    ]);
     for (text, place, message) in cases {
         let err = Policy::parse(&text, Path::new("p.toml"))
             .unwrap_err()
