@@ -136,6 +136,7 @@ fn sessions(c: &mut Criterion) {
         connections: None,
         ssh: None,
         gateway_certificates: false,
+        modbus_functions: None,
     };
     let request = Request {
         tenant: None,

@@ -30,6 +30,7 @@ fn rules() -> Rules {
         connections: None,
         ssh: None,
         gateway_certificates: false,
+        modbus_functions: None,
     }
 }
 

@@ -222,3 +222,69 @@ async fn read_only_modbus_routes_refuse_writes_and_what_is_not_modbus() {
     assert_eq!(closed[0]["refused"], refused);
     assert_eq!(by("plc-read", "malformed_frame").len(), 1, "{reports:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_policy_holds_on_any_modbus_route_and_refuses_raw_ones() {
+    let srv = TestServer::start(
+        "gateway-modbus-policy",
+        &policy("modbus = [\"read-only\"]"),
+        &["alice", "bob", "gw", "auditor"],
+        ISSUER,
+    )
+    .await;
+    let port = free_port();
+    let (_plc, plc) = python("modbus_plc.py", &[&port.to_string()]);
+    assert_eq!(line(&plc, Duration::from_secs(20)), "listening");
+    let target = format!("127.0.0.1:{port}").parse().unwrap();
+    let route = |name: &str, extra: &str| RouteSpec {
+        name: name.into(),
+        target,
+        resource: "plc:line1".into(),
+        extra: format!("offline = \"cut\"\n{extra}"),
+    };
+    let gw = launch(
+        &srv,
+        Setup {
+            limits: "per_session = 2".into(),
+            routes: vec![
+                // The route lets writes through; the session's policy not.
+                route(
+                    "plc-any",
+                    "protocol = \"modbus-tcp\"\nmodbus = { allow = [1, 2, 3, 4, 5, 6, 15, 16] }",
+                ),
+                route("plc-raw", ""),
+            ],
+            ..Setup::default()
+        },
+    );
+    let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
+    let (_, view) = srv
+        .call(
+            "GET",
+            &format!("/v1/sessions/{}", c.session),
+            Some("alice"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        view["modbus_functions"],
+        serde_json::json!([1, 2, 3, 4]),
+        "{view}"
+    );
+
+    let (_any, local) = connect_listener_to(&gw, 0, &c);
+    wait_reports(&srv, &c.session, 1).await;
+    let (_tool, tool) = python("modbus_operator.py", &[&local.port().to_string(), "1"]);
+    assert_eq!(line(&tool, Duration::from_secs(20)), "read 100 101 102 103");
+    assert_eq!(line(&tool, Duration::from_secs(5)), "write refused 1");
+    assert_eq!(line(&tool, Duration::from_secs(5)), "register 5 is 105");
+
+    // A route that carries bytes unread cannot hold the session to its
+    // functions: refused at admission, nothing reaches the PLC.
+    let (_raw, raw) = connect_listener_to(&gw, 1, &c);
+    let (_tool, tool) = python("modbus_operator.py", &[&raw.port().to_string(), "1"]);
+    let lost = line(&tool, Duration::from_secs(20));
+    assert!(lost.starts_with("lost"), "{lost}");
+    let log = gateway_log(&srv);
+    assert!(log.contains("this route does not read Modbus"), "{log}");
+}

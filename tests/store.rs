@@ -49,6 +49,7 @@ fn new_session(quorum: u32, credentials: u32, n_approvers: usize) -> (Session, E
         connections: None,
         ssh: None,
         gateway_certificates: false,
+        modbus_functions: None,
     };
     Session::new(SessionId::generate().unwrap(), request, rules, t(0)).unwrap()
 }

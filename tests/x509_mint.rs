@@ -28,6 +28,7 @@ fn spec(profile: CertProfile, not_after: Timestamp) -> LeafSpec {
                 opened_at: SystemClock.now(),
             }),
             connections: Some(3),
+            modbus_functions: None,
         },
         revocation: None,
     }

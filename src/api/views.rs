@@ -201,6 +201,10 @@ pub struct SessionView {
     /// gateway, when the policy sets a limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections_allowed: Option<u32>,
+    /// The only Modbus function codes a gateway lets through for the
+    /// session, when the policy limits them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modbus_functions: Option<Vec<u8>>,
     /// Credentials minted (or being minted).
     pub credentials_minted: u32,
     /// When it closed.
@@ -243,6 +247,7 @@ impl SessionView {
             closes_at: s.closes_at.map(|t| t.to_string()),
             credentials_allowed: s.rules.credentials,
             connections_allowed: s.rules.connections,
+            modbus_functions: s.rules.modbus_functions.clone(),
             credentials_minted: s.minted,
             closed_at: s.closure.as_ref().map(|c| c.at.to_string()),
             closed_by: s.closure.as_ref().and_then(|c| c.by.clone()),

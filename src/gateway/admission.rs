@@ -21,7 +21,9 @@ use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, ExtendedKeyUsage};
 
+use super::carry::Protocol;
 use super::crls::Crls;
+use super::modbus::Allowed;
 use super::sessions::Sessions;
 use crate::clock::Timestamp;
 use crate::error::Error;
@@ -45,6 +47,28 @@ pub struct Ticket {
     /// The policy's limit on the session's connections at once, from the
     /// session extension.
     pub connections: Option<u32>,
+    /// The only Modbus functions the policy lets the session use, from
+    /// the session extension.
+    pub modbus: Option<Allowed>,
+}
+
+impl Ticket {
+    /// How a connection of this session is carried on a route of
+    /// `protocol`: a session limited to some Modbus functions gets only
+    /// those the route allows too, and is refused by a route that does
+    /// not read Modbus (it could not be held to them there).
+    pub fn protocol_on(&self, protocol: Protocol) -> Result<Protocol, String> {
+        match (protocol, self.modbus) {
+            (p, None) => Ok(p),
+            (Protocol::Modbus { allowed, on_refused }, Some(mine)) => Ok(Protocol::Modbus {
+                allowed: allowed.and(mine),
+                on_refused,
+            }),
+            (Protocol::Opaque, Some(_)) => Err(
+                "the session's policy allows only some Modbus functions, and this route does not read Modbus (protocol = \"modbus-tcp\")".into(),
+            ),
+        }
+    }
 }
 
 /// Reads the lockstep facts of a client certificate that chains to the
@@ -96,6 +120,7 @@ pub fn ticket(der: &[u8], resource_uri: &str) -> Result<Ticket, String> {
         not_after: Timestamp::from_unix(not_after),
         issuer_key,
         connections: evidence.connections,
+        modbus: evidence.modbus_functions.as_deref().map(Allowed::of),
     })
 }
 

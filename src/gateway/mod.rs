@@ -366,6 +366,15 @@ async fn serve_one(ctx: Arc<RouteCtx>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    let protocol = match ticket.protocol_on(ctx.route.protocol) {
+        Ok(p) => p,
+        Err(why) => {
+            tracing::info!(%route, %peer, session = %ticket.session, serial = %ticket.serial,
+                reason = %why, "refused");
+            goodbye(tls).await;
+            return;
+        }
+    };
     let shared = &ctx.shared;
     let reg = match shared.sessions.register(
         &ticket,
@@ -399,7 +408,7 @@ async fn serve_one(ctx: Arc<RouteCtx>, tcp: TcpStream, peer: SocketAddr) {
                 deadline: deadline(ticket.not_after),
                 idle: ctx.route.idle_timeout,
             };
-            carry::carry(tls, target, bounds, ctx.route.protocol, reg.cut.clone()).await
+            carry::carry(tls, target, bounds, protocol, reg.cut.clone()).await
         }
         failed => {
             let error = match failed {

@@ -115,7 +115,8 @@ pub fn exception(request: &Header, code: u8) -> Vec<u8> {
     out
 }
 
-/// A function code as written in a route: its number or its name.
+/// A function code as written in a route or a policy: its number or its
+/// name.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum FunctionName {
@@ -192,6 +193,16 @@ impl Allowed {
     /// Whether `function` may pass.
     pub fn allows(self, function: u8) -> bool {
         function < 128 && self.0 & (1u128 << function) != 0
+    }
+
+    /// The functions both sets let through.
+    pub fn and(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    /// The codes, ascending.
+    pub fn codes(self) -> Vec<u8> {
+        (1..128).filter(|c| self.allows(*c)).collect()
     }
 }
 

@@ -291,6 +291,7 @@ mod tests {
             not_after: Timestamp::from_unix(2_000_000_000),
             issuer_key: vec![1],
             connections: None,
+            modbus: None,
         }
     }
 

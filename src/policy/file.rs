@@ -26,6 +26,8 @@
 //! count_tokens = true                 # tokens count against `credentials`
 //! connections = 1                     # optional: at most this many connections of
 //!                                     # a session at once through one gateway
+//! modbus = ["read-only"]              # optional: the only Modbus functions a gateway
+//!                                     # lets through for the session (codes or names)
 //! conditions = { source_networks = ["10.0.0.0/8"], requester_token_valid = true }
 //!
 //! [[resource]]
@@ -56,6 +58,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{Gateway, Policy, ResourceMatch, ResourceRule, Tenant};
+use crate::gateway::modbus::{Allowed, FunctionName};
 use crate::identity;
 use crate::sessions::Profile;
 use crate::sessions::{Conditions, Rules, SshRules};
@@ -156,6 +159,8 @@ struct ResourceFile {
     connections: Option<u32>,
     #[serde(default)]
     ssh: Option<SshFile>,
+    #[serde(default)]
+    modbus: Option<Vec<FunctionName>>,
 }
 
 #[derive(Deserialize)]
@@ -392,6 +397,14 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         let tokens_allowed = r.profiles.contains(&Profile::Token);
         let ssh = ssh_rules(r.ssh, &r.profiles).map_err(bad)?;
         let gateway_certificates = ssh.is_some() && r.profiles.contains(&Profile::MtlsClient);
+        let modbus_functions = match &r.modbus {
+            None => None,
+            Some(names) => Some(
+                Allowed::parse(names)
+                    .map_err(|m| bad(format!("modbus: {m}")))?
+                    .codes(),
+            ),
+        };
         resources.push(ResourceRule {
             matches,
             tenant: r.tenant,
@@ -414,6 +427,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
                 },
                 connections: r.connections,
                 gateway_certificates,
+                modbus_functions,
                 ssh,
             },
         });

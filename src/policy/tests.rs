@@ -250,6 +250,11 @@ profiles = ["mtls-client"]
             "#1",
             "`ssh-user` is not among the profiles",
         ),
+        (
+            format!("{base}modbus = [\"erase-plc\"]\n"),
+            "#1",
+            "modbus: `erase-plc` is not a Modbus function",
+        ),
     ];
     let ssh = base.replace("[\"mtls-client\"]", "[\"ssh-user\"]");
     let cases = cases.into_iter().chain([

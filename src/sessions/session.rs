@@ -48,6 +48,11 @@ pub struct Rules {
     /// `lockstep connect` shows the gateway in front of sshd.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gateway_certificates: bool,
+    /// The only Modbus function codes the session may use through a
+    /// gateway (carried in its certificates' session extension), if the
+    /// policy limits them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modbus_functions: Option<Vec<u8>>,
 }
 
 fn yes() -> bool {

@@ -27,6 +27,7 @@ fn rules() -> Rules {
         connections: None,
         ssh: None,
         gateway_certificates: false,
+        modbus_functions: None,
     }
 }
 

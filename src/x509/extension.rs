@@ -10,9 +10,13 @@
 //!     version     INTEGER (1),
 //!     sessionId   UTF8String (SIZE (1..128)),
 //!     approval    [0] IMPLICIT ApprovalEvidence OPTIONAL,
-//!     connections [1] IMPLICIT INTEGER (1..1000) OPTIONAL
+//!     connections [1] IMPLICIT INTEGER (1..1000) OPTIONAL,
 //!                 -- at most this many connections at once through one
 //!                 -- lockstep gateway (the policy's `connections`)
+//!     modbusFunctions [2] IMPLICIT OCTET STRING (SIZE (1..127)) OPTIONAL
+//!                 -- the only Modbus function codes (one byte each,
+//!                 -- 1..127, ascending) a gateway lets through for the
+//!                 -- session (the policy's `modbus`)
 //! }
 //!
 //! ApprovalEvidence ::= SEQUENCE {
@@ -47,6 +51,9 @@ pub struct SessionEvidence {
     /// The policy's limit on the session's connections at once through
     /// one gateway, if it sets one.
     pub connections: Option<u32>,
+    /// The only Modbus function codes the policy lets the session use, if
+    /// it limits them.
+    pub modbus_functions: Option<Vec<u8>>,
 }
 
 /// The approval that opened a session.
@@ -68,6 +75,8 @@ struct Wire {
     approval: Option<WireApproval>,
     #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
     connections: Option<u32>,
+    #[asn1(context_specific = "2", tag_mode = "IMPLICIT", optional = "true")]
+    modbus_functions: Option<OctetString>,
 }
 
 #[derive(Sequence)]
@@ -84,6 +93,7 @@ impl SessionEvidence {
             session_id: id.into(),
             approval: None,
             connections: None,
+            modbus_functions: None,
         }
     }
 
@@ -114,6 +124,11 @@ impl SessionEvidence {
             session_id: id.clone(),
             approval,
             connections: self.connections,
+            modbus_functions: self
+                .modbus_functions
+                .as_ref()
+                .map(|f| OctetString::new(f.clone()))
+                .transpose()?,
         };
         Ok(Extension {
             extn_id: oids::LOCKSTEP_SESSION_EXT,
@@ -153,10 +168,19 @@ impl SessionEvidence {
                 "the session extension allows 0 connections".into(),
             ));
         }
+        let modbus_functions = wire.modbus_functions.map(|f| f.as_bytes().to_vec());
+        if let Some(f) = &modbus_functions
+            && (f.is_empty() || f.iter().any(|c| !(1..=127).contains(c)))
+        {
+            return Err(X509Error::Chain(
+                "the session extension's Modbus functions are not codes 1..127".into(),
+            ));
+        }
         Ok(Some(Self {
             session_id: wire.session_id,
             approval,
             connections: wire.connections,
+            modbus_functions,
         }))
     }
 }
@@ -197,6 +221,7 @@ mod tests {
                 opened_at: Timestamp::from_unix(1_900_000_000),
             }),
             connections: Some(2),
+            modbus_functions: Some(vec![1, 2, 3, 4]),
         }
         .to_extension()
         .unwrap();
@@ -206,6 +231,7 @@ mod tests {
         assert_eq!(wire.session_id, "s1");
         assert_eq!(wire.approval.unwrap().approvers.len(), 2);
         assert_eq!(wire.connections, Some(2));
+        assert_eq!(wire.modbus_functions.unwrap().as_bytes(), [1, 2, 3, 4]);
         // Without a limit the field is left out: the encoding of earlier
         // certificates.
         let plain = SessionEvidence::session("s1").to_extension().unwrap();

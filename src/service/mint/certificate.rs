@@ -111,6 +111,7 @@ impl CertificateMinter {
                     opened_at: session.opened_at.unwrap_or(session.created_at),
                 }),
                 connections: session.rules.connections,
+                modbus_functions: session.rules.modbus_functions.clone(),
             },
             revocation: self.revocation.clone(),
         }
