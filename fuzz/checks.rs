@@ -16,6 +16,9 @@ use lockstep::auth::oidc::{OidcIssuerConfig, OidcVerifier};
 use lockstep::auth::tokens::{StaticTokens, TokenEntry};
 use lockstep::auth::{AuthError, Authenticator};
 use lockstep::clock::Timestamp;
+use lockstep::gateway::modbus::{
+    Allowed, Framer, HEADER as MODBUS_HEADER, Header, ILLEGAL_FUNCTION, MAX_FRAME, exception,
+};
 use lockstep::revocation::ocsp::{MAX_REQUESTS, OcspError, Responder};
 use lockstep::sessions::{MAX_RESOURCE_LEN, Request, SessionId};
 use lockstep::x509::X509Error;
@@ -285,4 +288,71 @@ pub fn bearer(data: &[u8]) {
         Err(AuthError::Missing) => {}
         Err(e) => panic!("a header is accepted or rejected, not {e}"),
     }
+}
+
+// --- modbus_frames -------------------------------------------------------------
+
+/// The frames a fresh framer cuts from `stream` pushed in `chunks`-sized
+/// pieces, and whether it stopped on a malformed frame.
+fn modbus_split(stream: &[u8], chunk: usize, requests: bool) -> (Vec<Vec<u8>>, bool) {
+    let mut framer = Framer::default();
+    let mut frames = Vec::new();
+    for piece in stream.chunks(chunk.max(1)) {
+        framer.push(piece);
+        loop {
+            match framer.next_frame(requests) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(_) => return (frames, true),
+            }
+        }
+    }
+    let consumed: usize = frames.iter().map(Vec::len).sum();
+    assert_eq!(
+        consumed + framer.pending(),
+        stream.len(),
+        "bytes lost or made up"
+    );
+    (frames, false)
+}
+
+/// A client's byte stream through the gateway's Modbus/TCP framer (the
+/// first byte picks how the stream is cut into reads): every frame is a
+/// well-formed request whose bytes are the stream's, in order; the frames
+/// do not depend on how the bytes arrived; the exception answer to each
+/// is a frame the target side reads back as itself; and function sets
+/// keep exactly their codes.
+pub fn modbus_frames(data: &[u8]) {
+    let Some((&cut, stream)) = data.split_first() else {
+        return;
+    };
+    let (frames, malformed) = modbus_split(stream, usize::from(cut % 17) + 1, true);
+    let (whole, whole_malformed) = modbus_split(stream, stream.len(), true);
+    assert_eq!(frames, whole, "frames depend on how the bytes arrived");
+    assert_eq!(malformed, whole_malformed);
+    let mut at = 0;
+    for frame in &frames {
+        assert!(
+            (MODBUS_HEADER + 1..=MAX_FRAME).contains(&frame.len()),
+            "{frame:?}"
+        );
+        assert_eq!(&stream[at..at + frame.len()], frame.as_slice());
+        at += frame.len();
+        assert_eq!(&frame[2..4], &[0, 0], "protocol id");
+        let length = usize::from(u16::from_be_bytes([frame[4], frame[5]]));
+        assert_eq!(length + MODBUS_HEADER - 1, frame.len(), "length field");
+        let header = Header::of(frame);
+        assert!((1..=127).contains(&header.function), "{header:?}");
+        let answer = exception(&header, ILLEGAL_FUNCTION);
+        let (back, bad) = modbus_split(&answer, answer.len(), false);
+        assert!(!bad && back == [answer.clone()], "{answer:?}");
+    }
+    let codes: Vec<u8> = stream.iter().map(|b| b % 127 + 1).take(16).collect();
+    let set = Allowed::of(&codes);
+    let mut want = codes.clone();
+    want.sort_unstable();
+    want.dedup();
+    assert_eq!(set.codes(), want);
+    assert!(codes.iter().all(|c| set.allows(*c)));
+    assert!(!set.allows(0) && !set.allows(128));
 }

@@ -55,3 +55,8 @@ fn ocsp_request() {
 fn bearer() {
     run("bearer", checks::bearer);
 }
+
+#[test]
+fn modbus_frames() {
+    run("modbus_frames", checks::modbus_frames);
+}
