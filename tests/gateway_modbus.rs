@@ -8,6 +8,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -49,24 +50,37 @@ fn line(rx: &Receiver<String>, within: Duration) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn closing_the_session_cuts_a_modbus_tool_mid_poll() {
+/// An issuer with the gateway policy (`extra` added to its resource) and
+/// a pymodbus PLC listening on a loopback port: the server, the PLC and
+/// its address.
+async fn plant(name: &str, extra: &str) -> (TestServer, Killed, SocketAddr) {
     let srv = TestServer::start(
-        "gateway-modbus",
-        &policy("connections = 1"),
+        name,
+        &policy(extra),
         &["alice", "bob", "gw", "auditor"],
         ISSUER,
     )
     .await;
     let port = free_port();
-    let (_plc, plc) = python("modbus_plc.py", &[&port.to_string()]);
-    assert_eq!(line(&plc, Duration::from_secs(20)), "listening");
-    let gw = start_gateway(
-        &srv,
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        "plc:line1",
-        "per_session = 2",
-    );
+    let (plc, said) = python("modbus_plc.py", &[&port.to_string()]);
+    assert_eq!(line(&said, Duration::from_secs(20)), "listening");
+    (srv, plc, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+/// A route to the PLC at `target` for `plc:line1`, with `extra` settings.
+fn plc_route(name: &str, target: SocketAddr, extra: &str) -> RouteSpec {
+    RouteSpec {
+        name: name.into(),
+        target,
+        resource: "plc:line1".into(),
+        extra: format!("offline = \"cut\"\n{extra}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_the_session_cuts_a_modbus_tool_mid_poll() {
+    let (srv, _plc, target) = plant("gateway-modbus", "connections = 1").await;
+    let gw = start_gateway(&srv, target, "plc:line1", "per_session = 2");
     let c = credential(&srv, "plc:line1", 600, "mtls-client").await;
     let (_tunnel, local) = connect_listener(&gw, &c);
     let local = local.port().to_string();
@@ -135,24 +149,14 @@ async fn closing_the_session_cuts_a_modbus_tool_mid_poll() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn read_only_modbus_routes_refuse_writes_and_what_is_not_modbus() {
-    let srv = TestServer::start(
-        "gateway-modbus-ro",
-        &policy(""),
-        &["alice", "bob", "gw", "auditor"],
-        ISSUER,
-    )
-    .await;
-    let port = free_port();
-    let (_plc, plc) = python("modbus_plc.py", &[&port.to_string()]);
-    assert_eq!(line(&plc, Duration::from_secs(20)), "listening");
-    let target = format!("127.0.0.1:{port}").parse().unwrap();
-    let route = |name: &str, refused: &str| RouteSpec {
-        name: name.into(),
-        target,
-        resource: "plc:line1".into(),
-        extra: format!(
-            "offline = \"cut\"\nprotocol = \"modbus-tcp\"\nmodbus = {{ allow = [\"read-only\"], refused = \"{refused}\" }}"
-        ),
+    let (srv, _plc, target) = plant("gateway-modbus-ro", "").await;
+    let route = |name: &str, refused: &str| {
+        let modbus = format!("modbus = {{ allow = [\"read-only\"], refused = \"{refused}\" }}");
+        plc_route(
+            name,
+            target,
+            &format!("protocol = \"modbus-tcp\"\n{modbus}"),
+        )
     };
     let gw = launch(
         &srv,
@@ -225,23 +229,8 @@ async fn read_only_modbus_routes_refuse_writes_and_what_is_not_modbus() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_only_policy_holds_on_any_modbus_route_and_refuses_raw_ones() {
-    let srv = TestServer::start(
-        "gateway-modbus-policy",
-        &policy("modbus = [\"read-only\"]"),
-        &["alice", "bob", "gw", "auditor"],
-        ISSUER,
-    )
-    .await;
-    let port = free_port();
-    let (_plc, plc) = python("modbus_plc.py", &[&port.to_string()]);
-    assert_eq!(line(&plc, Duration::from_secs(20)), "listening");
-    let target = format!("127.0.0.1:{port}").parse().unwrap();
-    let route = |name: &str, extra: &str| RouteSpec {
-        name: name.into(),
-        target,
-        resource: "plc:line1".into(),
-        extra: format!("offline = \"cut\"\n{extra}"),
-    };
+    let (srv, _plc, target) = plant("gateway-modbus-policy", "modbus = [\"read-only\"]").await;
+    let route = |name: &str, extra: &str| plc_route(name, target, extra);
     let gw = launch(
         &srv,
         Setup {

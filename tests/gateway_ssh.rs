@@ -34,37 +34,11 @@ identities = ["token:gw"]
 resources = ["ssh:plc7"]
 "#;
 
-/// sshd trusting the issuer's SSH CA, with its KRL, letting `vendor` in.
-async fn sshd(srv: &TestServer) -> Sshd {
-    let dir = srv.dir.path();
-    let (ca, krl, principals) = (dir.join("ca.pub"), dir.join("krl"), dir.join("principals"));
-    for (path, file) in [("/v1/ssh/ca.pub", &ca), ("/v1/ssh/krl", &krl)] {
-        let resp = srv
-            .http
-            .get(format!("{}{path}", srv.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{path}");
-        std::fs::write(file, resp.bytes().await.unwrap()).unwrap();
-    }
-    std::fs::write(&principals, "vendor\n").unwrap();
-    Sshd::start(
-        dir,
-        &format!(
-            "AuthorizedKeysFile none\nTrustedUserCAKeys {}\nRevokedKeys {}\nAuthorizedPrincipalsFile {}",
-            ca.display(),
-            krl.display(),
-            principals.display()
-        ),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_the_session_ends_an_ssh_session_through_the_gateway() {
     let srv = TestServer::start("gateway-ssh", POLICY, &["alice", "bob", "gw"], ISSUER).await;
     let dir = srv.dir.path();
-    let sshd = sshd(&srv).await;
+    let sshd = Sshd::trusting(&srv, "vendor").await;
     let gw = start_gateway(&srv, sshd.addr, "ssh:plc7", "per_session = 2");
 
     // One ssh-user session: its SSH certificate for sshd, its client

@@ -8,7 +8,6 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -80,18 +79,6 @@ fn lockstep_ssh(srv: &TestServer, id: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// A published document's bytes, written to `path`.
-async fn fetch(srv: &TestServer, url_path: &str, path: &Path) {
-    let resp = srv
-        .http
-        .get(format!("{}{url_path}", srv.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{url_path}");
-    std::fs::write(path, resp.bytes().await.unwrap()).unwrap();
-}
-
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
@@ -118,19 +105,8 @@ fn ssh_keygen(args: &[&str]) -> String {
 async fn sshd_accepts_session_certificates_only_while_their_session_is_open() {
     let srv = TestServer::start("ssh-certs", POLICY, &["alice", "bob", "auditor"], "").await;
     let dir = srv.dir.path();
-    let (ca, krl, principals) = (dir.join("ca.pub"), dir.join("krl"), dir.join("principals"));
-    fetch(&srv, "/v1/ssh/ca.pub", &ca).await;
-    fetch(&srv, "/v1/ssh/krl", &krl).await;
-    std::fs::write(&principals, "vendor\n").unwrap();
-    let sshd = Sshd::start(
-        dir,
-        &format!(
-            "AuthorizedKeysFile none\nTrustedUserCAKeys {}\nRevokedKeys {}\nAuthorizedPrincipalsFile {}",
-            ca.display(),
-            krl.display(),
-            principals.display()
-        ),
-    );
+    let sshd = Sshd::trusting(&srv, "vendor").await;
+    let krl = Sshd::krl_path(&srv);
 
     // A key generated in memory, written 0600 with its certificate.
     let a = open_session(&srv, "ssh:plc7", 600).await;
@@ -275,7 +251,7 @@ async fn sshd_accepts_session_certificates_only_while_their_session_is_open() {
         .0,
         200
     );
-    fetch(&srv, "/v1/ssh/krl", &krl).await;
+    Sshd::fetch_krl(&srv).await;
     let checked = ssh_keygen(&["-Q", "-f", krl.to_str().unwrap(), cert_a.to_str().unwrap()]);
     assert!(checked.contains("REVOKED"), "{checked}");
     let checked = ssh_keygen(&[

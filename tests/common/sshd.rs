@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use super::gateway::{Killed, free_port, wait_listening};
+use super::server::TestServer;
 
 /// `ssh-keygen -q -t ed25519 -N '' -f path`.
 pub fn keygen(path: &Path) {
@@ -64,6 +65,38 @@ impl Sshd {
         }
     }
 
+    /// sshd trusting `srv`'s SSH CA (`GET /v1/ssh/ca.pub`) and reading
+    /// its KRL (`GET /v1/ssh/krl`, fetched now and by [`Sshd::fetch_krl`]),
+    /// letting in certificates of `principals` (its
+    /// `AuthorizedPrincipalsFile`), and no plain keys.
+    pub async fn trusting(srv: &TestServer, principals: &str) -> Self {
+        let dir = srv.dir.path();
+        let (ca, principals_file) = (dir.join("ca.pub"), dir.join("principals"));
+        fetch(srv, "/v1/ssh/ca.pub", &ca).await;
+        fetch(srv, "/v1/ssh/krl", &Self::krl_path(srv)).await;
+        std::fs::write(&principals_file, format!("{principals}\n")).unwrap();
+        Self::start(
+            dir,
+            &format!(
+                "AuthorizedKeysFile none\nTrustedUserCAKeys {}\nRevokedKeys {}\nAuthorizedPrincipalsFile {}",
+                ca.display(),
+                Self::krl_path(srv).display(),
+                principals_file.display()
+            ),
+        )
+    }
+
+    /// Where [`Sshd::trusting`] keeps the KRL.
+    pub fn krl_path(srv: &TestServer) -> PathBuf {
+        srv.dir.path().join("krl")
+    }
+
+    /// Fetches the issuer's current KRL into sshd's `RevokedKeys` file, as
+    /// a host's timer would.
+    pub async fn fetch_krl(srv: &TestServer) {
+        fetch(srv, "/v1/ssh/krl", &Self::krl_path(srv)).await;
+    }
+
     /// What sshd logged so far.
     pub fn said(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -106,4 +139,16 @@ pub fn login_with_certificate(sshd: &Sshd, key: &Path, cert: &Path) -> Output {
         .arg("echo logged-in")
         .output()
         .unwrap()
+}
+
+/// A published document of `srv` (no credentials), written to `path`.
+pub async fn fetch(srv: &TestServer, url_path: &str, path: &Path) {
+    let resp = srv
+        .http
+        .get(format!("{}{url_path}", srv.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{url_path}");
+    std::fs::write(path, resp.bytes().await.unwrap()).unwrap();
 }
