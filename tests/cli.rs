@@ -308,3 +308,33 @@ fn missing_or_broken_configuration_is_a_clear_error() {
     let out = lockstep_with(&e, &broken, &["keys", "list"]);
     assert!(all(&out).contains("broken.toml"), "{}", all(&out));
 }
+
+#[test]
+fn init_adds_the_ssh_ca_key_to_an_existing_ca() {
+    let e = env("cli-add-ssh");
+    let full = std::fs::read_to_string(&e.config).unwrap();
+    let start = full.find("[keys.ssh]").unwrap();
+    let end = full[start..].find("\n\n").map_or(full.len(), |i| start + i);
+    let without = format!("{}{}", &full[..start], &full[end..]);
+    let older = write(e.dir.path(), "older.toml", &without);
+    let out = lockstep_with(&e, &older, &["init"]);
+    assert!(out.status.success(), "{}", all(&out));
+    let chain = std::fs::read(e.dir.path().join("ca/chain.pem")).unwrap();
+
+    // The configuration gains [keys.ssh]: init creates that key alone.
+    let out = lockstep(&e, &["init", "--json"]);
+    assert!(out.status.success(), "{}", all(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["mode"], "added-service-keys", "{report}");
+    assert_eq!(
+        report["service_keys"],
+        serde_json::json!(["ssh"]),
+        "{report}"
+    );
+    assert_eq!(
+        std::fs::read(e.dir.path().join("ca/chain.pem")).unwrap(),
+        chain
+    );
+    let text = stdout(&lockstep(&e, &["keys", "list"]));
+    assert!(text.contains("cli-add-ssh-ssh"), "{text}");
+}
