@@ -137,6 +137,7 @@ fn sessions(c: &mut Criterion) {
         ssh: None,
         gateway_certificates: false,
         modbus_functions: None,
+        signing: Default::default(),
     };
     let request = Request {
         tenant: None,

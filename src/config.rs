@@ -189,6 +189,11 @@ pub struct KeysConfig {
     /// certificates (profile `ssh-user`) and nothing else.
     #[serde(default)]
     pub ssh: Option<KeyRef>,
+    /// The timestamp authority's key: signs RFC 3161 timestamps of the
+    /// signatures a session's code-signing certificate made, certified by
+    /// the issuing CA for timeStamping alone.
+    #[serde(default)]
+    pub tsa: Option<KeyRef>,
 }
 
 impl KeysConfig {
@@ -200,6 +205,7 @@ impl KeysConfig {
             .map(|k| ("token", k))
             .chain(self.audit.iter().map(|k| ("audit", k)))
             .chain(self.ssh.iter().map(|k| ("ssh", k)))
+            .chain(self.tsa.iter().map(|k| ("tsa", k)))
             .collect()
     }
 }
@@ -730,6 +736,7 @@ impl Config {
             .chain(config.keys.token.iter())
             .chain(config.keys.audit.iter())
             .chain(config.keys.ssh.iter())
+            .chain(config.keys.tsa.iter())
             .collect();
         for (i, a) in all_keys.iter().enumerate() {
             for b in &all_keys[i + 1..] {

@@ -54,6 +54,7 @@ pub mod ssh;
 pub mod startup;
 pub mod store;
 pub mod tokens;
+pub mod tsa;
 pub mod x509;
 
 pub use error::Error;

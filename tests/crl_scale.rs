@@ -31,6 +31,7 @@ fn rules() -> Rules {
         ssh: None,
         gateway_certificates: false,
         modbus_functions: None,
+        signing: Default::default(),
     }
 }
 

@@ -50,6 +50,7 @@ fn new_session(quorum: u32, credentials: u32, n_approvers: usize) -> (Session, E
         ssh: None,
         gateway_certificates: false,
         modbus_functions: None,
+        signing: Default::default(),
     };
     Session::new(SessionId::generate().unwrap(), request, rules, t(0)).unwrap()
 }

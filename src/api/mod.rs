@@ -13,6 +13,7 @@ pub mod input;
 mod openapi;
 mod published;
 mod sessions;
+mod signing;
 mod ssh;
 pub mod tls;
 pub mod views;
@@ -165,11 +166,13 @@ pub fn routes() -> Vec<Route> {
         Route::post("/v1/sessions/{id}/certificate", sessions::certificate),
         Route::post("/v1/sessions/{id}/token", published::token),
         Route::post("/v1/sessions/{id}/ssh", ssh::certificate),
+        Route::post("/v1/sessions/{id}/signature", signing::signature),
         Route::post("/v1/sessions/{id}/connections", connections::report),
         Route::get("/v1/ca", health::ca),
         Route::get("/v1/crl", published::crl),
         Route::get("/v1/ssh/krl", ssh::krl),
         Route::get("/v1/ssh/ca.pub", ssh::ca_pub),
+        Route::get("/v1/tsa", signing::tsa_chain),
         Route::post("/v1/ocsp", published::ocsp_post),
         Route::get("/v1/ocsp/{request}", published::ocsp_get),
         Route::post("/v1/introspect", published::introspect),

@@ -8,7 +8,7 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{connections, events, health, published, sessions, ssh, views};
+use super::{connections, events, health, published, sessions, signing, ssh, views};
 
 struct BearerAuth;
 
@@ -122,7 +122,7 @@ impl Modify for SharedRefusals {
         sessions::close, sessions::revoke, sessions::certificate, connections::report,
         published::token, published::crl, published::ocsp_post, published::ocsp_get,
         published::jwks, published::introspect, published::audit, events::events,
-        ssh::certificate, ssh::krl, ssh::ca_pub,
+        ssh::certificate, ssh::krl, ssh::ca_pub, signing::signature, signing::tsa_chain,
         health::ca, health::healthz, health::readyz, document,
     ),
     components(schemas(
@@ -131,6 +131,7 @@ impl Modify for SharedRefusals {
         views::TokenBody, views::TokenView, views::IntrospectionView, published::IntrospectBody,
         events::EventView, crate::sessions::ConnectionReport, crate::sessions::ConnectionEnd, crate::sessions::RefusedRequest,
         connections::ReportView, views::SshCertificateBody, views::SshCertificateView,
+        views::SignatureBody, views::SignatureView,
     )),
     modifiers(&BearerAuth, &SharedRefusals)
 )]

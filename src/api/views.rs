@@ -304,3 +304,40 @@ pub struct SshCertificateView {
     /// `valid_before`, RFC 3339: the session's `closes_at`.
     pub valid_before: String,
 }
+
+/// The body of `POST /v1/sessions/{id}/signature`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureBody {
+    /// SHA-256 of the artifact signed, `sha256:<64 hex>`.
+    pub artifact_digest: String,
+    /// The DER ECDSA signature over the artifact (SHA-256), base64.
+    pub signature: String,
+    /// The session certificate that made it, PEM.
+    pub certificate: String,
+    /// A nonce, hex (up to 32 bytes), echoed in the token.
+    #[serde(default)]
+    pub nonce: Option<String>,
+}
+
+/// A timestamp of a session's signature.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SignatureView {
+    /// The session.
+    pub session: String,
+    /// The DER `TimeStampResp` (RFC 3161), base64: what `openssl ts
+    /// -verify -in` reads and a Sigstore bundle's `signedTimestamp` holds.
+    pub timestamp: String,
+    /// The token's serial, hex.
+    pub serial: String,
+    /// The token's `genTime`, RFC 3339.
+    pub gen_time: String,
+    /// The artifact's digest, as checked.
+    pub artifact_digest: String,
+    /// The serial of the certificate that made the signature, hex.
+    pub certificate_serial: String,
+    /// The TSA policy OID the token was issued under.
+    pub policy: String,
+    /// Whether the policy closed the session after this signature.
+    pub session_closed: bool,
+}

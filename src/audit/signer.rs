@@ -4,9 +4,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use der::{Decode, DecodePem, Encode, EncodePem};
-use x509_cert::Certificate;
-
 use super::{Checkpoint, checkpoint_message, signer_id};
 use crate::clock::Timestamp;
 use crate::error::Error;
@@ -68,44 +65,14 @@ impl AuditSigner {
     }
 }
 
-/// The certificate of the audit key: read from `path` if it certifies this
-/// key under this issuer and is valid at `now`, else minted (valid as long
-/// as the issuing CA) and written there. Blocks on the device.
+/// The certificate of the audit key, kept at `path` (see
+/// [`crate::ca::service_certificate`]). Blocks on the device.
 pub fn certificate_for(
     issuer: &Issuer,
     key: &dyn DeviceKey,
     path: &Path,
     now: Timestamp,
 ) -> Result<Vec<u8>, Error> {
-    if let Ok(pem) = std::fs::read_to_string(path)
-        && let Ok(cert) = Certificate::from_pem(&pem)
-    {
-        let tbs = cert.tbs_certificate();
-        let same_key = tbs
-            .subject_public_key_info()
-            .to_der()
-            .is_ok_and(|d| d == key.public_key().spki_der());
-        let same_issuer = tbs.issuer() == issuer.subject_name();
-        let valid = tbs.validity().not_after.to_unix_duration().as_secs() as i64 > now.unix();
-        if same_key && same_issuer && valid {
-            return cert.to_der().map_err(|e| Error::X509(e.into()));
-        }
-    }
-    let spki = spki::SubjectPublicKeyInfoOwned::from_der(key.public_key().spki_der())
-        .map_err(|e| Error::X509(e.into()))?;
     let subject = SubjectName::cn("lockstep audit signer").with_organization("lockstep");
-    let issued = issuer.mint_service(
-        &spki,
-        &subject,
-        &[],
-        oids::KP_LOCKSTEP_AUDIT,
-        issuer.not_after(),
-        now,
-    )?;
-    let pem = issued
-        .certificate
-        .to_pem(der::pem::LineEnding::LF)
-        .map_err(|e| Error::X509(e.into()))?;
-    crate::fsio::write_atomic(path, pem.as_bytes(), 0o644)?;
-    Ok(issued.der)
+    crate::ca::service_certificate(issuer, key, path, &subject, oids::KP_LOCKSTEP_AUDIT, now)
 }

@@ -4,6 +4,7 @@
 
 mod certify;
 mod init;
+mod service;
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use x509_cert::request::CertReq;
 
 pub use certify::{CertifyReport, certify_issuer};
 pub use init::{CertSummary, GeneratedKey, InitOptions, InitReport, init, install_chain};
+pub use service::service_certificate;
 
 use crate::clock::Timestamp;
 use crate::config::Config;

@@ -294,6 +294,13 @@ impl Signature {
         Self::from_raw(&raw)
     }
 
+    /// Reads a DER `ECDSA-Sig-Value` (as `openssl dgst -sign` writes it).
+    pub fn from_der(der: &[u8]) -> Result<Self, KeyError> {
+        p256::ecdsa::Signature::from_der(der)
+            .map(Self)
+            .map_err(|_| KeyError::Unsupported("not a DER ECDSA P-256 signature".into()))
+    }
+
     /// The DER `ECDSA-Sig-Value`, as X.509, CRLs and OCSP carry it.
     pub fn to_der(&self) -> Vec<u8> {
         self.0.to_der().as_bytes().to_vec()

@@ -31,6 +31,18 @@
 //! conditions = { source_networks = ["10.0.0.0/8"], requester_token_valid = true }
 //!
 //! [[resource]]
+//! match = "release:acme/app"
+//! requesters = ["oidc:https://token.actions.githubusercontent.com:repo:acme/app:*"]
+//! claims = { repository_id = "123456", job_workflow_ref = "acme/app/.github/workflows/release.yml@refs/tags/*", environment = "release" }
+//! approvers = ["token:alice", "token:bob"]
+//! quorum = 1
+//! max_duration = "15m"
+//! profiles = ["code-signing"]
+//! signing = { signatures = 1, close_after = true } # default 1 and false: how many
+//!                                     # signatures lockstep's TSA stamps for a session,
+//!                                     # and whether the session closes after the last
+//!
+//! [[resource]]
 //! match = "ssh:plc-gw1"
 //! requesters = ["token:vendor"]
 //! approvers = ["token:ops"]
@@ -61,7 +73,7 @@ use super::{Gateway, Policy, ResourceMatch, ResourceRule, Tenant};
 use crate::gateway::modbus::{Allowed, FunctionName};
 use crate::identity;
 use crate::sessions::Profile;
-use crate::sessions::{Conditions, Rules, SshRules};
+use crate::sessions::{Conditions, Rules, SigningRules, SshRules};
 
 /// The longest session a policy may allow: 30 days.
 const MAX_SESSION_SECS: u64 = 30 * 86_400;
@@ -161,6 +173,37 @@ struct ResourceFile {
     ssh: Option<SshFile>,
     #[serde(default)]
     modbus: Option<Vec<FunctionName>>,
+    #[serde(default)]
+    signing: Option<SigningFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigningFile {
+    #[serde(default = "one")]
+    signatures: u32,
+    #[serde(default)]
+    close_after: bool,
+}
+
+/// The most signatures one session may have timestamped.
+const MAX_SIGNATURES: u32 = 1000;
+
+/// The signing rules of a resource: only for `code-signing`.
+fn signing_rules(file: Option<SigningFile>, profiles: &[Profile]) -> Result<SigningRules, String> {
+    let Some(f) = file else {
+        return Ok(SigningRules::default());
+    };
+    if !profiles.contains(&Profile::CodeSigning) {
+        return Err("signing is given but `code-signing` is not among the profiles".into());
+    }
+    if f.signatures == 0 || f.signatures > MAX_SIGNATURES {
+        return Err(format!("signing.signatures must be 1 to {MAX_SIGNATURES}"));
+    }
+    Ok(SigningRules {
+        signatures: f.signatures,
+        close_after: f.close_after,
+    })
 }
 
 #[derive(Deserialize)]
@@ -396,6 +439,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         }
         let tokens_allowed = r.profiles.contains(&Profile::Token);
         let ssh = ssh_rules(r.ssh, &r.profiles).map_err(bad)?;
+        let signing = signing_rules(r.signing, &r.profiles).map_err(bad)?;
         let gateway_certificates = ssh.is_some() && r.profiles.contains(&Profile::MtlsClient);
         let modbus_functions = match &r.modbus {
             None => None,
@@ -429,6 +473,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
                 gateway_certificates,
                 modbus_functions,
                 ssh,
+                signing,
             },
         });
     }

@@ -48,6 +48,24 @@ pub enum ServiceError {
     /// No token key is configured.
     #[error("tokens are not configured: add [keys.token] and run `lockstep init`")]
     TokensNotConfigured,
+    /// The artifact signed is not the one the session was approved for.
+    #[error(
+        "the artifact's digest {given} is not the approved one ({approved}): sign the artifact the approvers saw, or request a new session for this one"
+    )]
+    ArtifactNotApproved {
+        /// The digest sent.
+        given: String,
+        /// The session's `request_digest`.
+        approved: String,
+    },
+    /// The certificate sent is not one the session was issued.
+    #[error(
+        "the certificate is not one this session issued: send the session's own code-signing certificate"
+    )]
+    CertificateNotOfSession,
+    /// No timestamp authority key is configured.
+    #[error("the timestamp authority is not configured: add [keys.tsa] and run `lockstep init`")]
+    TsaNotConfigured,
     /// No SSH CA key is configured.
     #[error("SSH certificates are not configured: add [keys.ssh] and run `lockstep init`")]
     SshNotConfigured,
@@ -138,6 +156,9 @@ impl ServiceError {
             Self::AudienceNotAllowed(_) => "audience_not_allowed",
             Self::TokensNotConfigured => "tokens_not_configured",
             Self::SshNotConfigured => "ssh_not_configured",
+            Self::TsaNotConfigured => "tsa_not_configured",
+            Self::ArtifactNotApproved { .. } => "artifact_not_approved",
+            Self::CertificateNotOfSession => "certificate_not_of_session",
             Self::SshPublicKey(_) => "invalid_public_key",
             Self::ReservationLapsed => "reservation_lapsed",
             Self::Stopping => "service_stopping",
@@ -154,8 +175,10 @@ impl ServiceError {
             Self::Policy(_)
             | Self::Forbidden(_)
             | Self::ConditionFailed(_)
-            | Self::AudienceNotAllowed(_) => 403,
-            Self::TokensNotConfigured | Self::SshNotConfigured => 409,
+            | Self::AudienceNotAllowed(_)
+            | Self::ArtifactNotApproved { .. }
+            | Self::CertificateNotOfSession => 403,
+            Self::TokensNotConfigured | Self::SshNotConfigured | Self::TsaNotConfigured => 409,
             Self::SshPublicKey(_) => 400,
             Self::Session(e) => match e {
                 SessionError::InvalidRequest(_) | SessionError::InvalidDuration(_) => 400,
@@ -167,7 +190,8 @@ impl ServiceError {
                 | SessionError::Closed(_)
                 | SessionError::HashMismatch
                 | SessionError::AlreadyVoted(_)
-                | SessionError::LimitReached(_) => 409,
+                | SessionError::LimitReached(_)
+                | SessionError::SignatureLimitReached(_) => 409,
             },
             Self::Store(StoreError::NotFound(_)) | Self::NotFound(_) => 404,
             Self::Store(_) | Self::ReservationLapsed | Self::Stopping => 503,

@@ -35,7 +35,10 @@ use crate::x509::{Issuer, RevocationUrls};
 pub use error::ServiceError;
 pub use events::{Follow, FollowedEvents};
 pub use listing::{LIST_SCAN_BUDGET, SessionPage};
-pub use mint::{IssuedSshCertificate, IssuedToken, TokenRequest, ssh_serial_text};
+pub use mint::{
+    IssuedSshCertificate, IssuedTimestamp, IssuedToken, SignatureRequest, TokenRequest,
+    ssh_serial_text,
+};
 pub use published::{AuditPage, Introspection};
 
 /// What a requester asks for.
@@ -116,6 +119,8 @@ pub struct ServiceParts {
     pub tokens: Option<TokenSigner>,
     /// The SSH CA, if SSH certificates are configured.
     pub ssh: Option<crate::ssh::SshCa>,
+    /// The timestamp authority, if release signatures are timestamped.
+    pub tsa: Option<crate::tsa::TimestampAuthority>,
     /// CRL lifetime, seconds.
     pub crl_validity_secs: i64,
     /// OCSP response lifetime, seconds.
@@ -145,6 +150,7 @@ pub struct Service {
     organization: String,
     tokens: Option<TokenSigner>,
     ssh: Option<crate::ssh::SshCa>,
+    tsa: Option<crate::tsa::TimestampAuthority>,
     krl: Option<crate::revocation::krl::KrlPublisher>,
     crl: CrlPublisher,
     ocsp: Responder,
@@ -206,6 +212,7 @@ impl Service {
             organization: parts.organization,
             tokens: parts.tokens,
             ssh: parts.ssh,
+            tsa: parts.tsa,
             public_url: RwLock::new(None),
             audit: parts.audit,
             checkpoint_every: parts.checkpoint_every.max(1),

@@ -109,6 +109,13 @@ impl Service {
         Ok(self.crl.current(self.now()).await?)
     }
 
+    /// The timestamp authority's chain as PEM (its certificate, the issuing
+    /// CA, the root), for verifiers of its tokens.
+    pub fn tsa_chain_pem(&self) -> Result<String, ServiceError> {
+        let tsa = self.tsa.as_ref().ok_or(ServiceError::TsaNotConfigured)?;
+        Ok(tsa.chain_pem()?)
+    }
+
     /// The SSH CA's current KRL (what sshd's `RevokedKeys` reads), if SSH
     /// certificates are configured.
     pub async fn ssh_krl(&self) -> Result<std::sync::Arc<Vec<u8>>, ServiceError> {

@@ -21,6 +21,9 @@ pub enum CredentialKind {
     /// An OpenSSH user certificate (identified by its serial, 16 hex
     /// digits).
     SshCertificate,
+    /// An RFC 3161 timestamp of a signature the session's certificate
+    /// made (identified by the token's serial, hex).
+    Timestamp,
 }
 
 impl CredentialKind {
@@ -30,6 +33,7 @@ impl CredentialKind {
             Self::Certificate => "certificate",
             Self::Token => "token",
             Self::SshCertificate => "ssh-certificate",
+            Self::Timestamp => "timestamp",
         }
     }
 
@@ -39,6 +43,7 @@ impl CredentialKind {
             "certificate" => Some(Self::Certificate),
             "token" => Some(Self::Token),
             "ssh-certificate" => Some(Self::SshCertificate),
+            "timestamp" => Some(Self::Timestamp),
             _ => None,
         }
     }
@@ -114,6 +119,15 @@ pub enum CredentialFacts {
         /// The principals it names.
         principals: Vec<String>,
     },
+    /// A timestamp of a signature.
+    Timestamp {
+        /// The artifact's digest (`sha256:<hex>`).
+        artifact_digest: String,
+        /// The serial of the certificate that made the signature.
+        certificate: String,
+        /// SHA-256 of the signature bytes, hex.
+        signature_sha256: String,
+    },
 }
 
 impl CredentialFacts {
@@ -123,6 +137,7 @@ impl CredentialFacts {
             Self::Certificate { .. } => CredentialKind::Certificate,
             Self::Token { .. } => CredentialKind::Token,
             Self::SshCertificate { .. } => CredentialKind::SshCertificate,
+            Self::Timestamp { .. } => CredentialKind::Timestamp,
         }
     }
 
@@ -134,6 +149,7 @@ impl CredentialFacts {
                 Some(key_sha256)
             }
             Self::Token { x5t_s256, .. } => x5t_s256.as_deref(),
+            Self::Timestamp { .. } => None,
         }
     }
 }

@@ -86,6 +86,21 @@ pub enum Event {
         /// was being signed, so it was withheld).
         handed_out: bool,
     },
+    /// lockstep's TSA timestamped a signature the session's certificate
+    /// made over the artifact: the release signing on the record.
+    Signed {
+        /// The timestamp token's serial (hex).
+        serial: String,
+        /// The artifact's digest (`sha256:<hex>`).
+        artifact_digest: String,
+        /// The serial of the session certificate that made the signature.
+        certificate: String,
+        /// SHA-256 of the signature bytes (the token's imprint), hex.
+        signature_sha256: String,
+        /// Whether the token was handed out (false: the session closed
+        /// while it was being signed).
+        handed_out: bool,
+    },
     /// A credential slot reserved before a crash was given back; the serial
     /// was never handed out.
     Voided {
@@ -169,6 +184,20 @@ pub enum Event {
 impl Event {
     /// The `minted` entry of a credential.
     pub fn minted(held: &Held, profile: &str, facts: &CredentialFacts, handed_out: bool) -> Self {
+        if let CredentialFacts::Timestamp {
+            artifact_digest,
+            certificate,
+            signature_sha256,
+        } = facts
+        {
+            return Self::Signed {
+                serial: held.serial.clone(),
+                artifact_digest: artifact_digest.clone(),
+                certificate: certificate.clone(),
+                signature_sha256: signature_sha256.clone(),
+                handed_out,
+            };
+        }
         let (mut fingerprint, mut principals) = (None, None);
         let (key_sha256, jti, audience, x5t_s256) = match facts {
             CredentialFacts::Certificate { key_sha256 } => {
@@ -188,6 +217,7 @@ impl Event {
                 (fingerprint, principals) = (Some(f.clone()), Some(p.clone()));
                 (Some(key_sha256.clone()), None, None, None)
             }
+            CredentialFacts::Timestamp { .. } => (None, None, None, None),
         };
         Self::Minted {
             kind: facts.kind(),
@@ -212,6 +242,7 @@ impl Event {
             Self::Denied { .. } => "denied",
             Self::Opened { .. } => "opened",
             Self::Minted { .. } => "minted",
+            Self::Signed { .. } => "signed",
             Self::Voided { .. } => "voided",
             Self::Closed { .. } => "closed",
             Self::Connection { .. } => "connection",

@@ -29,8 +29,8 @@ pub use request::{
     parse_hash, validate_fields, validate_resource,
 };
 pub use session::{
-    Actor, CloseReason, Closure, Conditions, MintSlot, RevocationReason, Rules, Session, SessionOp,
-    SshRules, State, Vote,
+    Actor, CiIdentity, CloseReason, Closure, Conditions, MintSlot, POLICY_ACTOR, RevocationReason,
+    Rules, Session, SessionOp, SigningRules, SshRules, State, Vote,
 };
 
 /// Why a session operation was refused.
@@ -71,6 +71,11 @@ pub enum SessionError {
     /// The session minted as many credentials as its policy allows.
     #[error("this session has minted its {0} credential(s); request a new session")]
     LimitReached(u32),
+    /// The session had as many signatures timestamped as its policy allows.
+    #[error(
+        "this session has had its {0} signature(s) timestamped; request a new session to sign again"
+    )]
+    SignatureLimitReached(u32),
 }
 
 impl SessionError {
@@ -88,6 +93,7 @@ impl SessionError {
             Self::AlreadyVoted(_) => "already_voted",
             Self::NotRequester(_) => "not_requester",
             Self::LimitReached(_) => "credential_limit_reached",
+            Self::SignatureLimitReached(_) => "signature_limit_reached",
         }
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::CredentialKind;
+
 use super::{Event, Request, SessionError, SessionId, format_hash};
 use crate::clock::Timestamp;
 use crate::identity;
@@ -53,10 +55,49 @@ pub struct Rules {
     /// policy limits them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modbus_functions: Option<Vec<u8>>,
+    /// What a `code-signing` session may have timestamped.
+    #[serde(default)]
+    pub signing: SigningRules,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// How many signatures a `code-signing` session may have timestamped by
+/// lockstep's TSA, and whether the session closes after the last one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningRules {
+    /// Timestamped signatures allowed (default 1: one-shot).
+    pub signatures: u32,
+    /// Close the session (`completed`) once the last one is stamped.
+    #[serde(default)]
+    pub close_after: bool,
+}
+
+impl Default for SigningRules {
+    fn default() -> Self {
+        Self {
+            signatures: 1,
+            close_after: false,
+        }
+    }
+}
+
+/// The identity lockstep acts as when a policy closes or revokes a session.
+pub const POLICY_ACTOR: &str = "lockstep:policy";
+
+/// The CI identity an OIDC requester's token carried (GitHub Actions
+/// claims), kept with the session so its code-signing certificates can
+/// say which workflow, repository and commit asked, in the extensions
+/// Sigstore verifiers read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CiIdentity {
+    /// The token's issuer (`iss`).
+    pub issuer: String,
+    /// The token's string claims that name the build (`repository`,
+    /// `job_workflow_ref`, `sha`, `ref`, …), by name.
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 /// What a policy grants an SSH user certificate: principals, extensions
@@ -287,13 +328,22 @@ pub enum SessionOp {
         reason: Option<RevocationReason>,
     },
     /// Take one credential slot before minting (`counted`), or only check
-    /// the session may mint (credentials that do not count).
+    /// the session may mint (credentials that do not count). Timestamps
+    /// count against `signing.signatures`, the rest against `credentials`.
     ReserveMint {
         /// Whether the credential counts against the limit.
         counted: bool,
+        /// What it is.
+        kind: CredentialKind,
     },
+    /// The policy closes the session (`completed`) once its signatures are
+    /// used up, when its `signing.close_after` says so; otherwise nothing.
+    CloseAfterSigning,
     /// Give back a slot whose minting failed before anything was issued.
-    ReleaseMint,
+    ReleaseMint {
+        /// What it was.
+        kind: CredentialKind,
+    },
 }
 
 /// A credential slot taken by [`SessionOp::ReserveMint`].
@@ -331,6 +381,12 @@ pub struct Session {
     pub closes_at: Option<Timestamp>,
     /// Credential slots taken.
     pub minted: u32,
+    /// Timestamp slots taken (signatures stamped or being stamped).
+    #[serde(default)]
+    pub signed: u32,
+    /// The CI identity of an OIDC requester, if its token had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci: Option<CiIdentity>,
     /// When the credential the requester asked with expires (an OIDC
     /// token's `exp`), for the `requester_token_valid` condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -397,6 +453,8 @@ impl Session {
             opened_at: None,
             closes_at: None,
             minted: 0,
+            signed: 0,
+            ci: None,
             requester_credential_expires: None,
             closure: None,
         };
@@ -472,9 +530,24 @@ impl Session {
                 events.push(e);
                 None
             }),
-            SessionOp::ReserveMint { counted } => self.reserve_mint(*counted).map(Some),
-            SessionOp::ReleaseMint => {
-                self.minted = self.minted.saturating_sub(1);
+            SessionOp::ReserveMint { counted, kind } => {
+                self.reserve_mint(*counted, *kind).map(Some)
+            }
+            SessionOp::CloseAfterSigning => {
+                let done = self.rules.signing.close_after && self.signatures_used_up();
+                if done && self.state != State::Closed {
+                    events.push(self.close(
+                        CloseReason::Completed,
+                        now,
+                        Some(POLICY_ACTOR.to_owned()),
+                        Some("the policy closes the session after its last signature".to_owned()),
+                    ));
+                }
+                Ok(None)
+            }
+            SessionOp::ReleaseMint { kind } => {
+                let taken = self.slots(*kind).0;
+                *taken = taken.saturating_sub(1);
                 Ok(None)
             }
         };
@@ -602,22 +675,43 @@ impl Session {
         Ok(event)
     }
 
-    fn reserve_mint(&mut self, counted: bool) -> Result<MintSlot, SessionError> {
+    fn reserve_mint(
+        &mut self,
+        counted: bool,
+        kind: CredentialKind,
+    ) -> Result<MintSlot, SessionError> {
         match self.state {
             State::Open => {}
             State::Closed => return Err(self.closed_error()),
             State::Pending => return Err(SessionError::NotOpen("pending".into())),
         }
-        if counted && self.minted >= self.rules.credentials {
-            return Err(SessionError::LimitReached(self.rules.credentials));
-        }
         let not_after = self
             .closes_at
             .ok_or_else(|| SessionError::NotOpen("open without closes_at".into()))?;
         if counted {
-            self.minted += 1;
+            let (taken, limit) = self.slots(kind);
+            if *taken >= limit {
+                return Err(match kind {
+                    CredentialKind::Timestamp => SessionError::SignatureLimitReached(limit),
+                    _ => SessionError::LimitReached(limit),
+                });
+            }
+            *taken += 1;
         }
         Ok(MintSlot { not_after })
+    }
+
+    /// The counter a credential of `kind` takes a slot of, and its limit.
+    fn slots(&mut self, kind: CredentialKind) -> (&mut u32, u32) {
+        match kind {
+            CredentialKind::Timestamp => (&mut self.signed, self.rules.signing.signatures),
+            _ => (&mut self.minted, self.rules.credentials),
+        }
+    }
+
+    /// Whether the session has had as many signatures stamped as it may.
+    pub fn signatures_used_up(&self) -> bool {
+        self.signed >= self.rules.signing.signatures
     }
 
     fn close(

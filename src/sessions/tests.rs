@@ -28,6 +28,7 @@ fn rules() -> Rules {
         ssh: None,
         gateway_certificates: false,
         modbus_functions: None,
+        signing: Default::default(),
     }
 }
 
@@ -90,8 +91,13 @@ fn run(session: &mut Session, steps: Vec<Step>) -> Vec<Event> {
                 note: "ticket closed".into(),
                 reason: None,
             },
-            Op::Mint => SessionOp::ReserveMint { counted: true },
-            Op::Release => SessionOp::ReleaseMint,
+            Op::Mint => SessionOp::ReserveMint {
+                counted: true,
+                kind: CredentialKind::Certificate,
+            },
+            Op::Release => SessionOp::ReleaseMint {
+                kind: CredentialKind::Certificate,
+            },
             Op::Refresh => SessionOp::Refresh,
         };
         let before = session.clone();
@@ -425,7 +431,10 @@ fn mint_slot_carries_closes_at() {
         vec![(1, Op::Approve(A), "ok"), (2, Op::Approve(B), "ok")],
     );
     let (_, slot) = s.apply(
-        &SessionOp::ReserveMint { counted: true },
+        &SessionOp::ReserveMint {
+            counted: true,
+            kind: CredentialKind::Certificate,
+        },
         Timestamp::from_unix(T0 + 3),
     );
     assert_eq!(slot.unwrap().unwrap().not_after, s.closes_at.unwrap());

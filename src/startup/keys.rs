@@ -1,5 +1,6 @@
 //! Step 2: the key backend, the issuing CA on it, and the service's other
-//! signers (session tokens, audit checkpoints, the SSH CA).
+//! signers (session tokens, audit checkpoints, the SSH CA, the timestamp
+//! authority).
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use crate::error::Error;
 use crate::keys::KeyBackend;
 use crate::ssh::SshCa;
 use crate::tokens::TokenSigner;
+use crate::tsa::TimestampAuthority;
 use crate::x509::Issuer;
 
 /// The signers beside the issuing CA, each optional.
@@ -21,6 +23,8 @@ pub struct Signers {
     pub audit: Option<AuditSigner>,
     /// Signs SSH user certificates (`[keys.ssh]`).
     pub ssh: Option<SshCa>,
+    /// Timestamps release signatures (`[keys.tsa]`).
+    pub tsa: Option<TimestampAuthority>,
 }
 
 /// Opens the configured key backend and loads the issuing CA: its
@@ -49,7 +53,31 @@ pub async fn signers(
         tokens: token_signer(config, backend).await?,
         audit: audit_signer(config, backend, issuer, now).await?,
         ssh: ssh_ca(config, backend).await?,
+        tsa: timestamp_authority(config, backend, issuer, now).await?,
     })
+}
+
+/// The `[keys.tsa]` timestamp authority with its certificate from the
+/// issuing CA (kept in `[ca] dir`/tsa.pem); without it signatures are not
+/// timestamped.
+async fn timestamp_authority(
+    config: &Config,
+    backend: &Arc<dyn KeyBackend>,
+    issuer: &Arc<Issuer>,
+    now: Timestamp,
+) -> Result<Option<TimestampAuthority>, Error> {
+    let Some(key) = config.keys.tsa.clone() else {
+        return Ok(None);
+    };
+    let backend = backend.clone();
+    let issuer = issuer.clone();
+    let path = config.ca.dir.join("tsa.pem");
+    let tsa = blocking(move || {
+        let key = backend.open_key(&key)?;
+        crate::tsa::open(key, &issuer, &path, now)
+    })
+    .await?;
+    Ok(Some(tsa))
 }
 
 /// The `[keys.ssh]` CA; without it SSH certificates are unavailable.

@@ -45,6 +45,7 @@ pub async fn start(
         organization: server.organization.clone(),
         tokens: parts.signers.tokens,
         ssh: parts.signers.ssh,
+        tsa: parts.signers.tsa,
         crl_validity_secs: config
             .revocation
             .crl_secs()

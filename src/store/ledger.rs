@@ -21,8 +21,8 @@ use super::{
 use crate::clock::Timestamp;
 use crate::sessions::credential::{self, Held, Reserved};
 use crate::sessions::{
-    ConnectionReport, CredentialState, Event, RevocationReason, Session, SessionId, SessionOp,
-    State,
+    ConnectionReport, CredentialKind, CredentialState, Event, RevocationReason, Session, SessionId,
+    SessionOp, State,
 };
 
 /// How long a reservation's owner has to finish it before it may be
@@ -271,7 +271,8 @@ fn finish_in(
             // Compare-and-set: a reservation voided meanwhile gave its
             // slot back already.
             if tx.discard_reservation(&r.serial)? && r.counted {
-                apply_in(tx, &r.session, &SessionOp::ReleaseMint, now)?;
+                let op = SessionOp::ReleaseMint { kind: r.kind };
+                apply_in(tx, &r.session, &op, now)?;
             }
             return Ok(Finished::Released);
         }
@@ -314,6 +315,9 @@ fn finish_in(
         tx.revoke(&r.session, &entry, at, reason)?;
     }
     tx.append(now, Some(&r.session), &done.event)?;
+    if r.kind == CredentialKind::Timestamp && done.withheld.is_none() {
+        apply_in(tx, &r.session, &SessionOp::CloseAfterSigning, now)?;
+    }
     Ok(match done.withheld {
         None => Finished::Issued,
         Some(reason) => Finished::Withheld(reason),
@@ -332,6 +336,7 @@ fn reserve_in(
 ) -> Result<(Applied, Option<Reservation>), StoreError> {
     let op = SessionOp::ReserveMint {
         counted: credential.counted,
+        kind: credential.kind,
     };
     let applied = apply_to(tx, session, &op, now)?;
     let Ok(Some(slot)) = &applied.result else {
@@ -371,7 +376,8 @@ fn recover_in(tx: &mut dyn LedgerTx, now: Timestamp) -> Result<usize, StoreError
             continue;
         }
         if r.held.counted {
-            apply_in(tx, &r.session, &SessionOp::ReleaseMint, now)?;
+            let op = SessionOp::ReleaseMint { kind: r.held.kind };
+            apply_in(tx, &r.session, &op, now)?;
         }
         let event = Event::Voided {
             serial: serial.clone(),

@@ -53,6 +53,16 @@ pub fn certificate_time(t: Timestamp) -> Result<Time, X509Error> {
     }
 }
 
+/// A `GeneralizedTime` at second precision (session evidence, timestamp
+/// tokens).
+pub fn generalized(t: Timestamp) -> Result<GeneralizedTime, X509Error> {
+    let secs = u64::try_from(t.unix())
+        .map_err(|_| X509Error::InvalidValidity(format!("{t} is before 1970")))?;
+    Ok(GeneralizedTime::from_unix_duration(Duration::from_secs(
+        secs,
+    ))?)
+}
+
 /// Reads a certificate `Time` back as an instant.
 pub(crate) fn timestamp_of(t: &Time) -> Timestamp {
     Timestamp::from_unix(t.to_unix_duration().as_secs() as i64)

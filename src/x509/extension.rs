@@ -33,6 +33,7 @@ use der::{Decode, Encode, Sequence};
 use x509_cert::Certificate;
 use x509_cert::ext::Extension;
 
+use super::build::generalized;
 use super::{X509Error, oids};
 use crate::clock::Timestamp;
 
@@ -183,14 +184,6 @@ impl SessionEvidence {
             modbus_functions,
         }))
     }
-}
-
-fn generalized(t: Timestamp) -> Result<GeneralizedTime, X509Error> {
-    let secs = u64::try_from(t.unix())
-        .map_err(|_| X509Error::InvalidValidity(format!("{t} is before 1970")))?;
-    Ok(GeneralizedTime::from_unix_duration(
-        std::time::Duration::from_secs(secs),
-    )?)
 }
 
 #[cfg(test)]

@@ -327,7 +327,10 @@ impl Issuer {
         exts.push(ext);
         let ext = (&KeyUsage(KeyUsages::DigitalSignature.into())).to_extension(subject, &exts)?;
         exts.push(ext);
-        let ext = (&ExtendedKeyUsage(vec![leaf.eku])).to_extension(subject, &exts)?;
+        let mut ext = (&ExtendedKeyUsage(vec![leaf.eku])).to_extension(subject, &exts)?;
+        // RFC 3161 2.3: a TSA's certificate has timeStamping as its only
+        // EKU, marked critical.
+        ext.critical = leaf.eku == oids::KP_TIME_STAMPING;
         exts.push(ext);
         let spki_der = leaf.spki.to_der()?;
         let spki = spki::SubjectPublicKeyInfoRef::from_der(&spki_der)?;

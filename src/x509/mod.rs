@@ -17,7 +17,7 @@ pub use authority::{
     CaValidity, certify_issuing_csr, check_chain, issuing_ca_certificate, issuing_csr,
     self_signed_root, verify_path,
 };
-pub use build::{certificate_time, random_serial};
+pub use build::{certificate_time, generalized, random_serial};
 pub use extension::SessionEvidence;
 pub use leaf::{CertProfile, IssuedCertificate, Issuer, LeafSpec, RevocationUrls};
 pub use names::{San, SubjectName};

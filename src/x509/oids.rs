@@ -46,6 +46,26 @@ pub const KP_SERVER_AUTH: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.1");
 pub const KP_CLIENT_AUTH: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.2");
 /// `id-kp-codeSigning`.
 pub const KP_CODE_SIGNING: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.3");
+/// `id-kp-timeStamping` (RFC 3161 requires it alone, and critical).
+pub const KP_TIME_STAMPING: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.8");
+
+/// `id-sha256`.
+pub const SHA256: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.2.1");
+/// `id-sha384`.
+pub const SHA384: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.2.2");
+/// `id-sha512`.
+pub const SHA512: Oid = Oid::new_unwrap("2.16.840.1.101.3.4.2.3");
+/// CMS `id-signedData`.
+pub const SIGNED_DATA: Oid = Oid::new_unwrap("1.2.840.113549.1.7.2");
+/// RFC 3161 `id-ct-TSTInfo`: the content a timestamp token signs.
+pub const CT_TST_INFO: Oid = Oid::new_unwrap("1.2.840.113549.1.9.16.1.4");
+/// CMS signed attribute `contentType`.
+pub const ATTR_CONTENT_TYPE: Oid = Oid::new_unwrap("1.2.840.113549.1.9.3");
+/// CMS signed attribute `messageDigest`.
+pub const ATTR_MESSAGE_DIGEST: Oid = Oid::new_unwrap("1.2.840.113549.1.9.4");
+/// ESS `id-aa-signingCertificateV2` (RFC 5035): binds the TSA's
+/// certificate into what it signs.
+pub const ATTR_SIGNING_CERTIFICATE_V2: Oid = Oid::new_unwrap("1.2.840.113549.1.9.16.2.47");
 
 /// `commonName`.
 pub const COMMON_NAME: Oid = Oid::new_unwrap("2.5.4.3");
@@ -71,6 +91,13 @@ pub const KP_LOCKSTEP_AUDIT: Oid = Oid::new_unwrap("1.3.6.1.4.1.32473.7683.2.1")
 /// The certificate extension carrying a certificate's lockstep session
 /// (see [`super::extension`]): `{ lockstep-arc 1 1 }`.
 pub const LOCKSTEP_SESSION_EXT: Oid = Oid::new_unwrap("1.3.6.1.4.1.32473.7683.1.1");
+/// The policy under which lockstep's timestamp authority issues its
+/// RFC 3161 tokens: `{ lockstep-arc 3 1 }`. It says: the time is the
+/// issuer's clock, to the second (accuracy 1 s); the imprint is of the
+/// signature bytes a session's own certificate made, and lockstep checked
+/// that signature, that the session was open and that the artifact was
+/// the approved one before it stamped.
+pub const TSA_POLICY: Oid = Oid::new_unwrap("1.3.6.1.4.1.32473.7683.3.1");
 
 #[cfg(test)]
 mod tests {
@@ -79,5 +106,6 @@ mod tests {
     #[test]
     fn lockstep_oids_hang_off_the_arc() {
         assert!(LOCKSTEP_SESSION_EXT.starts_with(LOCKSTEP_ARC));
+        assert!(TSA_POLICY.starts_with(LOCKSTEP_ARC));
     }
 }

@@ -1,6 +1,6 @@
 //! Minting for open sessions: one pipeline for every kind of credential.
 //!
-//! Each kind ([`certificate`], [`token`], [`ssh`]) says what it checks before a slot
+//! Each kind ([`certificate`], [`token`], [`ssh`], [`timestamp`]) says what it checks before a slot
 //! is taken and how the device makes it; the pipeline does the rest the
 //! same way for all: the requester's open session, the policy's
 //! conditions again, a slot taken in the store (with the credential's
@@ -9,6 +9,7 @@
 
 mod certificate;
 mod ssh;
+mod timestamp;
 mod token;
 
 use std::net::IpAddr;
@@ -20,10 +21,10 @@ use crate::sessions::{Actor, RevocationReason, Session, SessionError, SessionId,
 use crate::store::{Finish, Finished, NewCredential, Reservation};
 
 pub use ssh::{IssuedSshCertificate, serial_text as ssh_serial_text};
+pub use timestamp::{IssuedTimestamp, SignatureRequest};
 pub use token::{IssuedToken, TokenRequest};
 
-/// The identity lockstep acts as when a policy condition revokes a session.
-const POLICY_ACTOR: &str = "lockstep:policy";
+use crate::sessions::POLICY_ACTOR;
 
 /// A kind of credential, ready to be minted: its own checks are done.
 trait Minter: Send + 'static {
