@@ -41,6 +41,7 @@ fn leaf_spec(now: Timestamp) -> LeafSpec {
         not_after: now.plus_secs(3600),
         session: SessionEvidence::session("ses_bench"),
         revocation: None,
+        build: None,
     }
 }
 
@@ -163,9 +164,15 @@ fn sessions(c: &mut Criterion) {
                 };
                 s.apply(&op, now).1.unwrap();
             }
-            s.apply(&SessionOp::ReserveMint { counted: true }, now)
-                .1
-                .unwrap();
+            s.apply(
+                &SessionOp::ReserveMint {
+                    counted: true,
+                    kind: lockstep::sessions::CredentialKind::Certificate,
+                },
+                now,
+            )
+            .1
+            .unwrap();
             let close = SessionOp::Close {
                 by: "token:ci".into(),
             };

@@ -539,6 +539,7 @@ async fn run(opts: &Options, backend: Backend, threads: usize) -> Value {
             not_after,
             session: SessionEvidence::session("ses_bench"),
             revocation: None,
+            build: None,
         };
         i2.mint(&csr, &spec, SystemClock.now()).unwrap();
     });

@@ -309,26 +309,32 @@ fn missing_or_broken_configuration_is_a_clear_error() {
     assert!(all(&out).contains("broken.toml"), "{}", all(&out));
 }
 
+/// `text` without its `[keys.<role>]` table.
+fn without_key(text: &str, role: &str) -> String {
+    let start = text.find(&format!("[keys.{role}]")).unwrap();
+    let end = text[start..].find("\n\n").map_or(text.len(), |i| start + i);
+    format!("{}{}", &text[..start], &text[end..])
+}
+
 #[test]
-fn init_adds_the_ssh_ca_key_to_an_existing_ca() {
-    let e = env("cli-add-ssh");
+fn init_adds_the_ssh_ca_and_tsa_keys_to_an_existing_ca() {
+    let e = env("cli-add-keys");
     let full = std::fs::read_to_string(&e.config).unwrap();
-    let start = full.find("[keys.ssh]").unwrap();
-    let end = full[start..].find("\n\n").map_or(full.len(), |i| start + i);
-    let without = format!("{}{}", &full[..start], &full[end..]);
+    let without = without_key(&without_key(&full, "ssh"), "tsa");
     let older = write(e.dir.path(), "older.toml", &without);
     let out = lockstep_with(&e, &older, &["init"]);
     assert!(out.status.success(), "{}", all(&out));
     let chain = std::fs::read(e.dir.path().join("ca/chain.pem")).unwrap();
 
-    // The configuration gains [keys.ssh]: init creates that key alone.
+    // The configuration gains [keys.ssh] and [keys.tsa]: init creates
+    // those keys alone and leaves the chain as it was.
     let out = lockstep(&e, &["init", "--json"]);
     assert!(out.status.success(), "{}", all(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["mode"], "added-service-keys", "{report}");
     assert_eq!(
         report["service_keys"],
-        serde_json::json!(["ssh"]),
+        serde_json::json!(["ssh", "tsa"]),
         "{report}"
     );
     assert_eq!(
@@ -336,5 +342,6 @@ fn init_adds_the_ssh_ca_key_to_an_existing_ca() {
         chain
     );
     let text = stdout(&lockstep(&e, &["keys", "list"]));
-    assert!(text.contains("cli-add-ssh-ssh"), "{text}");
+    assert!(text.contains("cli-add-keys-ssh"), "{text}");
+    assert!(text.contains("cli-add-keys-tsa"), "{text}");
 }

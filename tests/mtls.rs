@@ -30,6 +30,7 @@ fn client_identity(
         not_after,
         session: SessionEvidence::session(format!("ses_{name}")),
         revocation: None,
+        build: None,
     };
     let issued = ca.issuer.mint(&csr, &spec, SystemClock.now()).unwrap();
     // Leaf and issuing CA; the server holds the root.

@@ -278,6 +278,7 @@ fn leaf_spec(not_after: Timestamp) -> LeafSpec {
         not_after,
         session: SessionEvidence::session("ses_tpm_restart"),
         revocation: None,
+        build: None,
     }
 }
 

@@ -29,8 +29,10 @@ fn spec(profile: CertProfile, not_after: Timestamp) -> LeafSpec {
             }),
             connections: Some(3),
             modbus_functions: None,
+            artifact_digest: None,
         },
         revocation: None,
+        build: None,
     }
 }
 

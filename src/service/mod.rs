@@ -341,6 +341,7 @@ impl Service {
             Err(e) => return self.refuse(caller, None, "request", e.into()).await,
         };
         session.requester_credential_expires = requester_expires;
+        session.ci = ci_identity(caller);
         self.store
             .create_session(session.clone(), event, now)
             .await?;
@@ -671,4 +672,26 @@ impl Service {
     pub fn check_csr(csr: &[u8]) -> Result<VerifiedCsr, ServiceError> {
         Ok(parse_and_verify(csr)?)
     }
+}
+
+/// The CI identity of an OIDC requester: its token's issuer and the CI
+/// claims it carries (strings and numbers, as text); none for other
+/// callers.
+fn ci_identity(caller: &Caller) -> Option<crate::sessions::CiIdentity> {
+    if !caller.identity.starts_with("oidc:") {
+        return None;
+    }
+    let issuer = caller.claims.get("iss")?.as_str()?.to_owned();
+    let claims = crate::x509::fulcio::CI_CLAIMS
+        .iter()
+        .filter_map(|name| {
+            let value = match caller.claims.get(*name)? {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some(((*name).to_owned(), value))
+        })
+        .collect();
+    Some(crate::sessions::CiIdentity { issuer, claims })
 }

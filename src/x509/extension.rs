@@ -13,10 +13,13 @@
 //!     connections [1] IMPLICIT INTEGER (1..1000) OPTIONAL,
 //!                 -- at most this many connections at once through one
 //!                 -- lockstep gateway (the policy's `connections`)
-//!     modbusFunctions [2] IMPLICIT OCTET STRING (SIZE (1..127)) OPTIONAL
+//!     modbusFunctions [2] IMPLICIT OCTET STRING (SIZE (1..127)) OPTIONAL,
 //!                 -- the only Modbus function codes (one byte each,
 //!                 -- 1..127, ascending) a gateway lets through for the
 //!                 -- session (the policy's `modbus`)
+//!     artifactDigest [3] IMPLICIT UTF8String (SIZE (1..160)) OPTIONAL
+//!                 -- the artifact the approvers approved: the session's
+//!                 -- `request_digest`, `sha256:<hex>` (or sha384/sha512)
 //! }
 //!
 //! ApprovalEvidence ::= SEQUENCE {
@@ -55,6 +58,8 @@ pub struct SessionEvidence {
     /// The only Modbus function codes the policy lets the session use, if
     /// it limits them.
     pub modbus_functions: Option<Vec<u8>>,
+    /// The approved artifact's digest (the session's `request_digest`).
+    pub artifact_digest: Option<String>,
 }
 
 /// The approval that opened a session.
@@ -78,6 +83,8 @@ struct Wire {
     connections: Option<u32>,
     #[asn1(context_specific = "2", tag_mode = "IMPLICIT", optional = "true")]
     modbus_functions: Option<OctetString>,
+    #[asn1(context_specific = "3", tag_mode = "IMPLICIT", optional = "true")]
+    artifact_digest: Option<String>,
 }
 
 #[derive(Sequence)]
@@ -95,6 +102,7 @@ impl SessionEvidence {
             approval: None,
             connections: None,
             modbus_functions: None,
+            artifact_digest: None,
         }
     }
 
@@ -130,6 +138,7 @@ impl SessionEvidence {
                 .as_ref()
                 .map(|f| OctetString::new(f.clone()))
                 .transpose()?,
+            artifact_digest: self.artifact_digest.clone(),
         };
         Ok(Extension {
             extn_id: oids::LOCKSTEP_SESSION_EXT,
@@ -182,6 +191,7 @@ impl SessionEvidence {
             approval,
             connections: wire.connections,
             modbus_functions,
+            artifact_digest: wire.artifact_digest,
         }))
     }
 }
@@ -215,6 +225,7 @@ mod tests {
             }),
             connections: Some(2),
             modbus_functions: Some(vec![1, 2, 3, 4]),
+            artifact_digest: Some(format!("sha256:{}", "ab".repeat(32))),
         }
         .to_extension()
         .unwrap();

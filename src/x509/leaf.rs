@@ -75,6 +75,9 @@ pub struct LeafSpec {
     pub session: SessionEvidence,
     /// Where relying parties check revocation, if published.
     pub revocation: Option<RevocationUrls>,
+    /// The CI identity of the requester, for code-signing certificates
+    /// (Fulcio's extensions, see [`super::fulcio`]).
+    pub build: Option<crate::sessions::CiIdentity>,
 }
 
 /// The CRL and OCSP locations written into certificates.
@@ -118,6 +121,7 @@ struct Leaf<'a> {
     eku: der::asn1::ObjectIdentifier,
     session: Option<&'a SessionEvidence>,
     revocation: Option<&'a RevocationUrls>,
+    build: Option<&'a crate::sessions::CiIdentity>,
     not_after: Timestamp,
 }
 
@@ -243,6 +247,7 @@ impl Issuer {
             eku: spec.profile.eku(),
             session: Some(&spec.session),
             revocation: spec.revocation.as_ref(),
+            build: spec.build.as_ref(),
             not_after: spec.not_after,
         };
         self.build(leaf, serial, now)
@@ -267,6 +272,7 @@ impl Issuer {
             eku,
             session: None,
             revocation: None,
+            build: None,
             not_after,
         };
         self.build(leaf, random_serial()?, now)
@@ -371,6 +377,9 @@ impl Issuer {
         }
         if let Some(session) = leaf.session {
             exts.push(session.to_extension()?);
+        }
+        if let Some(build) = leaf.build {
+            exts.extend(super::fulcio::extensions(build)?);
         }
         Ok(exts)
     }

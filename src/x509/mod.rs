@@ -8,6 +8,7 @@ mod build;
 pub mod crl;
 pub mod csr;
 pub mod extension;
+pub mod fulcio;
 mod leaf;
 pub mod names;
 pub mod oids;

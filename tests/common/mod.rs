@@ -286,6 +286,10 @@ id = "{audit_id:04x}"
 label = "{name}-ssh"
 id = "{ssh_id:04x}"
 
+[keys.tsa]
+label = "{name}-tsa"
+id = "{tsa_id:04x}"
+
 [ca]
 dir = "ca"
 root_subject = {{ common_name = "{name} Root CA", organization = "lockstep tests" }}
@@ -299,6 +303,7 @@ issuing_validity_days = {issuing_days}
         token_id = 0x1002 + 4 * n,
         audit_id = 0x1003 + 4 * n,
         ssh_id = 0x8000 + n,
+        tsa_id = 0x9000 + n,
     )
 }
 

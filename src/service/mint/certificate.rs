@@ -75,7 +75,9 @@ impl CertificateMinter {
     ///   longer than 64 characters), `OU=<tenant>` when there is one,
     ///   `O=<[server] organization>`;
     /// - SANs: `urn:lockstep:session:<id>`, `urn:lockstep:resource:<resource>`
-    ///   and `urn:lockstep:requester:<identity>` (percent-encoded);
+    ///   and `urn:lockstep:requester:<identity>` (percent-encoded), after
+    ///   the build signer URI of a CI requester's code-signing certificate;
+    /// - Fulcio's CI extensions on such a certificate;
     /// - the session extension with the request hash and the approvers;
     /// - the CRL and OCSP locations once the public URL is known.
     fn leaf_spec(&self, session: &Session, not_after: Timestamp) -> LeafSpec {
@@ -86,6 +88,25 @@ impl CertificateMinter {
         } else {
             session.id.to_string()
         };
+        // A CI requester's code-signing certificate names its build first
+        // (the identity Sigstore verifiers match) and carries Fulcio's
+        // extensions.
+        let build = session
+            .ci
+            .clone()
+            .filter(|_| profile == CertProfile::CodeSigning);
+        let mut sans = Vec::with_capacity(4);
+        if let Some(uri) = build.as_ref().and_then(crate::x509::fulcio::signer_uri) {
+            sans.push(San::Uri(uri));
+        }
+        sans.extend([
+            San::Uri(format!("urn:lockstep:session:{}", session.id)),
+            San::Uri(crate::x509::names::resource_uri(&r.resource)),
+            San::Uri(format!(
+                "urn:lockstep:requester:{}",
+                crate::x509::names::urn_encode(&r.requester)
+            )),
+        ]);
         LeafSpec {
             subject: SubjectName {
                 common_name,
@@ -93,14 +114,7 @@ impl CertificateMinter {
                 organizational_unit: r.tenant.clone(),
                 country: None,
             },
-            sans: vec![
-                San::Uri(format!("urn:lockstep:session:{}", session.id)),
-                San::Uri(crate::x509::names::resource_uri(&r.resource)),
-                San::Uri(format!(
-                    "urn:lockstep:requester:{}",
-                    crate::x509::names::urn_encode(&r.requester)
-                )),
-            ],
+            sans,
             profile,
             not_after,
             session: SessionEvidence {
@@ -112,8 +126,10 @@ impl CertificateMinter {
                 }),
                 connections: session.rules.connections,
                 modbus_functions: session.rules.modbus_functions.clone(),
+                artifact_digest: r.request_digest.clone(),
             },
             revocation: self.revocation.clone(),
+            build,
         }
     }
 }
