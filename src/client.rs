@@ -222,6 +222,32 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/sessions/{id}/signature`.
+    pub async fn signature(
+        &self,
+        id: &str,
+        body: &crate::api::views::SignatureBody,
+    ) -> Result<crate::api::views::SignatureView, Error> {
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/signature", seg(id)),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /v1/tsa`: the timestamp authority's chain (PEM).
+    pub async fn tsa_chain(&self) -> Result<String, Error> {
+        let bytes = self.published("/v1/tsa").await?;
+        String::from_utf8(bytes)
+            .map_err(|_| Error::Connection("the TSA chain is not text (PEM)".into()))
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     /// `POST /v1/sessions/{id}/token`.
     pub async fn token(&self, id: &str, body: &TokenBody) -> Result<TokenView, Error> {
         self.call(

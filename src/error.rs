@@ -41,6 +41,9 @@ pub enum Error {
     /// The audit trail failed verification.
     #[error("{0}")]
     AuditFailed(String),
+    /// A release bundle did not verify.
+    #[error("{0}")]
+    NotVerified(#[from] crate::sigstore::verify::Refused),
     /// The session being waited for closed without opening.
     #[error("{0}")]
     SessionEnded(String),
@@ -77,6 +80,7 @@ impl Error {
             Self::Tunnel(_) => "tunnel_failed",
             Self::SessionEnded(_) => "session_closed",
             Self::AuditFailed(_) => "audit_verification_failed",
+            Self::NotVerified(r) => r.code,
         }
     }
 

@@ -50,6 +50,7 @@ pub mod policy;
 pub mod revocation;
 pub mod secret;
 pub mod service;
+pub mod sigstore;
 pub mod ssh;
 pub mod startup;
 pub mod store;

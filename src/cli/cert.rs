@@ -56,6 +56,15 @@ pub(super) fn fresh_p256_key() -> Result<p256::SecretKey, Error> {
 /// dropped.
 fn key_and_csr() -> Result<(Zeroizing<String>, String), Error> {
     let bad = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("key generation: {e}"));
+    let (signing, csr_pem) = signing_key_and_csr()?;
+    let key_pem = signing.to_pkcs8_pem(LineEnding::LF).map_err(|e| bad(&e))?;
+    Ok((Zeroizing::new(key_pem.to_string()), csr_pem))
+}
+
+/// A fresh P-256 signing key (in memory, wiped when dropped) and a CSR
+/// for it.
+pub(super) fn signing_key_and_csr() -> Result<(p256::ecdsa::SigningKey, String), Error> {
+    let bad = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("key generation: {e}"));
     let signing = p256::ecdsa::SigningKey::from(fresh_p256_key()?);
     // The server takes names from the session; the CSR's subject is
     // informational only.
@@ -65,8 +74,7 @@ fn key_and_csr() -> Result<(Zeroizing<String>, String), Error> {
         .build::<_, p256::ecdsa::DerSignature>(&signing)
         .map_err(|e| bad(&e))?;
     let csr_pem = csr.to_pem(LineEnding::LF).map_err(|e| bad(&e))?;
-    let key_pem = signing.to_pkcs8_pem(LineEnding::LF).map_err(|e| bad(&e))?;
-    Ok((Zeroizing::new(key_pem.to_string()), csr_pem))
+    Ok((signing, csr_pem.to_string()))
 }
 
 /// Runs `cert`.

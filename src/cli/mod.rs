@@ -12,6 +12,7 @@ mod keys;
 mod output;
 mod serve;
 mod session;
+mod sign;
 mod ssh;
 mod token;
 
@@ -84,6 +85,13 @@ pub enum Command {
     Token(token::TokenArgs),
     /// Get an SSH user certificate for an open `ssh-user` session.
     Ssh(ssh::SshArgs),
+    /// Sign an artifact for an open `code-signing` session and write a
+    /// Sigstore bundle with lockstep's timestamp.
+    Sign(sign::SignArgs),
+    /// Write a Sigstore trusted root naming lockstep's CA and TSA.
+    TrustedRoot(sign::TrustedRootArgs),
+    /// Verify a release bundle offline, with the session's approval.
+    Verify(sign::VerifyArgs),
     /// Run a gateway (its own configuration file: `--config gateway.toml`)
     /// that admits connections for open sessions and cuts them when the
     /// session ends.
@@ -114,6 +122,9 @@ impl Cli {
             Command::Cert(args) => cert::run(args, out),
             Command::Token(args) => token::run(args, out),
             Command::Ssh(args) => ssh::run(args, out),
+            Command::Sign(args) => sign::sign(args, out),
+            Command::TrustedRoot(args) => sign::trusted_root(args, out),
+            Command::Verify(args) => sign::run_verify(args, out),
             Command::Gateway => gateway::run(&self.config),
             Command::Connect(args) => connect::run(args),
         }
