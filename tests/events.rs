@@ -634,30 +634,9 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The EventSource client of `tests/eventsource`, installed (`npm ci`, from
-/// its lock file) once into the test target directory.
+/// The EventSource client of `tests/eventsource`, installed.
 fn eventsource_client() -> std::path::PathBuf {
-    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/eventsource");
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("eventsource-client");
-    std::fs::create_dir_all(&dir).unwrap();
-    let lock = std::fs::read(source.join("package-lock.json")).unwrap();
-    let installed = std::fs::read(dir.join("package-lock.json")).ok();
-    for file in ["package.json", "package-lock.json", "follow.mjs"] {
-        std::fs::copy(source.join(file), dir.join(file)).unwrap();
-    }
-    if installed.as_ref() != Some(&lock) || !dir.join("node_modules/eventsource").exists() {
-        let out = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .output()
-            .expect("npm runs (scripts/setup installs Node.js)");
-        assert!(
-            out.status.success(),
-            "npm ci: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dir
+    common::node::installed("eventsource", &["follow.mjs"], "eventsource")
 }
 
 /// A TCP proxy in front of the service whose connections the test cuts.

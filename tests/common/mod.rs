@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod flow;
 pub mod gateway;
+pub mod node;
 pub mod oidc;
 #[cfg(feature = "postgres")]
 pub mod postgres_server;
