@@ -123,8 +123,8 @@ fn keys_list_and_pkcs11_tool_show_sensitive_never_extractable_keys() {
         .collect();
     assert_eq!(
         private.len(),
-        5,
-        "root, issuing, token, audit and SSH CA keys"
+        6,
+        "root, issuing, token, audit, SSH CA and TSA keys"
     );
     for o in private {
         assert_eq!(o["key_type"], "EC P-256");
@@ -163,7 +163,7 @@ fn keys_list_and_pkcs11_tool_show_sensitive_never_extractable_keys() {
     assert_eq!(
         text.matches("Access:     sensitive, always sensitive, never extractable, local")
             .count(),
-        5,
+        6,
         "{text}"
     );
     assert!(
