@@ -374,7 +374,12 @@ async fn a_ci_release_bundle_verifies_with_sigstore_and_openssl_for_years() {
 
     // The trail has the signed entry.
     let (_, events) = srv
-        .call("GET", &format!("/v1/audit?session={id}"), Some("auditor"), None)
+        .call(
+            "GET",
+            &format!("/v1/audit?session={id}"),
+            Some("auditor"),
+            None,
+        )
         .await;
     let text = events.to_string();
     assert!(
