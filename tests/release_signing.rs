@@ -19,6 +19,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use common::gateway::certificate_for;
 use common::oidc::TestIssuer;
 use common::server::TestServer;
 use common::{openssl, openssl_csr, output_text};
@@ -454,17 +455,11 @@ async fn timestamps_are_refused_unless_the_session_and_its_artifact_check_out() 
         }
     };
     let id = open(Some(sha256_text(approved))).await;
-    let (key, csr) = openssl_csr(dir, "signer", "ec:P-256");
-    let (status, cert) = srv
-        .call(
-            "POST",
-            &format!("/v1/sessions/{id}/certificate"),
-            Some("alice"),
-            Some(json!({"csr": String::from_utf8(csr).unwrap()})),
-        )
-        .await;
-    assert_eq!(status, 201, "{cert}");
-    let pem = cert["certificate"].as_str().unwrap().to_owned();
+    let signer = certificate_for(&srv, &id).await;
+    let (key, pem) = (
+        signer.key.clone(),
+        std::fs::read_to_string(&signer.cert).unwrap(),
+    );
     let stamp = |id: &str, data: &[u8], sig: &[u8], pem: &str| {
         let srv = &srv;
         let body = json!({"artifact_digest": sha256_text(data), "signature": B64.encode(sig), "certificate": pem});
@@ -483,16 +478,11 @@ async fn timestamps_are_refused_unless_the_session_and_its_artifact_check_out() 
     assert_eq!(code(&r), (400, "signature_invalid".into()), "{:?}", r.1);
     // Another session's certificate.
     let other_id = open(None).await;
-    let (key2, csr2) = openssl_csr(dir, "signer2", "ec:P-256");
-    let (_, cert2) = srv
-        .call(
-            "POST",
-            &format!("/v1/sessions/{other_id}/certificate"),
-            Some("alice"),
-            Some(json!({"csr": String::from_utf8(csr2).unwrap()})),
-        )
-        .await;
-    let pem2 = cert2["certificate"].as_str().unwrap().to_owned();
+    let signer2 = certificate_for(&srv, &other_id).await;
+    let (key2, pem2) = (
+        signer2.key.clone(),
+        std::fs::read_to_string(&signer2.cert).unwrap(),
+    );
     let r = stamp(&id, approved, &openssl_sign(dir, &key2, approved), &pem2).await;
     assert_eq!(
         code(&r),
