@@ -207,6 +207,17 @@ pub struct SessionView {
     pub modbus_functions: Option<Vec<u8>>,
     /// Credentials minted (or being minted).
     pub credentials_minted: u32,
+    /// Code-signing sessions: signatures lockstep's TSA may timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures_allowed: Option<u32>,
+    /// Code-signing sessions: signatures timestamped (or being stamped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures_timestamped: Option<u32>,
+    /// The CI identity of an OIDC requester (its token's issuer and CI
+    /// claims: repository, workflow, ref, commit…), what approvers check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub build: Option<crate::sessions::CiIdentity>,
     /// When it closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<String>,
@@ -224,6 +235,7 @@ impl SessionView {
     /// The view of `s` for a caller related to it by `role`, at `now`.
     pub fn new(s: &Session, role: Relation, now: crate::clock::Timestamp) -> Self {
         let r = &s.request;
+        let signing = r.profile == crate::sessions::Profile::CodeSigning;
         Self {
             id: s.id.to_string(),
             state: s.state.as_str().to_owned(),
@@ -249,6 +261,9 @@ impl SessionView {
             connections_allowed: s.rules.connections,
             modbus_functions: s.rules.modbus_functions.clone(),
             credentials_minted: s.minted,
+            signatures_allowed: signing.then_some(s.rules.signing.signatures),
+            signatures_timestamped: signing.then_some(s.signed),
+            build: s.ci.clone(),
             closed_at: s.closure.as_ref().map(|c| c.at.to_string()),
             closed_by: s.closure.as_ref().and_then(|c| c.by.clone()),
             close_note: s.closure.as_ref().and_then(|c| c.note.clone()),

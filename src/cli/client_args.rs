@@ -46,6 +46,12 @@ impl ClientArgs {
         };
         Client::new(&self.url, self.ca.as_deref(), token)
     }
+
+    /// Connects to read what the server publishes to anyone (the CA and
+    /// TSA chains): no token needed, none sent.
+    pub fn published_client(&self) -> Result<Client, Error> {
+        Client::new(&self.url, self.ca.as_deref(), SecretString::from(""))
+    }
 }
 
 impl std::fmt::Debug for ClientArgs {

@@ -183,6 +183,16 @@ pub fn describe(s: &SessionView) -> String {
         s.request_digest.as_deref().unwrap_or("(none)")
     );
     let _ = writeln!(t, "profile    {}", s.profile);
+    if let Some(ci) = &s.build {
+        // What an approver of a release checks: which build asks.
+        let _ = writeln!(t, "build      {} (issuer)", printable(&ci.issuer));
+        for (claim, value) in &ci.claims {
+            let _ = writeln!(t, "           {claim} = {}", printable(value));
+        }
+    }
+    if let (Some(allowed), Some(done)) = (s.signatures_allowed, s.signatures_timestamped) {
+        let _ = writeln!(t, "signatures {done}/{allowed} timestamped");
+    }
     let _ = writeln!(t, "hash       {}", s.request_hash);
     let approved: Vec<&str> = s.approvals.iter().map(|v| v.by.as_str()).collect();
     let _ = writeln!(

@@ -140,7 +140,7 @@ pub fn sign(args: SignArgs, out: Output) -> Result<(), Error> {
 
 /// Runs `trusted-root`.
 pub fn trusted_root(args: TrustedRootArgs, out: Output) -> Result<(), Error> {
-    let client = args.client.client()?;
+    let client = args.client.published_client()?;
     let runtime = super::session::runtime()?;
     let chain = runtime.block_on(client.ca_chain())?;
     let tsa = runtime.block_on(client.tsa_chain())?;

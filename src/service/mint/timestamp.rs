@@ -183,6 +183,13 @@ impl Service {
                 session.request.profile
             )));
         }
+        if let Some(approved) = &session.request.request_digest
+            && !approved.starts_with("sha256:")
+        {
+            return Err(ServiceError::BadRequest(format!(
+                "this session was approved for {approved}; lockstep timestamps signatures over SHA-256 digests: request a session with a sha256: request_digest"
+            )));
+        }
         let digest = artifact_digest(&request.artifact_digest)?;
         let given = format!("sha256:{}", hex::encode(digest));
         if let Some(approved) = &session.request.request_digest
