@@ -166,6 +166,19 @@ async fn a_ci_release_bundle_verifies_with_sigstore_and_openssl_for_years() {
     for who in ["bob", "carol"] {
         assert_eq!(srv.vote(who, &s, "approve").await.0, 200);
     }
+    // Approvers see which build asks, and the signatures left.
+    let (_, seen) = srv
+        .call("GET", &format!("/v1/sessions/{id}"), Some("bob"), None)
+        .await;
+    assert_eq!(seen["build"]["issuer"], idp.issuer(), "{seen}");
+    assert_eq!(seen["build"]["claims"]["repository_id"], "4242", "{seen}");
+    assert_eq!(
+        (
+            seen["signatures_allowed"].clone(),
+            seen["signatures_timestamped"].clone()
+        ),
+        (json!(1), json!(0))
+    );
 
     // `lockstep sign` writes the bundle; the policy closes the session.
     let bundle_path = dir.join("app.sigstore.json");
@@ -188,6 +201,8 @@ async fn a_ci_release_bundle_verifies_with_sigstore_and_openssl_for_years() {
         .call("GET", &format!("/v1/sessions/{id}"), Some("bob"), None)
         .await;
     assert_eq!(after["state"], "closed", "{after}");
+    assert_eq!(after["closed_by"], "lockstep:policy", "{after}");
+    assert_eq!(after["signatures_timestamped"], 1, "{after}");
     // Anyone may write the trusted root: no token.
     let root = dir.join("trusted_root.json");
     lockstep(&srv, "", &["trusted-root", "--out", root.to_str().unwrap()]).unwrap();
@@ -556,4 +571,16 @@ async fn timestamps_are_refused_unless_the_session_and_its_artifact_check_out() 
     assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
     let r = stamp(s["id"].as_str().unwrap(), approved, &sig, &pem).await;
     assert_eq!(code(&r), (403, "forbidden".into()), "{:?}", r.1);
+    // A session approved for a SHA-512 digest: lockstep stamps SHA-256.
+    let sha512 = open(Some(format!("sha512:{}", "ab".repeat(64)))).await;
+    let signer3 = certificate_for(&srv, &sha512).await;
+    let pem3 = std::fs::read_to_string(&signer3.cert).unwrap();
+    let r = stamp(
+        &sha512,
+        approved,
+        &openssl_sign(dir, &signer3.key, approved),
+        &pem3,
+    )
+    .await;
+    assert_eq!(code(&r), (400, "invalid_request".into()), "{:?}", r.1);
 }
