@@ -27,6 +27,12 @@ fn the_example_policy_loads() {
         600
     );
     assert!(p.rule("release:other/app").is_none());
+    let signing = p.rule("release:acme/app").unwrap().rules.signing;
+    assert_eq!((signing.signatures, signing.close_after), (1, true));
+    assert_eq!(
+        p.rule("db:payroll").unwrap().rules.signing,
+        crate::sessions::SigningRules::default()
+    );
     assert!(p.rule("db:payroll2").is_none());
     assert!(p.gateway_follows(
         "token:plant7-gateway",
@@ -279,6 +285,19 @@ profiles = ["mtls-client"]
             format!("{ssh}ssh = {{ principals = [\"v\"], force_command = \"a\\nb\" }}\n"),
             "#1",
             "ssh.force_command must be one line",
+        ),
+        (
+            format!("{base}signing = {{ signatures = 2 }}\n"),
+            "#1",
+            "`code-signing` is not among the profiles",
+        ),
+        (
+            format!(
+                "{}signing = {{ signatures = 0 }}\n",
+                base.replace("[\"mtls-client\"]", "[\"code-signing\"]")
+            ),
+            "#1",
+            "signing.signatures must be 1 to 1000",
         ),
     ]);
     for (text, place, message) in cases {

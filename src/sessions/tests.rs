@@ -526,3 +526,82 @@ fn sessions_round_trip_through_json() {
     let back: Session = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);
 }
+
+/// An open session under `signing`, with one certificate minted.
+fn signing_session(signing: SigningRules) -> Session {
+    let mut s = new_session(Rules { signing, ..rules() });
+    run(
+        &mut s,
+        vec![
+            (1, Op::Approve(A), "ok"),
+            (2, Op::Approve(B), "ok"),
+            (3, Op::Mint, "ok"),
+        ],
+    );
+    s
+}
+
+fn stamp(s: &mut Session, at: i64) -> Result<Option<MintSlot>, SessionError> {
+    let op = SessionOp::ReserveMint {
+        counted: true,
+        kind: CredentialKind::Timestamp,
+    };
+    s.apply(&op, Timestamp::from_unix(T0 + at)).1
+}
+
+#[test]
+fn signatures_have_their_own_count_beside_credentials() {
+    let mut s = signing_session(SigningRules {
+        signatures: 2,
+        close_after: false,
+    });
+    // The certificate used the one credential; the signatures count apart.
+    assert_eq!(s.minted, 1);
+    assert!(stamp(&mut s, 4).is_ok());
+    assert!(stamp(&mut s, 5).is_ok());
+    assert_eq!(
+        stamp(&mut s, 6).unwrap_err().code(),
+        "signature_limit_reached"
+    );
+    // A stamp that failed on the device gives its slot back.
+    let release = SessionOp::ReleaseMint {
+        kind: CredentialKind::Timestamp,
+    };
+    s.apply(&release, Timestamp::from_unix(T0 + 7));
+    assert_eq!((s.signed, s.minted), (1, 1));
+    assert!(stamp(&mut s, 8).is_ok());
+    // Closing after signing is the policy's choice: here, nothing happens.
+    let (events, _) = s.apply(&SessionOp::CloseAfterSigning, Timestamp::from_unix(T0 + 9));
+    assert!(events.is_empty());
+    assert_eq!(s.state, State::Open);
+}
+
+#[test]
+fn the_policy_closes_the_session_after_its_last_signature() {
+    let mut s = signing_session(SigningRules {
+        signatures: 2,
+        close_after: true,
+    });
+    assert!(stamp(&mut s, 4).is_ok());
+    let (events, _) = s.apply(&SessionOp::CloseAfterSigning, Timestamp::from_unix(T0 + 5));
+    assert!(events.is_empty(), "one signature left: still open");
+    assert!(stamp(&mut s, 6).is_ok());
+    let (events, _) = s.apply(&SessionOp::CloseAfterSigning, Timestamp::from_unix(T0 + 7));
+    assert_eq!(events.len(), 1);
+    let closure = s.closure.clone().unwrap();
+    assert_eq!(
+        (s.state, closure.reason, closure.by.as_deref()),
+        (State::Closed, CloseReason::Completed, Some(POLICY_ACTOR))
+    );
+    assert_eq!(stamp(&mut s, 8).unwrap_err().code(), "session_closed");
+}
+
+#[test]
+fn sessions_stored_before_signing_existed_read_with_its_defaults() {
+    let mut json = serde_json::to_value(new_session(rules())).unwrap();
+    json.as_object_mut().unwrap().remove("signed");
+    json["rules"].as_object_mut().unwrap().remove("signing");
+    let s: Session = serde_json::from_value(json).unwrap();
+    assert_eq!((s.signed, s.rules.signing), (0, SigningRules::default()));
+    assert_eq!(s.ci, None);
+}
