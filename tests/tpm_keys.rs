@@ -1,6 +1,7 @@
 //! The TPM backend against swtpm: keys generated in the TPM, signing,
 //! occupied handles, what tpm2-tools and `keys list` see, a TPM that goes
-//! away and comes back, concurrency, auth values, and the `lockstep` binary.
+//! away and comes back, concurrency, auth values, the `lockstep` binary, and
+//! RFC 3161 timestamps signed by a TSA key in the TPM.
 //!
 //! Tests that kill or restart swtpm (or make auth fail, which counts toward
 //! the TPM's dictionary-attack lockout) have a swtpm of their own; the rest
@@ -487,4 +488,62 @@ fn cli_init_and_keys_list_on_swtpm() {
         all(&out)
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_tsa_key_in_the_tpm_signs_timestamps_openssl_verifies() {
+    let tpm = SwTpm::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let (text, root_handle, issuing_handle) =
+        tpm_ca_config_text(&tpm.tcti(), "tsa", None, 3650, 1095);
+    let path = write(dir.path(), "lockstep.toml", text);
+    let config = lockstep::config::Config::load(&path).unwrap();
+    let now = SystemClock.now();
+    let b = config.backend.open().unwrap();
+    lockstep::ca::init(&config, b.as_ref(), Default::default(), now).unwrap();
+    let issuer = lockstep::ca::load_issuer(&config, b.as_ref(), now).unwrap();
+    let key_ref = tpm_key_ref("tsa", unique_handle());
+    let key = b.generate_key(&key_ref, false).unwrap();
+    let tsa = lockstep::tsa::open(key, &issuer, &dir.path().join("ca/tsa.pem"), now).unwrap();
+
+    let stamped = b"a signature's bytes";
+    let imprint: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+        <sha2::Sha256 as sha2::Digest>::new(),
+        stamped,
+    ))
+    .into();
+    let stamp = lockstep::tsa::Stamp {
+        imprint,
+        serial: lockstep::x509::random_serial().unwrap(),
+        nonce: Some(vec![0x12, 0x34, 0x56]),
+    };
+    let response = write(dir.path(), "r.tsr", tsa.stamp(&stamp, now).unwrap());
+    let chain = write(dir.path(), "tsa-chain.pem", tsa.chain_pem().unwrap());
+    let data = write(dir.path(), "data", stamped);
+    let root = dir.path().join("ca/root.pem");
+    let (ok, out) = openssl(&[
+        "ts",
+        "-verify",
+        "-data",
+        data.to_str().unwrap(),
+        "-in",
+        response.to_str().unwrap(),
+        "-CAfile",
+        root.to_str().unwrap(),
+        "-untrusted",
+        chain.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("Verification: OK"), "{out}");
+    let (ok, out) = openssl(&["ts", "-reply", "-in", response.to_str().unwrap(), "-text"]);
+    assert!(ok && out.contains("Nonce: 0x123456"), "{out}");
+    let facts = lockstep::tsa::read_response(&std::fs::read(&response).unwrap()).unwrap();
+    assert_eq!(
+        (facts.imprint.as_slice(), facts.gen_time),
+        (&imprint[..], now)
+    );
+    // The shared TPM's persistent handles are few: give these back.
+    b.destroy_key(&key_ref).unwrap();
+    for (label, handle) in [("tsa-root", root_handle), ("tsa-issuing", issuing_handle)] {
+        b.destroy_key(&tpm_key_ref(label, handle)).unwrap();
+    }
 }
