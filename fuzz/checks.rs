@@ -21,6 +21,9 @@ use lockstep::gateway::modbus::{
 };
 use lockstep::revocation::ocsp::{MAX_REQUESTS, OcspError, Responder};
 use lockstep::sessions::{MAX_RESOURCE_LEN, Request, SessionId};
+use lockstep::sigstore::verify::{Expected, verify};
+use lockstep::sigstore::{Bundle, TrustedRoot};
+use lockstep::tsa::read_response;
 use lockstep::x509::X509Error;
 use lockstep::x509::csr::{MAX_CSR_BYTES, parse_and_verify};
 
@@ -355,4 +358,63 @@ pub fn modbus_frames(data: &[u8]) {
     assert_eq!(set.codes(), want);
     assert!(codes.iter().all(|c| set.allows(*c)));
     assert!(!set.allows(0) && !set.allows(128));
+}
+
+// --- release_timestamp -----------------------------------------------------------
+
+/// A bundle `lockstep sign` wrote (`fixtures/release/`): its artifact, its
+/// trusted root and the serial of its own timestamp.
+struct ReleaseFixture {
+    bundle: Bundle,
+    artifact: &'static [u8],
+    root: TrustedRoot,
+    serial: String,
+}
+
+fn release_fixture() -> &'static ReleaseFixture {
+    static FIXTURE: OnceLock<ReleaseFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let bundle: Bundle =
+            serde_json::from_slice(include_bytes!("fixtures/release/bundle.json")).unwrap();
+        let root: TrustedRoot =
+            serde_json::from_slice(include_bytes!("fixtures/release/trusted_root.json")).unwrap();
+        let artifact = include_bytes!("fixtures/release/artifact");
+        let verified = verify(&bundle, artifact, &root, &Expected::default())
+            .expect("the fixture bundle verifies");
+        ReleaseFixture {
+            bundle,
+            artifact,
+            root,
+            serial: verified.timestamp_serial,
+        }
+    })
+}
+
+/// Any bytes as the RFC 3161 response of a real bundle: read back as
+/// `lockstep sign` does, and verified as `lockstep verify` does. Only the
+/// TSA's own token verifies; everything else is refused with a timestamp
+/// code.
+pub fn release_timestamp(data: &[u8]) {
+    let f = release_fixture();
+    if let Ok(facts) = read_response(data) {
+        assert!(!facts.serial.is_empty() || data.len() < 4096);
+    }
+    let mut bundle = f.bundle.clone();
+    bundle
+        .verification_material
+        .timestamp_verification_data
+        .rfc3161_timestamps[0]
+        .signed_timestamp = STANDARD.encode(data);
+    match verify(&bundle, f.artifact, &f.root, &Expected::default()) {
+        Ok(v) => assert_eq!(v.timestamp_serial, f.serial, "a token lockstep's TSA did not sign verified"),
+        Err(r) => assert!(
+            matches!(
+                r.code,
+                "timestamp_invalid" | "timestamp_mismatch" | "timestamp_untrusted"
+            ),
+            "{}: {}",
+            r.code,
+            r.message
+        ),
+    }
 }

@@ -60,3 +60,8 @@ fn bearer() {
 fn modbus_frames() {
     run("modbus_frames", checks::modbus_frames);
 }
+
+#[test]
+fn release_timestamp() {
+    run("release_timestamp", checks::release_timestamp);
+}
