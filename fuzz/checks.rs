@@ -406,7 +406,10 @@ pub fn release_timestamp(data: &[u8]) {
         .rfc3161_timestamps[0]
         .signed_timestamp = STANDARD.encode(data);
     match verify(&bundle, f.artifact, &f.root, &Expected::default()) {
-        Ok(v) => assert_eq!(v.timestamp_serial, f.serial, "a token lockstep's TSA did not sign verified"),
+        Ok(v) => assert_eq!(
+            v.timestamp_serial, f.serial,
+            "a token lockstep's TSA did not sign verified"
+        ),
         Err(r) => assert!(
             matches!(
                 r.code,
