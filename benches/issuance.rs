@@ -4,6 +4,8 @@
 //! - `x509`: CSR parse + signature check, certificate build + sign, CRL
 //!   build + sign with 10 000 and 100 000 entries;
 //! - `tokens`: a session-bound JWT (claims, encoding, device signature);
+//! - `timestamps`: an RFC 3161 token of lockstep's TSA, and a release
+//!   bundle verified offline;
 //! - `sessions`: the pure session core, request to close;
 //! - `service`: in-process end-to-end minting (no HTTP): session check,
 //!   CSR check, slot in the store, signature, durable record; 64 at once.
@@ -118,6 +120,45 @@ fn tokens(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("jwt_mint_es256", |b| {
         b.iter(|| signer.sign(black_box(&claims)).unwrap())
+    });
+    g.finish();
+}
+
+/// Release signing: an RFC 3161 token (TSTInfo, signed attributes, the
+/// device's signature, DER), and `lockstep verify` of a bundle offline
+/// (the fixture `lockstep sign` wrote for the fuzz target).
+fn timestamps(c: &mut Criterion) {
+    let ca = common::test_ca("bench-tsa");
+    let now = SystemClock.now();
+    let path = ca.dir.path().join("tsa.pem");
+    let tsa = lockstep::tsa::open(ca.issuer.key().clone(), &ca.issuer, &path, now).unwrap();
+    let stamp = lockstep::tsa::Stamp {
+        imprint: [9; 32],
+        serial: random_serial().unwrap(),
+        nonce: Some(vec![1, 2, 3, 4, 5, 6, 7, 8]),
+    };
+    let fixture = |name: &str| {
+        std::fs::read(format!(
+            "{}/fuzz/fixtures/release/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let bundle: lockstep::sigstore::Bundle =
+        serde_json::from_slice(&fixture("bundle.json")).unwrap();
+    let root: lockstep::sigstore::TrustedRoot =
+        serde_json::from_slice(&fixture("trusted_root.json")).unwrap();
+    let artifact = fixture("artifact");
+    let mut g = c.benchmark_group("timestamps");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("rfc3161_stamp", |b| {
+        b.iter(|| tsa.stamp(black_box(&stamp), now).unwrap())
+    });
+    g.bench_function("bundle_verify_offline", |b| {
+        b.iter(|| {
+            lockstep::sigstore::verify::verify(&bundle, &artifact, &root, &Default::default())
+                .unwrap()
+        })
     });
     g.finish();
 }
@@ -280,5 +321,5 @@ async fn mint_all(
     }
 }
 
-criterion_group!(benches, device, x509, tokens, sessions, service);
+criterion_group!(benches, device, x509, tokens, timestamps, sessions, service);
 criterion_main!(benches);

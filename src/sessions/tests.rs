@@ -567,7 +567,7 @@ fn signatures_have_their_own_count_beside_credentials() {
     let release = SessionOp::ReleaseMint {
         kind: CredentialKind::Timestamp,
     };
-    s.apply(&release, Timestamp::from_unix(T0 + 7));
+    assert!(s.apply(&release, Timestamp::from_unix(T0 + 7)).1.is_ok());
     assert_eq!((s.signed, s.minted), (1, 1));
     assert!(stamp(&mut s, 8).is_ok());
     // Closing after signing is the policy's choice: here, nothing happens.
