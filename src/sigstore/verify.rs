@@ -9,7 +9,7 @@
 //!    the trusted root with EKU timeStamping, whose chain verifies and is
 //!    valid at `genTime`;
 //! 3. the certificate chains to a CA of the trusted root, all of it valid
-//!    at `genTime`;
+//!    at `genTime`, and is for codeSigning;
 //! 4. its identity (first URI SAN) and issuer (Fulcio `.8`) are the ones
 //!    asked for;
 //! 5. it names a lockstep session, and the artifact is the approved one.
@@ -120,6 +120,18 @@ pub fn verify(
     let (info, signed_at) = check_timestamp(&response, &signature, root)?;
     let chains = authorities(&root.certificate_authorities)?;
     check_path(&leaf, &chains, signed_at).map_err(|m| refused("certificate_untrusted", m))?;
+    let code_signing = leaf
+        .tbs_certificate()
+        .get_extension::<ExtendedKeyUsage>()
+        .ok()
+        .flatten()
+        .is_some_and(|(_, e)| e.0.contains(&oids::KP_CODE_SIGNING));
+    if !code_signing {
+        return Err(refused(
+            "certificate_not_for_code_signing",
+            "the certificate's extended key usage does not include codeSigning",
+        ));
+    }
     let identity = first_uri(&leaf);
     let issuer = crate::x509::fulcio::issuer_of(&leaf);
     if let Some(want) = expected.identity
