@@ -16,6 +16,9 @@ fn fixture() -> (Bundle, TrustedRoot, Vec<u8>) {
     )
 }
 
+/// A change to a bundle or its trusted root.
+type Change = Box<dyn Fn(&mut Bundle, &mut TrustedRoot)>;
+
 fn code(bundle: &Bundle, root: &TrustedRoot, artifact: &[u8]) -> &'static str {
     match verify(bundle, artifact, root, &Expected::default()) {
         Ok(_) => "ok",
@@ -42,7 +45,7 @@ fn the_bundle_verifies_long_after_its_certificate_expired() {
 #[test]
 fn each_change_is_refused_with_its_code() {
     let (bundle, root, artifact) = fixture();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Bundle, &mut TrustedRoot)>)> = vec![
+    let cases: Vec<(&str, Change)> = vec![
         (
             "bundle_malformed",
             Box::new(|b, _| b.media_type = "application/json".into()),
