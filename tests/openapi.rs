@@ -57,6 +57,14 @@ max_duration = "1h"
 profiles = ["ssh-user"]
 ssh = { principals = ["vendor"] }
 
+[[resource]]
+match = "release:*"
+requesters = ["token:svc"]
+approvers = ["token:bob"]
+quorum = 1
+max_duration = "1h"
+profiles = ["code-signing"]
+
 [[gateway]]
 identities = ["token:gw"]
 resources = ["api:*"]
@@ -386,6 +394,47 @@ fn table() -> Vec<Row> {
         row("", "GET", "/v1/crl", "", "", 200),
         row("", "GET", "/v1/ssh/krl", "", "", 200),
         row("", "GET", "/v1/ssh/ca.pub", "", "", 200),
+        row("", "GET", "/v1/tsa", "", "", 200),
+        row(
+            "bob",
+            "POST",
+            "/v1/sessions/$sign/signature",
+            JSON,
+            "$signature",
+            403,
+        ),
+        row(
+            "svc",
+            "POST",
+            "/v1/sessions/$open/signature",
+            JSON,
+            "$signature",
+            403,
+        ),
+        row(
+            "svc",
+            "POST",
+            "/v1/sessions/$sign/signature",
+            JSON,
+            r#"{"artifact_digest": "md5:00", "signature": "", "certificate": ""}"#,
+            400,
+        ),
+        row(
+            "svc",
+            "POST",
+            "/v1/sessions/$sign/signature",
+            JSON,
+            "$signature",
+            201,
+        ),
+        row(
+            "svc",
+            "POST",
+            "/v1/sessions/$sign/signature",
+            JSON,
+            "$signature",
+            409,
+        ),
         row("bob", "POST", "/v1/sessions/$ssh/ssh", JSON, SSH_KEY, 403),
         row("svc", "POST", "/v1/sessions/$open/ssh", JSON, SSH_KEY, 403),
         row(
@@ -560,7 +609,53 @@ async fn setup(srv: &TestServer) -> BTreeMap<String, String> {
         .await;
     assert_eq!(status, 201, "{cert}");
     vars.insert("serial".into(), cert["serial"].as_str().unwrap().to_owned());
+    let (id, signature) = signing_session(srv).await;
+    vars.insert("sign".into(), id);
+    vars.insert("signature".into(), signature);
     vars
+}
+
+/// An open code-signing session, and the body of a valid signature
+/// request for it (its certificate, an artifact signed with its key).
+async fn signing_session(srv: &TestServer) -> (String, String) {
+    let body = json!({"resource": "release:app", "task": "t", "duration_secs": 600, "profile": "code-signing"});
+    let (status, s) = srv
+        .call("POST", "/v1/sessions", Some("svc"), Some(body))
+        .await;
+    assert_eq!(status, 201, "{s}");
+    assert_eq!(srv.vote("bob", &s, "approve").await.0, 200);
+    let id = s["id"].as_str().unwrap().to_owned();
+    let csr = srv.csr(&format!("openapi-{id}"));
+    let (status, cert) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/certificate"),
+            Some("svc"),
+            Some(json!({ "csr": csr })),
+        )
+        .await;
+    assert_eq!(status, 201, "{cert}");
+    let dir = srv.dir.path();
+    let artifact = common::write(dir, "artifact", "an artifact");
+    let sig = dir.join("artifact.sig");
+    let key = dir.join(format!("openapi-{id}.key"));
+    let (ok, text) = common::openssl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        key.to_str().unwrap(),
+        "-out",
+        sig.to_str().unwrap(),
+        artifact.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    use base64::Engine;
+    let body = json!({
+        "artifact_digest": format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"an artifact"))),
+        "signature": base64::engine::general_purpose::STANDARD.encode(std::fs::read(sig).unwrap()),
+        "certificate": cert["certificate"],
+    });
+    (id, body.to_string())
 }
 
 /// The operations of the document: (METHOD, path) → operation.
