@@ -635,24 +635,12 @@ async fn signing_session(srv: &TestServer) -> (String, String) {
         )
         .await;
     assert_eq!(status, 201, "{cert}");
-    let dir = srv.dir.path();
-    let artifact = common::write(dir, "artifact", "an artifact");
-    let sig = dir.join("artifact.sig");
-    let key = dir.join(format!("openapi-{id}.key"));
-    let (ok, text) = common::openssl(&[
-        "dgst",
-        "-sha256",
-        "-sign",
-        key.to_str().unwrap(),
-        "-out",
-        sig.to_str().unwrap(),
-        artifact.to_str().unwrap(),
-    ]);
-    assert!(ok, "{text}");
+    let key = srv.dir.path().join(format!("openapi-{id}.key"));
+    let sig = common::openssl_sign(srv.dir.path(), &key, b"an artifact");
     use base64::Engine;
     let body = json!({
         "artifact_digest": format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"an artifact"))),
-        "signature": base64::engine::general_purpose::STANDARD.encode(std::fs::read(sig).unwrap()),
+        "signature": base64::engine::general_purpose::STANDARD.encode(sig),
         "certificate": cert["certificate"],
     });
     (id, body.to_string())

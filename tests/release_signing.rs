@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use common::gateway::certificate_for;
 use common::oidc::TestIssuer;
 use common::server::TestServer;
-use common::{openssl, openssl_csr, output_text};
+use common::{openssl, openssl_csr, openssl_sign, output_text};
 
 /// The GitHub Actions claims of the release job's token.
 fn ci_claims() -> Value {
@@ -420,23 +420,6 @@ async fn reqwest_text(srv: &TestServer, path: &str) -> String {
         .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// Signs `data` with the key at `key` (DER ECDSA, SHA-256), via openssl.
-fn openssl_sign(dir: &Path, key: &Path, data: &[u8]) -> Vec<u8> {
-    let input = write(dir, "to-sign", data);
-    let sig = dir.join("to-sign.sig");
-    let (ok, text) = openssl(&[
-        "dgst",
-        "-sha256",
-        "-sign",
-        key.to_str().unwrap(),
-        "-out",
-        sig.to_str().unwrap(),
-        input.to_str().unwrap(),
-    ]);
-    assert!(ok, "{text}");
-    std::fs::read(sig).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -458,3 +458,20 @@ pub fn audit_verify(db: &Path, root: &Path) -> (bool, String) {
     ]);
     (out.status.success(), output_text(&out))
 }
+
+/// Signs `data` with the key at `key` (DER ECDSA, SHA-256), via openssl.
+pub fn openssl_sign(dir: &Path, key: &Path, data: &[u8]) -> Vec<u8> {
+    let input = write(dir, "to-sign", data);
+    let sig = dir.join("to-sign.sig");
+    let (ok, text) = openssl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        key.to_str().unwrap(),
+        "-out",
+        sig.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    std::fs::read(sig).unwrap()
+}
