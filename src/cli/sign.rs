@@ -83,6 +83,9 @@ pub fn sign(args: SignArgs, out: Output) -> Result<(), Error> {
     let artifact = read(&args.artifact)?;
     let digest: [u8; 32] = Sha256::digest(&artifact).into();
     let runtime = super::session::runtime()?;
+    // A server without a TSA would refuse the signature after the
+    // certificate took the session's slot: ask first.
+    runtime.block_on(client.tsa_chain())?;
     let (key, csr) = super::cert::signing_key_and_csr()?;
     let issued = runtime.block_on(client.certificate(&args.id, csr))?;
     let signature: p256::ecdsa::Signature = key
