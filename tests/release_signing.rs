@@ -305,7 +305,7 @@ async fn a_ci_release_bundle_verifies_with_sigstore_and_openssl_for_years() {
     let tsa_chain = write(
         dir,
         "tsa-chain.pem",
-        reqwest_text(&srv, "/v1/tsa").await.as_bytes(),
+        published_text(&srv, "/v1/tsa").await.as_bytes(),
     );
     let root_pem = srv.root_pem();
     let (ok, text) = openssl(&[
@@ -408,7 +408,7 @@ fn tsa_chain_first(chain: &Path) -> String {
     format!("{}\n", &text[..i])
 }
 
-async fn reqwest_text(srv: &TestServer, path: &str) -> String {
+async fn published_text(srv: &TestServer, path: &str) -> String {
     let out = Command::new("curl")
         .args([
             "-sSf",
@@ -510,7 +510,7 @@ async fn timestamps_are_refused_unless_the_session_and_its_artifact_check_out() 
     let tsa_chain = write(
         dir,
         "tsa-chain.pem",
-        reqwest_text(&srv, "/v1/tsa").await.as_bytes(),
+        published_text(&srv, "/v1/tsa").await.as_bytes(),
     );
     let (ok, text) = openssl(&[
         "ts",

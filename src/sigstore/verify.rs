@@ -16,7 +16,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use cms::signed_data::{SignedData, SignerIdentifier};
+use cms::signed_data::SignerIdentifier;
 use der::asn1::OctetString;
 use der::{Decode, Encode};
 use serde::Serialize;
@@ -28,7 +28,8 @@ use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectAltName};
 use super::{Bundle, TrustedRoot};
 use crate::clock::Timestamp;
 use crate::keys::{PublicKey, Signature};
-use crate::tsa::tst::{TimeStampResp, TstInfo};
+use crate::tsa::tst::TstInfo;
+use crate::tsa::{OpenedToken, open_response};
 use crate::x509::{SessionEvidence, oids, verify_path};
 
 /// Why a bundle does not verify: a code and what to do.
@@ -222,25 +223,11 @@ fn check_timestamp(
     root: &TrustedRoot,
 ) -> Result<(TstInfo, Timestamp), Refused> {
     let bad = |m: String| refused("timestamp_invalid", m);
-    let resp = TimeStampResp::from_der(response).map_err(|e| bad(format!("TimeStampResp: {e}")))?;
-    let token = resp
-        .time_stamp_token
-        .ok_or_else(|| bad("the response holds no token".into()))?;
-    if token.content_type != oids::SIGNED_DATA {
-        return Err(bad("the token is not CMS SignedData".into()));
-    }
-    let signed: SignedData = token
-        .content
-        .decode_as()
-        .map_err(|e| bad(format!("SignedData: {e}")))?;
-    let content = signed
-        .encap_content_info
-        .econtent
-        .as_ref()
-        .ok_or_else(|| bad("no TSTInfo".into()))?
-        .decode_as::<OctetString>()
-        .map_err(|e| bad(format!("TSTInfo: {e}")))?;
-    let info = TstInfo::from_der(content.as_bytes()).map_err(|e| bad(format!("TSTInfo: {e}")))?;
+    let OpenedToken {
+        signed,
+        content,
+        info,
+    } = open_response(response).map_err(|e| bad(e.to_string()))?;
     if info.message_imprint.hash_algorithm.oid != oids::SHA256
         || info.message_imprint.hashed_message.as_bytes() != Sha256::digest(signature).as_slice()
     {
@@ -284,7 +271,7 @@ fn check_timestamp(
         .and_then(|a| a.values.iter().next())
         .and_then(|v| v.decode_as::<OctetString>().ok())
         .ok_or_else(|| bad("the token has no message digest attribute".into()))?;
-    if digest_attr.as_bytes() != Sha256::digest(content.as_bytes()).as_slice() {
+    if digest_attr.as_bytes() != Sha256::digest(&content).as_slice() {
         return Err(bad("the token's message digest is not its TSTInfo's".into()));
     }
     let message = attrs.to_der().map_err(|e| bad(e.to_string()))?;

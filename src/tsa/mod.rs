@@ -233,25 +233,48 @@ pub struct TokenFacts {
     pub policy: String,
 }
 
-/// Reads the `TSTInfo` of a DER `TimeStampResp`.
-pub fn read_response(der: &[u8]) -> Result<TokenFacts, X509Error> {
+/// A granted token taken apart: its `SignedData`, the `TSTInfo` bytes it
+/// signs, and the `TSTInfo` read from them. Nothing is verified here.
+pub struct OpenedToken {
+    /// The CMS `SignedData`.
+    pub signed: SignedData,
+    /// The DER `TSTInfo`, as its signer's message digest covers it.
+    pub content: Vec<u8>,
+    /// The `TSTInfo`.
+    pub info: TstInfo,
+}
+
+/// Takes a DER `TimeStampResp` apart: status granted, a CMS `SignedData`
+/// token, its `TSTInfo`.
+pub fn open_response(der: &[u8]) -> Result<OpenedToken, X509Error> {
+    let bad = |m: &str| X509Error::Chain(format!("timestamp response: {m}"));
     let resp = TimeStampResp::from_der(der)?;
     if resp.status.status != PkiStatus::Granted {
-        return Err(X509Error::Chain(format!(
-            "the timestamp response's status is {:?}",
-            resp.status.status
-        )));
+        return Err(bad(&format!("status {:?}", resp.status.status)));
     }
-    let token = resp
-        .time_stamp_token
-        .ok_or_else(|| X509Error::Chain("the timestamp response holds no token".into()))?;
+    let token = resp.time_stamp_token.ok_or_else(|| bad("no token"))?;
+    if token.content_type != oids::SIGNED_DATA {
+        return Err(bad("the token is not CMS SignedData"));
+    }
     let signed: SignedData = token.content.decode_as()?;
-    let content = signed
+    let octets: OctetString = signed
         .encap_content_info
         .econtent
-        .ok_or_else(|| X509Error::Chain("the timestamp token holds no TSTInfo".into()))?;
-    let octets: OctetString = content.decode_as()?;
-    let info = TstInfo::from_der(octets.as_bytes())?;
+        .as_ref()
+        .ok_or_else(|| bad("the token holds no TSTInfo"))?
+        .decode_as()?;
+    let content = octets.as_bytes().to_vec();
+    let info = TstInfo::from_der(&content)?;
+    Ok(OpenedToken {
+        signed,
+        content,
+        info,
+    })
+}
+
+/// Reads the `TSTInfo` of a DER `TimeStampResp`.
+pub fn read_response(der: &[u8]) -> Result<TokenFacts, X509Error> {
+    let info = open_response(der)?.info;
     Ok(TokenFacts {
         gen_time: Timestamp::from_unix(info.gen_time.to_unix_duration().as_secs() as i64),
         serial: hex::encode(info.serial_number.as_bytes()),
