@@ -23,6 +23,10 @@ use crate::keys::{KeyBackend, KeyError, KeyRef};
 use crate::secret::SecretRef;
 use crate::x509::SubjectName;
 
+mod metrics;
+
+pub use metrics::MetricsConfig;
+
 /// A part of lockstep that is built in only with its Cargo feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Feature {
@@ -106,6 +110,9 @@ pub struct Config {
     /// How callers authenticate.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Who may read `GET /metrics`.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// Where this configuration was read from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: PathBuf,
@@ -206,6 +213,16 @@ impl KeysConfig {
             .chain(self.audit.iter().map(|k| ("audit", k)))
             .chain(self.ssh.iter().map(|k| ("ssh", k)))
             .chain(self.tsa.iter().map(|k| ("tsa", k)))
+            .collect()
+    }
+
+    /// Every configured key with its role (`root`, `issuing`, then the
+    /// service keys).
+    pub fn roles(&self) -> Vec<(&'static str, KeyRef)> {
+        [("root", &self.root), ("issuing", &self.issuing)]
+            .into_iter()
+            .chain(self.service_keys())
+            .map(|(role, key)| (role, key.clone()))
             .collect()
     }
 }
@@ -679,6 +696,9 @@ impl Config {
         }
         if let Some(file) = &mut config.auth.tokens_file {
             *file = clean(&base.join(&*file));
+        }
+        if let Some(metrics) = &mut config.metrics {
+            metrics.resolve_paths(&base);
         }
         if let Some(server) = &mut config.server {
             server

@@ -45,6 +45,7 @@ pub mod fsio;
 pub mod gateway;
 pub mod keys;
 pub mod lane;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod revocation;

@@ -501,9 +501,15 @@ fn table() -> Vec<Row> {
         row("", "GET", "/.well-known/jwks.json", "", "", 200),
         row("", "GET", "/healthz", "", "", 200),
         row("", "GET", "/readyz", "", "", 200),
+        row("metrics", "GET", "/metrics", "", "", 200),
+        row("", "GET", "/metrics", "", "", 401),
         row("", "GET", "/openapi.json", "", "", 200),
     ]
 }
+
+/// The `[metrics] token` of the server whose calls are checked (caller
+/// `metrics` in the table).
+const METRICS_TOKEN: &str = "openapi-metrics-token";
 
 /// A call as the checker reads it: method, path as sent, status, content
 /// type, and the body as JSON (null when it is not JSON).
@@ -518,7 +524,9 @@ async fn call(
     let mut req = srv
         .http
         .request(method.parse().unwrap(), format!("{}{path}", srv.url));
-    if !who.is_empty() {
+    if who == "metrics" {
+        req = req.bearer_auth(METRICS_TOKEN);
+    } else if !who.is_empty() {
         req = req.bearer_auth(srv.token(who));
     }
     if !content_type.is_empty() {
@@ -733,7 +741,10 @@ async fn served_document_is_valid_openapi_3_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_answer_as_documented() {
-    let srv = TestServer::start("openapi-calls", POLICY, CALLERS, "").await;
+    let metrics_dir = tempfile::tempdir().unwrap();
+    let token = common::write(metrics_dir.path(), "metrics.token", METRICS_TOKEN);
+    let metrics = format!("[metrics]\ntoken = \"file:{}\"\n", token.display());
+    let srv = TestServer::start("openapi-calls", POLICY, CALLERS, &metrics).await;
     let doc = served_document(&srv).await;
     let ops = operations(&doc);
     let vars = setup(&srv).await;

@@ -10,6 +10,7 @@ mod error;
 pub mod events;
 mod health;
 pub mod input;
+pub mod metrics;
 mod openapi;
 mod published;
 mod sessions;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// Turns bearer tokens into callers.
     pub auth: Arc<Authenticator>,
+    /// The `[metrics] token`, if metrics are served on this listener.
+    pub metrics_token: Option<metrics::MetricsToken>,
 }
 
 /// The authenticated caller of a request. A request without a valid bearer
@@ -181,6 +184,7 @@ pub fn routes() -> Vec<Route> {
         Route::get("/.well-known/jwks.json", published::jwks),
         Route::get("/healthz", health::healthz),
         Route::get("/readyz", health::readyz),
+        Route::get("/metrics", metrics::metrics),
         Route::get("/openapi.json", openapi::document),
     ]
 }

@@ -8,7 +8,7 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{connections, events, health, published, sessions, signing, ssh, views};
+use super::{connections, events, health, metrics, published, sessions, signing, ssh, views};
 
 struct BearerAuth;
 
@@ -123,7 +123,7 @@ impl Modify for SharedRefusals {
         published::token, published::crl, published::ocsp_post, published::ocsp_get,
         published::jwks, published::introspect, published::audit, events::events,
         ssh::certificate, ssh::krl, ssh::ca_pub, signing::signature, signing::tsa_chain,
-        health::ca, health::healthz, health::readyz, document,
+        health::ca, health::healthz, health::readyz, metrics::metrics, document,
     ),
     components(schemas(
         ErrorBody, views::NewSessionBody, views::VoteBody, views::RevokeBody, views::CsrBody,

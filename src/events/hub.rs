@@ -1,7 +1,7 @@
 //! The hub: one per process, following the store and broadcasting each
 //! committed entry once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, watch};
@@ -35,6 +35,8 @@ pub(super) struct Shared {
     /// store has entries the broadcast will not bring.
     pub(super) position: watch::Sender<u64>,
     pub(super) lags: AtomicU64,
+    /// Live subscriptions.
+    pub(super) subscribers: AtomicUsize,
     settings: Settings,
 }
 
@@ -66,6 +68,7 @@ impl Hub {
                 state,
                 position,
                 lags: AtomicU64::new(0),
+                subscribers: AtomicUsize::new(0),
                 settings,
             }),
             task: Mutex::new(None),
@@ -86,6 +89,12 @@ impl Hub {
     /// to reading the store.
     pub fn lags(&self) -> u64 {
         self.shared.lags.load(Ordering::Relaxed)
+    }
+
+    /// How many subscriptions are live (streams, gateways, webhooks,
+    /// metrics).
+    pub fn subscribers(&self) -> usize {
+        self.shared.subscribers.load(Ordering::Relaxed)
     }
 
     /// Every committed entry after sequence number `after`, in order, then

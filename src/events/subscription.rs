@@ -40,6 +40,12 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Subscription {
     pub(super) fn new(shared: Arc<Shared>, after: u64) -> Self {
         // Listening starts before the first read of the store: whatever
@@ -47,6 +53,7 @@ impl Subscription {
         let live = shared.sender.subscribe();
         let state = shared.state.subscribe();
         let position = shared.position.subscribe();
+        shared.subscribers.fetch_add(1, Ordering::Relaxed);
         Self {
             shared,
             live,

@@ -40,6 +40,7 @@ pub enum RevocationError {
 
 struct Cached {
     der: Arc<Vec<u8>>,
+    entries: usize,
     version: u64,
     this_update: Timestamp,
 }
@@ -75,6 +76,14 @@ impl CrlPublisher {
     /// The current CRL (DER), rebuilt if revocations changed or half its
     /// validity passed.
     pub async fn current(&self, now: Timestamp) -> Result<Arc<Vec<u8>>, RevocationError> {
+        Ok(self.current_with_entries(now).await?.0)
+    }
+
+    /// [`CrlPublisher::current`], with how many entries it lists.
+    pub async fn current_with_entries(
+        &self,
+        now: Timestamp,
+    ) -> Result<(Arc<Vec<u8>>, usize), RevocationError> {
         let mut cache = self.cache.lock().await;
         let version = self.store.revocation_version().await?;
         if let Some(c) = cache.as_ref()
@@ -82,7 +91,7 @@ impl CrlPublisher {
             && now.secs_since(c.this_update) < self.validity_secs / 2
             && now >= c.this_update
         {
-            return Ok(c.der.clone());
+            return Ok((c.der.clone(), c.entries));
         }
         let entries: Vec<CrlEntry> = self
             .store
@@ -95,6 +104,7 @@ impl CrlPublisher {
                 reason: e.reason.code(),
             })
             .collect();
+        let count = entries.len();
         let number = self.store.next_crl_number().await?;
         let issuer = self.issuer.clone();
         let next_update = now.plus_secs(self.validity_secs);
@@ -105,9 +115,10 @@ impl CrlPublisher {
         let der = Arc::new(der);
         *cache = Some(Cached {
             der: der.clone(),
+            entries: count,
             version,
             this_update: now,
         });
-        Ok(der)
+        Ok((der, count))
     }
 }

@@ -138,6 +138,8 @@ pub struct ServiceParts {
     pub anonymous_refusals_burst: u32,
     /// How committed events are published.
     pub events: crate::events::Settings,
+    /// Where the service's metrics are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The issuer service.
@@ -164,6 +166,7 @@ pub struct Service {
     events: crate::events::Hub,
     /// The way to the signing device, about as wide as its session limit.
     device: Lane,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Service {
@@ -218,6 +221,7 @@ impl Service {
             checkpoint_every: parts.checkpoint_every.max(1),
             checkpoint_interval_secs: parts.checkpoint_interval_secs.max(1),
             checkpointing: tokio::sync::Mutex::new(()),
+            metrics: parts.metrics,
             anonymous: refusals::RefusalGate::new(
                 parts.anonymous_refusals_per_sec,
                 parts.anonymous_refusals_burst,
@@ -247,6 +251,11 @@ impl Service {
             crl: format!("{u}/v1/crl"),
             ocsp: format!("{u}/v1/ocsp"),
         })
+    }
+
+    /// The service's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Now, from the service's clock.
@@ -650,6 +659,12 @@ impl Service {
     /// signs.
     pub async fn ready(&self) -> Result<(), ServiceError> {
         self.store.check().await?;
+        self.key_ready().await
+    }
+
+    /// Whether the key backend answers and the issuing key signs a probe
+    /// that verifies.
+    pub async fn key_ready(&self) -> Result<(), ServiceError> {
         let key = self.issuer.key().clone();
         let backend = self.backend.clone();
         self.device

@@ -109,6 +109,11 @@ impl Service {
         Ok(self.crl.current(self.now()).await?)
     }
 
+    /// The current CRL (DER) and how many entries it lists.
+    pub async fn crl_with_entries(&self) -> Result<(std::sync::Arc<Vec<u8>>, usize), ServiceError> {
+        Ok(self.crl.current_with_entries(self.now()).await?)
+    }
+
     /// The timestamp authority's chain as PEM (its certificate, the issuing
     /// CA, the root), for verifiers of its tokens.
     pub fn tsa_chain_pem(&self) -> Result<String, ServiceError> {

@@ -1,6 +1,7 @@
 //! The service's duties beside answering requests, on one timer: closing
 //! due sessions, recording counted refusals, signing audit checkpoints and
-//! renewing the minted server certificate.
+//! renewing the minted server certificate; and, on their own tasks, the
+//! metrics' ledger counters and listener.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,44 @@ pub async fn run(service: Arc<Service>, interval: Duration, identity: Option<Arc
             renew(&service, identity.clone()).await;
         }
     }
+}
+
+/// Starts counting the ledger's entries into the service's metrics (from
+/// the trail's head: counters start with the process) and, with
+/// `[metrics] listen`, serves them in plain HTTP there. Binding is done
+/// before this returns, so a taken address fails the start.
+pub async fn metrics(
+    service: Arc<Service>,
+    listen: Option<std::net::SocketAddr>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = match listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tracing::info!(address = %listener.local_addr()?, "metrics are served in plain HTTP");
+            Some(listener)
+        }
+        None => None,
+    };
+    let head = match service.store().audit_head().await {
+        Ok(head) => head.map_or(0, |(seq, _)| seq),
+        Err(e) => return Err(std::io::Error::other(e.to_string())),
+    };
+    Ok(tokio::spawn(async move {
+        let counting =
+            crate::metrics::ledger::follow(service.metrics().clone(), service.events(), head);
+        match listener {
+            Some(listener) => {
+                let app = crate::api::metrics::standalone(service.clone());
+                let serving = async {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!(error = %e, "the metrics listener failed");
+                    }
+                };
+                tokio::join!(counting, serving);
+            }
+            None => counting.await,
+        }
+    }))
 }
 
 /// One round: sweep, counted refusals, checkpoint.

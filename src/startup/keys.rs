@@ -10,6 +10,7 @@ use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::error::Error;
 use crate::keys::KeyBackend;
+use crate::metrics::Metrics;
 use crate::ssh::SshCa;
 use crate::tokens::TokenSigner;
 use crate::tsa::TimestampAuthority;
@@ -29,11 +30,19 @@ pub struct Signers {
 
 /// Opens the configured key backend and loads the issuing CA: its
 /// certificates from `[ca] dir`, its key from the device.
+/// Every key opened through the backend it returns times its signatures
+/// into `metrics`.
 pub async fn open(
     config: &Config,
     now: Timestamp,
+    metrics: &Arc<Metrics>,
 ) -> Result<(Arc<dyn KeyBackend>, Arc<Issuer>), Error> {
-    let backend = config.backend.open()?;
+    let backend = crate::metrics::device::timed(
+        config.backend.open()?,
+        config.backend.feature().name(),
+        config.keys.roles(),
+        metrics.clone(),
+    );
     let config = config.clone();
     blocking(move || {
         let issuer = crate::ca::load_issuer(&config, backend.as_ref(), now)?;

@@ -29,11 +29,13 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 pub use self::signal::shutdown_signal;
+use crate::api::metrics::MetricsToken;
 use crate::api::tls::MintedIdentity;
 use crate::api::{AppState, router, serve};
 use crate::clock::Clock;
-use crate::config::{Config, Feature, ServerConfig};
+use crate::config::{Config, Feature, MetricsConfig, ServerConfig};
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 
 /// Everything needed to serve, built from the configuration.
@@ -51,6 +53,8 @@ pub struct Prepared {
     /// The minted server identity, to renew as it ages (none when a
     /// certificate is configured).
     pub identity: Option<Arc<MintedIdentity>>,
+    /// `[metrics] listen`: the metrics' own plain-HTTP listener.
+    pub metrics_listen: Option<SocketAddr>,
     /// `[server] public_url`, if configured.
     pub public_url: Option<String>,
     /// The host name to use in the default public URL.
@@ -72,9 +76,12 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         Policy::load(&policy_config.file).map_err(|e| Error::InvalidArgument(e.to_string()))?,
     );
     let now = clock.now();
+    let features: Vec<&str> = Feature::built().iter().map(|f| f.name()).collect();
+    let metrics = Arc::new(Metrics::new(config.backend.feature().name(), &features));
 
     let store = store::open(store_config, now).await?;
-    let (backend, issuer) = keys::open(config, now).await?;
+    metrics.register_histogram(store.commit_latency());
+    let (backend, issuer) = keys::open(config, now, &metrics).await?;
     let auth = auth::authenticator(config)?;
     let signers = keys::signers(config, &backend, &issuer, now).await?;
     let service = service::start(
@@ -87,19 +94,22 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             backend,
             clock,
             signers,
+            metrics,
         },
     )
     .await?;
+    let metrics_config = config.metrics.clone().unwrap_or_default();
     let state = AppState {
         service,
         auth: Arc::new(auth),
+        metrics_token: metrics_token(&metrics_config)?,
     };
     let (tls, identity) = tls::identity(server, &issuer, now).await?;
     let (listen, sweep_interval) = address_and_sweep_interval(server)?;
     tracing::info!(
         policy_sha256 = %hex::encode(policy.sha256()),
         issuer = ?issuer,
-        features = ?Feature::built().iter().map(|f| f.name()).collect::<Vec<_>>(),
+        features = ?features,
         "lockstep service prepared"
     );
     Ok(Prepared {
@@ -109,6 +119,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         listen,
         sweep_interval,
         identity,
+        metrics_listen: metrics_config.listen,
         public_url: server.public_url.clone(),
         public_host: server
             .hostnames
@@ -116,6 +127,17 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             .cloned()
             .unwrap_or_else(|| "localhost".into()),
     })
+}
+
+/// The `[metrics] token`, read now.
+fn metrics_token(config: &MetricsConfig) -> Result<Option<MetricsToken>, Error> {
+    let Some(reference) = &config.token else {
+        return Ok(None);
+    };
+    let token = reference
+        .resolve()
+        .map_err(|e| Error::InvalidArgument(format!("[metrics] token: {e}")))?;
+    Ok(Some(MetricsToken::new(&token)))
 }
 
 /// `[server] listen` and `sweep_interval`, parsed.
@@ -139,6 +161,7 @@ impl Prepared {
     ) -> std::io::Result<()> {
         let service = self.state.service.clone();
         service.set_public_url(&self.public_url(&listener)?);
+        let metrics = background::metrics(service.clone(), self.metrics_listen).await?;
         let background = tokio::spawn(background::run(
             service,
             self.sweep_interval,
@@ -153,6 +176,7 @@ impl Prepared {
         };
         let result = serve(listener, self.tls, self.app, shutdown).await;
         background.abort();
+        metrics.abort();
         if let Err(e) = self.state.service.stopped().await {
             tracing::error!(error = %e, "could not record the stop or sign the last checkpoint");
         }

@@ -27,6 +27,8 @@ pub struct Parts {
     pub clock: Arc<dyn Clock>,
     /// The token and audit signers.
     pub signers: Signers,
+    /// Where the service's metrics are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Builds the service with the `[revocation]` and `[audit]` settings and
@@ -63,6 +65,7 @@ pub async fn start(
         anonymous_refusals_per_sec: config.audit.anonymous_refusals_per_sec,
         anonymous_refusals_burst: config.audit.anonymous_refusals_burst,
         events: config.events.settings().map_err(Error::InvalidArgument)?,
+        metrics: parts.metrics,
     };
     let service = Arc::new(Service::new(parts).map_err(|e| Error::InvalidArgument(e.to_string()))?);
     service

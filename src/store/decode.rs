@@ -3,7 +3,7 @@
 //! (`store_corrupt`), never a panic or a guess.
 
 use super::{CredentialKind, StoreError};
-use crate::sessions::{Profile, RevocationReason, Session, SessionId};
+use crate::sessions::{Profile, RevocationReason, Session, SessionId, State};
 
 fn corrupt(message: String) -> StoreError {
     StoreError::Corrupt(message)
@@ -18,6 +18,15 @@ pub(super) fn session(id: &SessionId, body: Option<String>) -> Result<Session, S
 /// A credential profile by name.
 pub(super) fn profile(text: &str) -> Result<Profile, StoreError> {
     Profile::parse(text).ok_or_else(|| corrupt(format!("unknown profile `{text}`")))
+}
+
+/// A session state by name, with its count (`SELECT state, count(*)`).
+pub(super) fn state_count(text: &str, count: i64) -> Result<(State, u64), StoreError> {
+    let state = [State::Pending, State::Open, State::Closed]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| corrupt(format!("unknown session state `{text}`")))?;
+    Ok((state, u64::try_from(count).unwrap_or(0)))
 }
 
 /// A credential kind by name.

@@ -131,6 +131,10 @@ pub trait Backend: Send + Sync + 'static {
         F: FnMut(&mut dyn LedgerTx) -> Result<T, StoreError> + Send + 'static;
     /// Who this process is, as reservations name it.
     fn owner(&self) -> &str;
+    /// The backend's `[store] type` (`sqlite`, `postgres`).
+    fn kind(&self) -> &'static str;
+    /// See [`Store::session_counts`].
+    async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError>;
     /// A session as stored (time not applied).
     async fn load_session(&self, id: &SessionId) -> Result<Session, StoreError>;
     /// See [`Store::sessions`].
@@ -181,6 +185,7 @@ pub trait Backend: Send + Sync + 'static {
 pub struct Ledger<B> {
     backend: B,
     lease_secs: i64,
+    commit_latency: prometheus::Histogram,
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for Ledger<B> {
@@ -192,10 +197,31 @@ impl<B: std::fmt::Debug> std::fmt::Debug for Ledger<B> {
 impl<B: Backend> Ledger<B> {
     /// The ledger over `backend`, with the default reservation lease.
     pub fn new(backend: B) -> Self {
+        let commit_latency = crate::metrics::latency_histogram(
+            "store_commit_duration_seconds",
+            "Time to run and commit one write transaction, retries included.",
+            ("store", backend.kind()),
+        );
         Self {
             backend,
             lease_secs: DEFAULT_LEASE_SECS,
+            commit_latency,
         }
+    }
+
+    /// [`Backend::transact`], timed into the commit-latency histogram
+    /// when it commits.
+    async fn transact<T, F>(&self, durability: Durability, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut dyn LedgerTx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let started = std::time::Instant::now();
+        let result = self.backend.transact(durability, f).await;
+        if result.is_ok() {
+            self.commit_latency.observe(started.elapsed().as_secs_f64());
+        }
+        result
     }
 
     /// Sets how long reservations are leased for, seconds (at least 1).
@@ -408,12 +434,11 @@ impl<B: Backend> Store for Ledger<B> {
         event: Event,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        self.backend
-            .transact(Durability::Synced, move |tx| {
-                tx.insert_session(&session)?;
-                tx.append(now, Some(&session.id), &event)
-            })
-            .await
+        self.transact(Durability::Synced, move |tx| {
+            tx.insert_session(&session)?;
+            tx.append(now, Some(&session.id), &event)
+        })
+        .await
     }
 
     async fn session(&self, id: &SessionId, now: Timestamp) -> Result<Session, StoreError> {
@@ -431,8 +456,7 @@ impl<B: Backend> Store for Ledger<B> {
         now: Timestamp,
     ) -> Result<Applied, StoreError> {
         let id = id.clone();
-        self.backend
-            .transact(Durability::Synced, move |tx| apply_in(tx, &id, &op, now))
+        self.transact(Durability::Synced, move |tx| apply_in(tx, &id, &op, now))
             .await
     }
 
@@ -452,31 +476,11 @@ impl<B: Backend> Store for Ledger<B> {
         // session that time has changed is saved by a synced commit.
         let volatile = {
             let (id, credential, owner) = (id.clone(), credential.clone(), owner.clone());
-            self.backend
-                .transact(Durability::Volatile, move |tx| {
-                    let session = tx.lock_session(&id)?;
-                    if session.due(now) {
-                        return Ok(None);
-                    }
-                    reserve_in(
-                        tx,
-                        session,
-                        credential.clone(),
-                        owner.clone(),
-                        lease_until,
-                        now,
-                    )
-                    .map(Some)
-                })
-                .await?
-        };
-        if let Some(reserved) = volatile {
-            return Ok(reserved);
-        }
-        let id = id.clone();
-        self.backend
-            .transact(Durability::Synced, move |tx| {
+            self.transact(Durability::Volatile, move |tx| {
                 let session = tx.lock_session(&id)?;
+                if session.due(now) {
+                    return Ok(None);
+                }
                 reserve_in(
                     tx,
                     session,
@@ -485,8 +489,26 @@ impl<B: Backend> Store for Ledger<B> {
                     lease_until,
                     now,
                 )
+                .map(Some)
             })
-            .await
+            .await?
+        };
+        if let Some(reserved) = volatile {
+            return Ok(reserved);
+        }
+        let id = id.clone();
+        self.transact(Durability::Synced, move |tx| {
+            let session = tx.lock_session(&id)?;
+            reserve_in(
+                tx,
+                session,
+                credential.clone(),
+                owner.clone(),
+                lease_until,
+                now,
+            )
+        })
+        .await
     }
 
     async fn finish_credential(
@@ -496,11 +518,10 @@ impl<B: Backend> Store for Ledger<B> {
         now: Timestamp,
     ) -> Result<Finished, StoreError> {
         let r = reservation.clone();
-        self.backend
-            .transact(Durability::Synced, move |tx| {
-                finish_in(tx, &r, finish.clone(), now)
-            })
-            .await
+        self.transact(Durability::Synced, move |tx| {
+            finish_in(tx, &r, finish.clone(), now)
+        })
+        .await
     }
 
     async fn record(
@@ -510,11 +531,10 @@ impl<B: Backend> Store for Ledger<B> {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let session = session.cloned();
-        self.backend
-            .transact(Durability::Synced, move |tx| {
-                tx.append(now, session.as_ref(), &event)
-            })
-            .await
+        self.transact(Durability::Synced, move |tx| {
+            tx.append(now, session.as_ref(), &event)
+        })
+        .await
     }
 
     async fn record_connection(
@@ -530,43 +550,44 @@ impl<B: Backend> Store for Ledger<B> {
             connection,
         };
         let id = session.clone();
-        self.backend
-            .transact(Durability::Synced, move |tx| {
-                // The session's lock orders two deliveries of one report.
-                tx.lock_session(&id)?;
-                let ours = tx.session_credentials(&id)?;
-                if !ours.iter().any(|c| c.serial.eq_ignore_ascii_case(&serial)) {
-                    return Ok(ConnectionRecorded::UnknownSerial);
-                }
-                if tx.has_connection_report(&id, &report)? {
-                    return Ok(ConnectionRecorded::Duplicate);
-                }
-                tx.append(now, Some(&id), &event)?;
-                Ok(ConnectionRecorded::New)
-            })
-            .await
+        self.transact(Durability::Synced, move |tx| {
+            // The session's lock orders two deliveries of one report.
+            tx.lock_session(&id)?;
+            let ours = tx.session_credentials(&id)?;
+            if !ours.iter().any(|c| c.serial.eq_ignore_ascii_case(&serial)) {
+                return Ok(ConnectionRecorded::UnknownSerial);
+            }
+            if tx.has_connection_report(&id, &report)? {
+                return Ok(ConnectionRecorded::Duplicate);
+            }
+            tx.append(now, Some(&id), &event)?;
+            Ok(ConnectionRecorded::New)
+        })
+        .await
     }
 
     async fn sweep(&self, now: Timestamp) -> Result<usize, StoreError> {
-        self.backend
-            .transact(Durability::Synced, move |tx| {
-                let due = tx.due_sessions(now)?;
-                for id in &due {
-                    apply_in(tx, id, &SessionOp::Refresh, now)?;
-                }
-                Ok(due.len())
-            })
-            .await
+        self.transact(Durability::Synced, move |tx| {
+            let due = tx.due_sessions(now)?;
+            for id in &due {
+                apply_in(tx, id, &SessionOp::Refresh, now)?;
+            }
+            Ok(due.len())
+        })
+        .await
     }
 
     async fn recover(&self, now: Timestamp) -> Result<usize, StoreError> {
-        self.backend
-            .transact(Durability::Synced, move |tx| recover_in(tx, now))
+        self.transact(Durability::Synced, move |tx| recover_in(tx, now))
             .await
     }
 
     async fn sessions(&self, filter: SessionFilter) -> Result<Vec<Session>, StoreError> {
         self.backend.sessions(filter).await
+    }
+
+    async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        self.backend.session_counts().await
     }
 
     async fn credentials(&self, id: &SessionId) -> Result<Vec<CredentialRecord>, StoreError> {
@@ -635,5 +656,9 @@ impl<B: Backend> Store for Ledger<B> {
 
     fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
         self.backend.committed()
+    }
+
+    fn commit_latency(&self) -> prometheus::Histogram {
+        self.commit_latency.clone()
     }
 }

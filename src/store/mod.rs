@@ -333,6 +333,11 @@ pub trait Store: Send + Sync {
     /// Sessions, newest first.
     async fn sessions(&self, filter: SessionFilter) -> Result<Vec<Session>, StoreError>;
 
+    /// How many sessions are stored in each state (as last saved: a
+    /// session past its time counts as open or pending until the sweep
+    /// closes it).
+    async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError>;
+
     /// A session's credentials.
     async fn credentials(&self, id: &SessionId) -> Result<Vec<CredentialRecord>, StoreError>;
 
@@ -398,4 +403,8 @@ pub trait Store: Send + Sync {
     /// only (readers poll for other processes'); PostgreSQL signals every
     /// replica's commits that appended to the trail (LISTEN/NOTIFY).
     fn committed(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Time taken by each committed write transaction, seconds
+    /// (`lockstep_store_commit_duration_seconds`).
+    fn commit_latency(&self) -> prometheus::Histogram;
 }

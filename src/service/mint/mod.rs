@@ -124,9 +124,11 @@ impl Service {
         peer: Option<IpAddr>,
         minter: M,
     ) -> Result<M::Output, ServiceError> {
+        let started = std::time::Instant::now();
         self.check_conditions(caller, &session, peer, action)
             .await?;
         let new = minter.credential(&session);
+        let kind = new.kind;
         let (session, reservation, now) = self.reserve(caller, &session.id, action, new).await?;
         let not_after = reservation.not_after;
         let signed = self
@@ -135,7 +137,10 @@ impl Service {
             .await
             .map_err(ServiceError::from)
             .and_then(|signed| signed);
-        self.finish(caller, action, &reservation, signed).await
+        let issued = self.finish(caller, action, &reservation, signed).await?;
+        self.metrics
+            .minted_in(kind.as_str(), started.elapsed().as_secs_f64());
+        Ok(issued)
     }
 
     /// Takes a slot for a credential.

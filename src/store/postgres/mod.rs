@@ -283,6 +283,19 @@ impl Backend for Postgres {
         self.owner.id()
     }
 
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        let rows = self
+            .rows("SELECT state, count(*) FROM sessions GROUP BY state", &[])
+            .await?;
+        rows.iter()
+            .map(|r| decode::state_count(col(r, 0)?, col::<i64>(r, 1)?))
+            .collect()
+    }
+
     async fn load_session(&self, id: &SessionId) -> Result<Session, StoreError> {
         let rows = self
             .rows("SELECT body FROM sessions WHERE id = $1", &[&id.as_str()])

@@ -264,6 +264,27 @@ impl Backend for Sqlite {
         self.owner.id()
     }
 
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        self.run(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT state, count(*) FROM sessions GROUP BY state")
+                .map_err(unavailable)?;
+            let rows: Vec<(String, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(unavailable)?
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|(state, n)| decode::state_count(state, *n))
+                .collect()
+        })
+        .await
+    }
+
     async fn load_session(&self, id: &SessionId) -> Result<Session, StoreError> {
         let id = id.clone();
         self.run(move |c| load(c, &id)).await
