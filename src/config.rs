@@ -24,8 +24,10 @@ use crate::secret::SecretRef;
 use crate::x509::SubjectName;
 
 mod metrics;
+mod webhooks;
 
 pub use metrics::MetricsConfig;
+pub use webhooks::{WEBHOOK_EVENTS, WebhookConfig};
 
 /// A part of lockstep that is built in only with its Cargo feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +115,9 @@ pub struct Config {
     /// Who may read `GET /metrics`.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Endpoints told of committed session events (`[[webhook]]`).
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<WebhookConfig>,
     /// Where this configuration was read from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: PathBuf,
@@ -700,6 +705,10 @@ impl Config {
         if let Some(metrics) = &mut config.metrics {
             metrics.resolve_paths(&base);
         }
+        for webhook in &mut config.webhooks {
+            webhook.resolve_paths(&base);
+        }
+        webhooks::check_all(&config.webhooks).map_err(invalid)?;
         if let Some(server) = &mut config.server {
             server
                 .listen

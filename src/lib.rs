@@ -57,6 +57,7 @@ pub mod startup;
 pub mod store;
 pub mod tokens;
 pub mod tsa;
+pub mod webhooks;
 pub mod x509;
 
 pub use error::Error;

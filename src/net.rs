@@ -25,6 +25,33 @@ pub fn client_with(
     trust: Trust,
     timeout: Option<std::time::Duration>,
 ) -> Result<reqwest::Client, Error> {
+    let mut builder = builder(trust)?;
+    if let Some(t) = timeout {
+        builder = builder.timeout(t);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::InvalidArgument(format!("HTTP client: {e}")))
+}
+
+/// A client for webhook receivers: trusting `trust`, each call ending
+/// after `timeout`, and never following a redirect (a receiver that
+/// answers 3xx has not taken the event, and the signed body goes nowhere
+/// else).
+pub fn webhook_client(
+    trust: Trust,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, Error> {
+    builder(trust)?
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| Error::InvalidArgument(format!("HTTP client: {e}")))
+}
+
+/// A client builder on rustls trusting `trust`, with lockstep's user agent
+/// and a 10 s connect timeout.
+fn builder(trust: Trust) -> Result<reqwest::ClientBuilder, Error> {
     let mut roots = rustls::RootCertStore::empty();
     match trust {
         Trust::PublicRoots => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -41,14 +68,8 @@ pub fn client_with(
         .map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut builder = reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .user_agent(concat!("lockstep/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(std::time::Duration::from_secs(10));
-    if let Some(t) = timeout {
-        builder = builder.timeout(t);
-    }
-    builder
-        .build()
-        .map_err(|e| Error::InvalidArgument(format!("HTTP client: {e}")))
+        .connect_timeout(std::time::Duration::from_secs(10)))
 }

@@ -826,3 +826,43 @@ async fn a_connection_report_is_recorded_once_and_only_for_the_sessions_serial(k
         .collect();
     assert_eq!(reports, ["token:gw con_a", "token:gw con_b"]);
 }
+
+on_both_stores!(async one_process_at_a_time_holds_a_webhook_cursor);
+async fn one_process_at_a_time_holds_a_webhook_cursor(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let a = place.open().await;
+    let b = place.open().await;
+    // A new endpoint starts where it is told; the second process waits.
+    let mut cursor = a.claim_webhook("ops", 7, t(0), 30).await.unwrap().unwrap();
+    assert_eq!(
+        (cursor.position, cursor.failures, cursor.delivered),
+        (7, 0, 0)
+    );
+    assert!(b.claim_webhook("ops", 0, t(1), 30).await.unwrap().is_none());
+    // Its holder moves it; the other cannot.
+    cursor.position = 9;
+    cursor.failures = 2;
+    cursor.last_error = Some("x".repeat(1000));
+    cursor.next_attempt = Some(t(5));
+    assert!(a.save_webhook(&cursor, t(2), 30).await.unwrap());
+    assert!(!b.save_webhook(&cursor, t(2), 30).await.unwrap());
+    let stored = &b.webhook_cursors().await.unwrap()[0];
+    assert_eq!((stored.position, stored.failures), (9, 2));
+    assert_eq!(stored.next_attempt, Some(t(5)));
+    assert_eq!(stored.last_error.as_ref().unwrap().len(), 300);
+    assert_eq!(stored.lease_until, Some(t(32)));
+    // A lease not renewed in time is taken over, where it was.
+    let taken = b.claim_webhook("ops", 0, t(33), 30).await.unwrap().unwrap();
+    assert_eq!(taken.position, 9);
+    assert!(!a.save_webhook(&cursor, t(34), 30).await.unwrap());
+    // One given back is taken at once.
+    b.release_webhook("ops").await.unwrap();
+    assert!(
+        a.claim_webhook("ops", 0, t(35), 30)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    place.close(a).await;
+    place.close(b).await;
+}

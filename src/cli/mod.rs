@@ -15,6 +15,7 @@ mod session;
 mod sign;
 mod ssh;
 mod token;
+mod webhooks;
 
 use std::path::PathBuf;
 
@@ -62,6 +63,9 @@ pub enum Command {
     Audit(audit::AuditCommand),
     /// Run the issuer service (HTTPS).
     Serve(serve::ServeArgs),
+    /// Show where webhook delivery stands (from the store).
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// Manage API tokens.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
@@ -110,6 +114,7 @@ impl Cli {
             Command::CertifyIssuer(args) => init::certify(&load(&self.config)?, args, out),
             Command::Keys(cmd) => keys::run(&load(&self.config)?, cmd, out),
             Command::Serve(args) => serve::run(&load(&self.config)?, args),
+            Command::Webhooks(cmd) => webhooks::run(&load(&self.config)?, cmd, out),
             Command::Audit(cmd) => audit::run(&self.config, cmd, out),
             Command::Auth(cmd) => auth::run(&load(&self.config)?, cmd, out),
             Command::Request(args) => session::request(args, out),

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub webhook_deliveries: CounterFamily,
     /// Events a webhook endpoint has yet to receive.
     pub webhook_backlog: prometheus::IntGaugeVec,
+    /// The configured webhook endpoints, whose backlog a scrape reads.
+    webhook_endpoints: std::sync::Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -174,6 +176,7 @@ impl Metrics {
                 "Committed events a webhook endpoint has yet to receive.",
                 &["endpoint"],
             ),
+            webhook_endpoints: std::sync::Mutex::new(Vec::new()),
             registry,
         };
         let info = gauge_vec(
@@ -190,6 +193,22 @@ impl Metrics {
     /// Records that a credential of `kind` took `seconds` to mint.
     pub fn minted_in(&self, kind: &str, seconds: f64) {
         self.mint_seconds.observe(&[self.backend, kind], seconds);
+    }
+
+    /// Names the webhook endpoints being delivered to.
+    pub fn set_webhook_endpoints(&self, names: &[String]) {
+        *self
+            .webhook_endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = names.to_vec();
+    }
+
+    /// The webhook endpoints being delivered to.
+    pub fn webhook_endpoints(&self) -> Vec<String> {
+        self.webhook_endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Registers a histogram made elsewhere (the store's commit latency).

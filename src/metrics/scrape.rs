@@ -58,4 +58,37 @@ async fn refresh(metrics: &Metrics, service: &Service) {
     metrics
         .subscribers
         .set(i64::try_from(service.events().subscribers()).unwrap_or(i64::MAX));
+    if store_up {
+        webhook_backlog(metrics, service).await;
+    }
+}
+
+/// Per configured endpoint, the committed entries after its cursor (all
+/// of them, wanted or not: an upper bound of what it has yet to receive).
+async fn webhook_backlog(metrics: &Metrics, service: &Service) {
+    let endpoints = metrics.webhook_endpoints();
+    if endpoints.is_empty() {
+        return;
+    }
+    let store = service.store();
+    let read = async {
+        Ok::<_, crate::store::StoreError>((
+            store.audit_head().await?,
+            store.webhook_cursors().await?,
+        ))
+    };
+    let Ok(Ok((head, cursors))) = tokio::time::timeout(PROBE_TIMEOUT, read).await else {
+        return;
+    };
+    let head = head.map_or(0, |(seq, _)| seq);
+    for name in endpoints {
+        let position = cursors
+            .iter()
+            .find(|c| c.endpoint == name)
+            .map_or(head, |c| c.position);
+        metrics
+            .webhook_backlog
+            .with_label_values(&[name.as_str()])
+            .set(i64::try_from(head.saturating_sub(position)).unwrap_or(i64::MAX));
+    }
 }

@@ -55,6 +55,8 @@ pub struct Prepared {
     pub identity: Option<Arc<MintedIdentity>>,
     /// `[metrics] listen`: the metrics' own plain-HTTP listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// The `[[webhook]]` endpoints, their secrets read.
+    pub webhooks: Vec<crate::webhooks::Endpoint>,
     /// `[server] public_url`, if configured.
     pub public_url: Option<String>,
     /// The host name to use in the default public URL.
@@ -83,6 +85,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
     metrics.register_histogram(store.commit_latency());
     let (backend, issuer) = keys::open(config, now, &metrics).await?;
     let auth = auth::authenticator(config)?;
+    let webhooks = crate::webhooks::endpoints(&config.webhooks)?;
     let signers = keys::signers(config, &backend, &issuer, now).await?;
     let service = service::start(
         config,
@@ -120,6 +123,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         sweep_interval,
         identity,
         metrics_listen: metrics_config.listen,
+        webhooks,
         public_url: server.public_url.clone(),
         public_host: server
             .hostnames
@@ -162,6 +166,7 @@ impl Prepared {
         let service = self.state.service.clone();
         service.set_public_url(&self.public_url(&listener)?);
         let metrics = background::metrics(service.clone(), self.metrics_listen).await?;
+        let webhooks = crate::webhooks::Webhooks::start(service.clone(), self.webhooks);
         let background = tokio::spawn(background::run(
             service,
             self.sweep_interval,
@@ -177,6 +182,7 @@ impl Prepared {
         let result = serve(listener, self.tls, self.app, shutdown).await;
         background.abort();
         metrics.abort();
+        webhooks.stop().await;
         if let Err(e) = self.state.service.stopped().await {
             tracing::error!(error = %e, "could not record the stop or sign the last checkpoint");
         }

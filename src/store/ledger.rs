@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use super::{
     Applied, ConnectionRecorded, CredentialRecord, EventRecord, Finish, Finished, NewCredential,
-    Reservation, RevokedEntry, SessionFilter, Store, StoreError,
+    Reservation, RevokedEntry, SessionFilter, Store, StoreError, WebhookCursor,
 };
 use crate::clock::Timestamp;
 use crate::sessions::credential::{self, Held, Reserved};
@@ -135,6 +135,25 @@ pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// See [`Store::session_counts`].
     async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError>;
+    /// See [`Store::claim_webhook`] (for this backend's owner).
+    async fn claim_webhook(
+        &self,
+        endpoint: &str,
+        start: u64,
+        now: Timestamp,
+        lease_secs: i64,
+    ) -> Result<Option<WebhookCursor>, StoreError>;
+    /// See [`Store::save_webhook`].
+    async fn save_webhook(
+        &self,
+        cursor: &WebhookCursor,
+        now: Timestamp,
+        lease_secs: i64,
+    ) -> Result<bool, StoreError>;
+    /// See [`Store::release_webhook`].
+    async fn release_webhook(&self, endpoint: &str) -> Result<(), StoreError>;
+    /// See [`Store::webhook_cursors`].
+    async fn webhook_cursors(&self) -> Result<Vec<WebhookCursor>, StoreError>;
     /// A session as stored (time not applied).
     async fn load_session(&self, id: &SessionId) -> Result<Session, StoreError>;
     /// See [`Store::sessions`].
@@ -588,6 +607,35 @@ impl<B: Backend> Store for Ledger<B> {
 
     async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError> {
         self.backend.session_counts().await
+    }
+
+    async fn claim_webhook(
+        &self,
+        endpoint: &str,
+        start: u64,
+        now: Timestamp,
+        lease_secs: i64,
+    ) -> Result<Option<WebhookCursor>, StoreError> {
+        self.backend
+            .claim_webhook(endpoint, start, now, lease_secs)
+            .await
+    }
+
+    async fn save_webhook(
+        &self,
+        cursor: &WebhookCursor,
+        now: Timestamp,
+        lease_secs: i64,
+    ) -> Result<bool, StoreError> {
+        self.backend.save_webhook(cursor, now, lease_secs).await
+    }
+
+    async fn release_webhook(&self, endpoint: &str) -> Result<(), StoreError> {
+        self.backend.release_webhook(endpoint).await
+    }
+
+    async fn webhook_cursors(&self) -> Result<Vec<WebhookCursor>, StoreError> {
+        self.backend.webhook_cursors().await
     }
 
     async fn credentials(&self, id: &SessionId) -> Result<Vec<CredentialRecord>, StoreError> {

@@ -14,6 +14,7 @@ mod open;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+pub mod webhooks;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -31,6 +32,7 @@ pub use open::open;
 pub use postgres::{Postgres, connect_alone};
 #[cfg(feature = "sqlite")]
 pub use sqlite::Sqlite;
+pub use webhooks::WebhookCursor;
 
 /// The embedded store: the ledger over one SQLite file.
 #[cfg(feature = "sqlite")]
@@ -332,6 +334,32 @@ pub trait Store: Send + Sync {
 
     /// Sessions, newest first.
     async fn sessions(&self, filter: SessionFilter) -> Result<Vec<Session>, StoreError>;
+
+    /// Takes the cursor of webhook `endpoint` for this process, creating
+    /// it at `start` when the endpoint is new, and leases it until `now` +
+    /// `lease_secs`; none while another process holds a live lease.
+    async fn claim_webhook(
+        &self,
+        endpoint: &str,
+        start: u64,
+        now: Timestamp,
+        lease_secs: i64,
+    ) -> Result<Option<WebhookCursor>, StoreError>;
+
+    /// Saves a cursor this process holds and renews its lease; false when
+    /// it is no longer this process's (the lease lapsed and was taken).
+    async fn save_webhook(
+        &self,
+        cursor: &WebhookCursor,
+        now: Timestamp,
+        lease_secs: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives back the cursor of `endpoint` if this process holds it.
+    async fn release_webhook(&self, endpoint: &str) -> Result<(), StoreError>;
+
+    /// Every webhook cursor, by endpoint name.
+    async fn webhook_cursors(&self) -> Result<Vec<WebhookCursor>, StoreError>;
 
     /// How many sessions are stored in each state (as last saved: a
     /// session past its time counts as open or pending until the sweep

@@ -21,6 +21,7 @@ use tokio_postgres::types::ToSql;
 
 use super::decode;
 use super::ledger::{Backend, Durability, Ledger, LedgerTx};
+use super::webhooks::{self, WebhookCursor};
 use super::{CredentialRecord, EventRecord, RevokedEntry, SessionFilter, StoreError};
 use crate::clock::Timestamp;
 use crate::config::PostgresConfig;
@@ -285,6 +286,75 @@ impl Backend for Postgres {
 
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn claim_webhook(
+        &self,
+        endpoint: &str,
+        start: u64,
+        now: Timestamp,
+        lease_secs: i64,
+    ) -> Result<Option<WebhookCursor>, StoreError> {
+        let start = i64::try_from(start).unwrap_or(i64::MAX);
+        let rows = self
+            .rows(
+                &webhooks::claim_sql(placeholder),
+                &[
+                    &endpoint,
+                    &start,
+                    &self.owner(),
+                    &now.plus_secs(lease_secs).unix(),
+                    &now.unix(),
+                ],
+            )
+            .await?;
+        rows.first().map(webhook_row).transpose()
+    }
+
+    async fn save_webhook(
+        &self,
+        cursor: &WebhookCursor,
+        now: Timestamp,
+        lease_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let saved = webhooks::Saved::of(cursor);
+        let client = self.client().await?;
+        let st = client
+            .prepare_cached(&webhooks::save_sql(placeholder))
+            .await
+            .map_err(failed)?;
+        let changed = client
+            .execute(
+                &st,
+                &[
+                    &cursor.endpoint,
+                    &saved.position,
+                    &saved.failures,
+                    &saved.next_attempt,
+                    &saved.last_error,
+                    &saved.delivered,
+                    &saved.delivered_at,
+                    &self.owner(),
+                    &now.plus_secs(lease_secs).unix(),
+                ],
+            )
+            .await
+            .map_err(failed)?;
+        Ok(changed == 1)
+    }
+
+    async fn release_webhook(&self, endpoint: &str) -> Result<(), StoreError> {
+        self.rows(
+            &webhooks::release_sql(placeholder),
+            &[&endpoint, &self.owner()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn webhook_cursors(&self) -> Result<Vec<WebhookCursor>, StoreError> {
+        let rows = self.rows(&webhooks::list_sql(), &[]).await?;
+        rows.iter().map(webhook_row).collect()
     }
 
     async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError> {
@@ -557,4 +627,25 @@ impl Backend for Postgres {
     fn committed(&self) -> watch::Receiver<u64> {
         self.commits.subscribe()
     }
+}
+
+/// PostgreSQL's numbered parameter `$i`.
+fn placeholder(i: usize) -> String {
+    format!("${i}")
+}
+
+/// A webhook cursor from a row of [`webhooks::COLUMNS`].
+fn webhook_row(r: &Row) -> Result<WebhookCursor, StoreError> {
+    Ok(webhooks::Row {
+        endpoint: col(r, 0)?,
+        position: col(r, 1)?,
+        failures: col(r, 2)?,
+        next_attempt: col(r, 3)?,
+        last_error: col(r, 4)?,
+        delivered: col(r, 5)?,
+        delivered_at: col(r, 6)?,
+        holder: col(r, 7)?,
+        lease_until: col(r, 8)?,
+    }
+    .decode())
 }

@@ -108,6 +108,20 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE credentials ADD COLUMN issuer TEXT;
     ALTER TABLE revocations ADD COLUMN issuer TEXT;
     "#,
+    // 3: webhook cursors (src/store/webhooks.rs).
+    r#"
+    CREATE TABLE webhook_cursors (
+        endpoint      TEXT PRIMARY KEY,
+        position      BIGINT NOT NULL,
+        failures      BIGINT NOT NULL,
+        next_attempt  BIGINT,
+        last_error    TEXT,
+        delivered     BIGINT NOT NULL,
+        delivered_at  BIGINT,
+        holder        TEXT,
+        lease_until   BIGINT
+    );
+    "#,
 ];
 
 /// Applies the migrations not yet applied; refuses a newer schema.

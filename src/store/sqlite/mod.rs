@@ -17,6 +17,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::decode;
 use super::ledger::{Backend, Durability, Ledger, LedgerTx};
+use super::webhooks::{self, WebhookCursor};
 use super::{CredentialRecord, EventRecord, RevokedEntry, SessionFilter, StoreError};
 use crate::clock::Timestamp;
 use crate::lane::Lane;
@@ -266,6 +267,92 @@ impl Backend for Sqlite {
 
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    async fn claim_webhook(
+        &self,
+        endpoint: &str,
+        start: u64,
+        now: Timestamp,
+        lease_secs: i64,
+    ) -> Result<Option<WebhookCursor>, StoreError> {
+        let (endpoint, holder) = (endpoint.to_owned(), self.owner().to_owned());
+        let start = i64::try_from(start).unwrap_or(i64::MAX);
+        self.writer
+            .write(Durability::Synced, move |tx| {
+                tx.one(
+                    &webhooks::claim_sql(placeholder),
+                    params![
+                        endpoint,
+                        start,
+                        holder,
+                        now.plus_secs(lease_secs).unix(),
+                        now.unix()
+                    ],
+                    webhook_row,
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn save_webhook(
+        &self,
+        cursor: &WebhookCursor,
+        now: Timestamp,
+        lease_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let saved = webhooks::Saved::of(cursor);
+        let (endpoint, holder) = (cursor.endpoint.clone(), self.owner().to_owned());
+        self.writer
+            .write(Durability::Synced, move |tx| {
+                let changed = tx
+                    .execute(
+                        &webhooks::save_sql(placeholder),
+                        params![
+                            endpoint,
+                            saved.position,
+                            saved.failures,
+                            saved.next_attempt,
+                            saved.last_error,
+                            saved.delivered,
+                            saved.delivered_at,
+                            holder,
+                            now.plus_secs(lease_secs).unix(),
+                        ],
+                    )
+                    .map_err(unavailable)?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+
+    async fn release_webhook(&self, endpoint: &str) -> Result<(), StoreError> {
+        let (endpoint, holder) = (endpoint.to_owned(), self.owner().to_owned());
+        self.writer
+            .write(Durability::Synced, move |tx| {
+                tx.execute(
+                    &webhooks::release_sql(placeholder),
+                    params![endpoint, holder],
+                )
+                .map(|_| ())
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn webhook_cursors(&self) -> Result<Vec<WebhookCursor>, StoreError> {
+        self.run(|c| {
+            let mut stmt = c
+                .prepare_cached(&webhooks::list_sql())
+                .map_err(unavailable)?;
+            stmt.query_map([], webhook_row)
+                .map_err(unavailable)?
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)
+        })
+        .await
     }
 
     async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError> {
@@ -620,4 +707,25 @@ impl Backend for Sqlite {
     fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
         self.writer.committed()
     }
+}
+
+/// SQLite's numbered parameter `?i`.
+fn placeholder(i: usize) -> String {
+    format!("?{i}")
+}
+
+/// A webhook cursor from a row of [`webhooks::COLUMNS`].
+fn webhook_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookCursor> {
+    Ok(webhooks::Row {
+        endpoint: r.get(0)?,
+        position: r.get(1)?,
+        failures: r.get(2)?,
+        next_attempt: r.get(3)?,
+        last_error: r.get(4)?,
+        delivered: r.get(5)?,
+        delivered_at: r.get(6)?,
+        holder: r.get(7)?,
+        lease_until: r.get(8)?,
+    }
+    .decode())
 }

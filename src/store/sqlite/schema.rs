@@ -119,6 +119,22 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE revocations ADD COLUMN issuer TEXT;
     "#,
     ),
+    // 7: webhook cursors (src/store/webhooks.rs).
+    Migration::Sql(
+        r#"
+    CREATE TABLE webhook_cursors (
+        endpoint      TEXT PRIMARY KEY,
+        position      INTEGER NOT NULL,
+        failures      INTEGER NOT NULL,
+        next_attempt  INTEGER,
+        last_error    TEXT,
+        delivered     INTEGER NOT NULL,
+        delivered_at  INTEGER,
+        holder        TEXT,
+        lease_until   INTEGER
+    ) STRICT;
+    "#,
+    ),
 ];
 
 /// Computes the hash chain over events recorded before the trail was
