@@ -311,13 +311,12 @@ async fn a_slow_receiver_gets_each_event_at_least_once_and_holds_nothing_up() {
     let setup = Setup::new();
     // The first two answers come after 3 s; lockstep waits 1 s.
     let _receiver = setup.receiver(&["--slow", "2", "3"]);
-    let srv = TestServer::start(
-        "webhooks-slow",
-        POLICY,
-        CALLERS,
-        &setup.config("timeout = \"1s\"\n"),
-    )
-    .await;
+    let token = common::write(setup.dir.path(), "metrics.token", "webhooks-metrics-token");
+    let extra = format!(
+        "timeout = \"1s\"\n[metrics]\ntoken = \"file:{}\"\n",
+        token.display()
+    );
+    let srv = TestServer::start("webhooks-slow", POLICY, CALLERS, &setup.config(&extra)).await;
     walk(&srv).await;
     let delivered = setup.wait_for(5).await;
     assert_eq!(kinds(&delivered), WALK);
@@ -326,6 +325,40 @@ async fn a_slow_receiver_gets_each_event_at_least_once_and_holds_nothing_up() {
     let first = setup.records()[0]["id"].clone();
     let times = setup.records().iter().filter(|r| r["id"] == first).count();
     assert!(times >= 2, "{:#?}", setup.records());
+    // The metrics count the attempts, and the backlog drains.
+    let metrics = |srv: &TestServer| {
+        let req = srv.http.get(format!("{}/metrics", srv.url));
+        async move {
+            let text = req
+                .bearer_auth("webhooks-metrics-token")
+                .send()
+                .await
+                .unwrap();
+            text.text().await.unwrap()
+        }
+    };
+    let mut text = metrics(&srv).await;
+    for _ in 0..100 {
+        if text.contains("lockstep_webhook_backlog{endpoint=\"approvers\"} 0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = metrics(&srv).await;
+    }
+    assert!(
+        text.contains("lockstep_webhook_backlog{endpoint=\"approvers\"} 0"),
+        "{text}"
+    );
+    let count = |outcome: &str| -> u64 {
+        let series = format!(
+            "lockstep_webhook_deliveries_total{{endpoint=\"approvers\",outcome=\"{outcome}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    assert!(count("failed") >= 2, "{text}");
+    assert_eq!(count("delivered"), 5, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
