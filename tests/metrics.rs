@@ -10,6 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::gateway::free_port;
 use common::server::TestServer;
 
 const POLICY: &str = r#"
@@ -28,15 +29,6 @@ const CALLERS: &[&str] = &["alice", "bob", "carol", "ops"];
 
 /// The token scrapers send (a test value, in a file of the test's own).
 const TOKEN: &str = "metrics-test-token-0123456789";
-
-/// A free loopback port (bound, then let go).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A service with metrics on a listener of their own and behind a token.
 async fn start(name: &str) -> (TestServer, String, tempfile::TempDir) {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::gateway::free_port;
 use common::server::TestServer;
 use serde_json::Value;
 
@@ -38,14 +39,6 @@ const CALLERS: &[&str] = &["alice", "bob", "carol"];
 const SECRET: &str = "whsec_dGVzdC1zZWNyZXQtb2YtbG9ja3N0ZXAtd2ViaG9va3M=";
 /// Another one, which must not verify what the first signed.
 const OTHER_SECRET: &str = "whsec_b3RoZXItc2VjcmV0LW9mLWxvY2tzdGVwLXdlYmhvb2s=";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The receiver (tests/python/webhook_receiver.py), killed when dropped.
 struct Receiver {
