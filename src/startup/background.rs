@@ -36,20 +36,14 @@ pub async fn run(service: Arc<Service>, interval: Duration, identity: Option<Arc
 
 /// Starts counting the ledger's entries into the service's metrics (from
 /// the trail's head: counters start with the process) and, with
-/// `[metrics] listen`, serves them in plain HTTP there. Binding is done
-/// before this returns, so a taken address fails the start.
+/// `[metrics] listen`, serves them in plain HTTP on its `listener`.
 pub async fn metrics(
     service: Arc<Service>,
-    listen: Option<std::net::SocketAddr>,
+    listener: Option<tokio::net::TcpListener>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = match listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            tracing::info!(address = %listener.local_addr()?, "metrics are served in plain HTTP");
-            Some(listener)
-        }
-        None => None,
-    };
+    if let Some(listener) = &listener {
+        tracing::info!(address = %listener.local_addr()?, "metrics are served in plain HTTP");
+    }
     let head = match service.store().audit_head().await {
         Ok(head) => head.map_or(0, |(seq, _)| seq),
         Err(e) => return Err(std::io::Error::other(e.to_string())),

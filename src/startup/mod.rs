@@ -53,8 +53,8 @@ pub struct Prepared {
     /// The minted server identity, to renew as it ages (none when a
     /// certificate is configured).
     pub identity: Option<Arc<MintedIdentity>>,
-    /// `[metrics] listen`: the metrics' own plain-HTTP listener.
-    pub metrics_listen: Option<SocketAddr>,
+    /// `[metrics] listen`, bound: the metrics' own plain-HTTP listener.
+    pub metrics_listener: Option<TcpListener>,
     /// The `[[webhook]]` endpoints, their secrets read.
     pub webhooks: Vec<crate::webhooks::Endpoint>,
     /// `[server] public_url`, if configured.
@@ -122,7 +122,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         listen,
         sweep_interval,
         identity,
-        metrics_listen: metrics_config.listen,
+        metrics_listener: bind_metrics(metrics_config.listen).await?,
         webhooks,
         public_url: server.public_url.clone(),
         public_host: server
@@ -131,6 +131,17 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
             .cloned()
             .unwrap_or_else(|| "localhost".into()),
     })
+}
+
+/// Binds `[metrics] listen`, so a taken address fails the start.
+async fn bind_metrics(listen: Option<SocketAddr>) -> Result<Option<TcpListener>, Error> {
+    let Some(addr) = listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("[metrics] listen {addr}"), e))?;
+    Ok(Some(listener))
 }
 
 /// The `[metrics] token`, read now.
@@ -165,7 +176,7 @@ impl Prepared {
     ) -> std::io::Result<()> {
         let service = self.state.service.clone();
         service.set_public_url(&self.public_url(&listener)?);
-        let metrics = background::metrics(service.clone(), self.metrics_listen).await?;
+        let metrics = background::metrics(service.clone(), self.metrics_listener).await?;
         let webhooks = crate::webhooks::Webhooks::start(service.clone(), self.webhooks);
         let background = tokio::spawn(background::run(
             service,
