@@ -259,3 +259,25 @@ async fn without_a_metrics_section_metrics_are_not_served() {
     assert_eq!(body["error"], "metrics_disabled");
     assert!(body["message"].as_str().unwrap().contains("[metrics]"));
 }
+
+/// The alerting rules of docs/prometheus: valid, and firing as their unit
+/// tests say (`promtool test rules`).
+#[test]
+fn the_alerting_rules_pass_promtool() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian package prometheus; scripts/setup installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}",
+            common::output_text(&out)
+        );
+    }
+}
