@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::gateway::free_port;
@@ -42,7 +42,7 @@ const OTHER_SECRET: &str = "whsec_b3RoZXItc2VjcmV0LW9mLWxvY2tzdGVwLXdlYmhvb2s=";
 
 /// The receiver (tests/python/webhook_receiver.py), killed when dropped.
 struct Receiver {
-    child: Child,
+    _child: common::gateway::Killed,
 }
 
 impl Receiver {
@@ -63,14 +63,9 @@ impl Receiver {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "listening");
-        Self { child }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Self {
+            _child: common::gateway::Killed(child),
+        }
     }
 }
 
@@ -375,4 +370,55 @@ async fn a_receiver_holding_its_answer_does_not_hold_up_issuance() {
     std::fs::write(&release, "").unwrap();
     let delivered = setup.wait_for(15).await;
     assert_eq!(kinds(&delivered[..5]), WALK);
+}
+
+/// Two replicas on one PostgreSQL database: one delivers at a time, and
+/// when it stops the other takes the cursor up where it was.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_deliver_once_and_one_takes_over_from_the_other() {
+    use common::store::StoreKind;
+    use std::io::BufRead as _;
+
+    let setup = Setup::new();
+    let _receiver = setup.receiver(&[]);
+    let mut srv = TestServer::start_in(
+        StoreKind::Postgres,
+        "webhooks-replicas",
+        POLICY,
+        CALLERS,
+        &setup.config(""),
+    )
+    .await;
+    let (child, stderr, child_url) =
+        common::server::spawn_serve(env!("CARGO_BIN_EXE_lockstep"), &srv.config_path, "warn");
+    let _child = common::gateway::Killed(child);
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    let first = walk(&srv).await;
+    let delivered = setup.wait_for(5).await;
+    assert_eq!(kinds(&delivered), WALK);
+    // Each event was delivered by one replica: once.
+    let records = setup.records();
+    assert_eq!(records.len(), 5, "{records:#?}");
+    assert!(
+        delivered
+            .iter()
+            .all(|d| d["data"]["session"] == first["id"])
+    );
+
+    // The in-process replica stops (giving the cursor back if it held
+    // it); the child delivers what happens next, through it.
+    srv.stop().await;
+    srv.url = child_url;
+    let second = walk(&srv).await;
+    let delivered = setup.wait_for(10).await;
+    assert_eq!(kinds(&delivered[5..]), WALK);
+    assert!(
+        delivered[5..]
+            .iter()
+            .all(|d| d["data"]["session"] == second["id"])
+    );
+    let st = status(&srv);
+    assert_eq!(st["delivered"], 10, "{st}");
+    assert!(st["holder"].is_string(), "{st}");
 }
