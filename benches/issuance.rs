@@ -8,7 +8,10 @@
 //!   bundle verified offline;
 //! - `sessions`: the pure session core, request to close;
 //! - `service`: in-process end-to-end minting (no HTTP): session check,
-//!   CSR check, slot in the store, signature, durable record; 64 at once.
+//!   CSR check, slot in the store, signature, durable record; 64 at once;
+//! - `observability`: counting one committed entry into the metrics, a
+//!   whole scrape's encoding, and the Standard Webhooks signature of one
+//!   delivery.
 //!
 //! `cargo bench --bench issuance` (or `scripts/bench`). Compare figures of
 //! one run as ratios (e.g. build + sign ÷ raw sign); absolute numbers vary
@@ -321,5 +324,64 @@ async fn mint_all(
     }
 }
 
-criterion_group!(benches, device, x509, tokens, timestamps, sessions, service);
+fn observability(c: &mut Criterion) {
+    use lockstep::metrics::{Metrics, ledger};
+    let metrics = Metrics::new("pkcs11", &["pkcs11", "sqlite"]);
+    let minted = lockstep::sessions::Event::Minted {
+        kind: lockstep::store::CredentialKind::Certificate,
+        serial: "0a1b2c".into(),
+        profile: "mtls-client".into(),
+        key_sha256: Some("00".repeat(32)),
+        jti: None,
+        audience: None,
+        x5t_s256: None,
+        fingerprint: None,
+        principals: None,
+        not_after: Timestamp::from_unix(1_900_000_000),
+        handed_out: true,
+    };
+    let entry = lockstep::audit::Entry {
+        seq: 1,
+        at: 1_900_000_000,
+        session: Some("ses_aaaaaaaaaaaaaaaaaaaaaaaaaa".into()),
+        kind: "minted".into(),
+        body: serde_json::to_string(&minted).unwrap(),
+        prev_hash: "00".repeat(32),
+        hash: "11".repeat(32),
+    };
+    for code in [
+        "self_approval",
+        "not_an_approver",
+        "session_closed",
+        "unauthenticated",
+    ] {
+        metrics.refusals.inc(&["approve", code]);
+    }
+    let signer = lockstep::webhooks::signature::Signer::new(&secrecy::SecretString::from(
+        "whsec_dGVzdC1zZWNyZXQtb2YtbG9ja3N0ZXAtd2ViaG9va3M=".to_owned(),
+    ))
+    .unwrap();
+    let body = vec![b'x'; 600];
+    let mut g = c.benchmark_group("observability");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("metrics_count_committed_entry", |b| {
+        b.iter(|| ledger::count(&metrics, black_box(&entry)))
+    });
+    g.bench_function("metrics_encode_scrape", |b| b.iter(|| metrics.encode()));
+    g.bench_function("webhook_sign_delivery", |b| {
+        b.iter(|| signer.sign("msg_1_0011", 1_900_000_000, black_box(&body)))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    device,
+    x509,
+    tokens,
+    timestamps,
+    sessions,
+    service,
+    observability
+);
 criterion_main!(benches);
