@@ -174,3 +174,68 @@ pub(super) fn check_all(webhooks: &[WebhookConfig]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(name: &str, url: &str, events: &[&str]) -> WebhookConfig {
+        WebhookConfig {
+            name: name.into(),
+            url: url.into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            resources: vec!["db:*".into()],
+            secret: SecretRef::parse("env:WHSEC").unwrap(),
+            ca: None,
+            timeout: default_timeout(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+
+    #[test]
+    fn endpoints_are_checked_before_anything_is_sent() {
+        let ok = webhook("approvers", "https://hooks.example/in", &["requested"]);
+        assert_eq!(check_all(std::slice::from_ref(&ok)), Ok(()));
+        for (w, says) in [
+            (
+                webhook("Approvers", "https://h.example/", &["requested"]),
+                "lowercase",
+            ),
+            (
+                webhook("a", "http://hooks.example/", &["requested"]),
+                "loopback",
+            ),
+            (
+                webhook("a", "ftp://hooks.example/", &["requested"]),
+                "use https",
+            ),
+            (
+                webhook("a", "https://h.example/", &["minted_maybe"]),
+                "unknown event",
+            ),
+            (webhook("a", "https://h.example/", &[]), "must not be empty"),
+        ] {
+            let err = check_all(&[w]).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
+        for url in [
+            "http://127.0.0.1:9/",
+            "http://[::1]:9/",
+            "http://localhost/",
+        ] {
+            assert_eq!(
+                check_all(&[webhook("a", url, &["closed"])]),
+                Ok(()),
+                "{url}"
+            );
+        }
+        let err = check_all(&[ok.clone(), ok.clone()]).unwrap_err();
+        assert!(err.contains("used twice"), "{err}");
+        let mut slow = ok.clone();
+        slow.timeout = "10m".into();
+        assert!(check_all(&[slow]).unwrap_err().contains("timeout must be"));
+        let mut bad = ok;
+        bad.resources = vec!["db:*:x*".into()];
+        assert!(check_all(&[bad]).unwrap_err().contains("resource"));
+    }
+}
