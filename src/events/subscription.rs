@@ -29,6 +29,9 @@ pub struct Subscription {
     /// will not bring.
     behind: bool,
     ended: bool,
+    /// Whether each entry's session is looked up (off for subscribers
+    /// that need the entries only).
+    sessions: bool,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -63,6 +66,7 @@ impl Subscription {
             backlog: VecDeque::new(),
             behind: true,
             ended: false,
+            sessions: true,
         }
     }
 
@@ -97,10 +101,19 @@ impl Subscription {
         })
     }
 
+    /// The subscription without session lookups: every event's `session`
+    /// is none. For subscribers that read the entries only (metrics),
+    /// which then neither read the store per session nor fill the
+    /// directory's cache.
+    pub fn entries_only(mut self) -> Self {
+        self.sessions = false;
+        self
+    }
+
     async fn describe(&self, entry: Arc<Entry>) -> Result<Arc<CommittedEvent>, EventsError> {
         let session = match &entry.session {
-            None => None,
-            Some(id) => self.shared.directory.info(id).await?,
+            Some(id) if self.sessions => self.shared.directory.info(id).await?,
+            _ => None,
         };
         Ok(Arc::new(CommittedEvent { entry, session }))
     }

@@ -21,7 +21,7 @@ pub async fn follow(metrics: Arc<Metrics>, hub: &Hub, mut after: u64) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut subscription = match hub.subscribe(after) {
-            Ok(s) => s,
+            Ok(s) => s.entries_only(),
             Err(EventsError::Stopping) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics cannot follow the event stream; retrying");
