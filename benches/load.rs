@@ -379,10 +379,17 @@ async fn compare(
     let dir = srv.dir.path().to_owned();
     let text = std::fs::read_to_string(&srv.config_path).unwrap();
     let mut configs = Vec::new();
+    // LOCKSTEP_BENCH_NEW_CONFIG: TOML added to the new build's
+    // configuration only (e.g. a `[metrics]` section, to measure its cost).
+    let added = std::env::var("LOCKSTEP_BENCH_NEW_CONFIG").unwrap_or_default();
     for name in ["old", "new"] {
         let path = dir.join(format!("compare-{name}.toml"));
         let store = format!("sqlite = \"compare-{name}.db\"");
-        std::fs::write(&path, text.replace("sqlite = \"lockstep.db\"", &store)).unwrap();
+        let mut config = text.replace("sqlite = \"lockstep.db\"", &store);
+        if name == "new" {
+            config = format!("{config}\n{added}\n");
+        }
+        std::fs::write(&path, config).unwrap();
         configs.push(path.to_str().unwrap().to_owned());
     }
     let binaries = [old.to_owned(), env!("CARGO_BIN_EXE_lockstep").to_owned()];

@@ -34,13 +34,19 @@ pub async fn run(service: Arc<Service>, interval: Duration, identity: Option<Arc
     }
 }
 
-/// Starts counting the ledger's entries into the service's metrics (from
-/// the trail's head: counters start with the process) and, with
-/// `[metrics] listen`, serves them in plain HTTP on its `listener`.
+/// With `[metrics]` (`served`), starts counting the ledger's entries into
+/// the service's metrics (from the trail's head: counters start with the
+/// process) and, with `[metrics] listen`, serves them in plain HTTP on its
+/// `listener`. Without it nothing follows the event stream for metrics:
+/// nobody would read them.
 pub async fn metrics(
     service: Arc<Service>,
+    served: bool,
     listener: Option<tokio::net::TcpListener>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
+    if !served {
+        return Ok(None);
+    }
     if let Some(listener) = &listener {
         tracing::info!(address = %listener.local_addr()?, "metrics are served in plain HTTP");
     }
@@ -48,7 +54,7 @@ pub async fn metrics(
         Ok(head) => head.map_or(0, |(seq, _)| seq),
         Err(e) => return Err(std::io::Error::other(e.to_string())),
     };
-    Ok(tokio::spawn(async move {
+    Ok(Some(tokio::spawn(async move {
         let counting =
             crate::metrics::ledger::follow(service.metrics().clone(), service.events(), head);
         match listener {
@@ -63,7 +69,7 @@ pub async fn metrics(
             }
             None => counting.await,
         }
-    }))
+    })))
 }
 
 /// One round: sweep, counted refusals, checkpoint.

@@ -53,6 +53,8 @@ pub struct Prepared {
     /// The minted server identity, to renew as it ages (none when a
     /// certificate is configured).
     pub identity: Option<Arc<MintedIdentity>>,
+    /// Whether `[metrics]` is configured (the metrics are served).
+    pub metrics_served: bool,
     /// `[metrics] listen`, bound: the metrics' own plain-HTTP listener.
     pub metrics_listener: Option<TcpListener>,
     /// The `[[webhook]]` endpoints, their secrets read.
@@ -122,6 +124,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         listen,
         sweep_interval,
         identity,
+        metrics_served: config.metrics.is_some(),
         metrics_listener: bind_metrics(metrics_config.listen).await?,
         webhooks,
         public_url: server.public_url.clone(),
@@ -176,7 +179,9 @@ impl Prepared {
     ) -> std::io::Result<()> {
         let service = self.state.service.clone();
         service.set_public_url(&self.public_url(&listener)?);
-        let metrics = background::metrics(service.clone(), self.metrics_listener).await?;
+        let metrics =
+            background::metrics(service.clone(), self.metrics_served, self.metrics_listener)
+                .await?;
         let webhooks = crate::webhooks::Webhooks::start(service.clone(), self.webhooks);
         let background = tokio::spawn(background::run(
             service,
@@ -192,7 +197,9 @@ impl Prepared {
         };
         let result = serve(listener, self.tls, self.app, shutdown).await;
         background.abort();
-        metrics.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         webhooks.stop().await;
         if let Err(e) = self.state.service.stopped().await {
             tracing::error!(error = %e, "could not record the stop or sign the last checkpoint");
