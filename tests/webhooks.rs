@@ -152,15 +152,7 @@ async fn walk(srv: &TestServer) -> Value {
     let csr = srv.csr(&format!("{id}.key"));
     let (status, body) = srv.certificate("alice", id, &csr).await;
     assert_eq!(status, 201, "{body}");
-    let (status, _) = srv
-        .call(
-            "POST",
-            &format!("/v1/sessions/{id}/close"),
-            Some("alice"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    srv.close("alice", id).await;
     s
 }
 

@@ -52,6 +52,15 @@ impl TestServer {
         .await
     }
 
+    /// `who` closes the session `id` (its requester: completed); panics
+    /// unless the close is accepted.
+    pub async fn close(&self, who: &str, id: &str) {
+        let (status, body) = self
+            .call("POST", &format!("/v1/sessions/{id}/close"), Some(who), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// The session `id` as `who` sees it.
     pub async fn session(&self, who: &str, id: &str) -> Value {
         let (status, body) = self
