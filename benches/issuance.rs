@@ -118,6 +118,7 @@ fn tokens(c: &mut Criterion) {
         approvers: vec!["token:alice".into(), "token:bob".into()],
         resource: "db:payroll".into(),
         cnf: None,
+        break_glass: false,
     };
     let mut g = c.benchmark_group("tokens");
     g.throughput(Throughput::Elements(1));
@@ -183,6 +184,7 @@ fn sessions(c: &mut Criterion) {
         gateway_certificates: false,
         modbus_functions: None,
         signing: Default::default(),
+        break_glass: None,
     };
     let request = Request {
         tenant: None,
@@ -192,6 +194,7 @@ fn sessions(c: &mut Criterion) {
         request_digest: None,
         duration_secs: 600,
         profile: Profile::MtlsClient,
+        break_glass: false,
     };
     let id = SessionId::generate().unwrap();
     let now = SystemClock.now();
@@ -265,6 +268,7 @@ fn service(c: &mut Criterion) {
                 request_digest: None,
                 duration_secs: 3000,
                 profile: Profile::MtlsClient,
+                break_glass: false,
             };
             let s = service.request(&requester, new).await.unwrap();
             let approver = Caller::new("token:a1");

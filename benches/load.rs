@@ -283,6 +283,7 @@ async fn in_process_service(
                         request_digest: None,
                         duration_secs: 3000,
                         profile: Profile::MtlsClient,
+                        break_glass: false,
                     };
                     let s = service.request(&requester, new).await.unwrap();
                     service

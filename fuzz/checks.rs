@@ -139,6 +139,7 @@ pub fn session_request(data: &[u8]) {
                         request_digest: new.request_digest,
                         duration_secs: new.duration_secs,
                         profile: new.profile,
+                        break_glass: new.break_glass,
                     };
                     request.validate().expect("the same checks");
                     let id = SessionId::parse("ses_aaaaaaaaaaaaaaaaaaaaaaaaaa").expect("id");

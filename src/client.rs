@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::ErrorBody;
 use crate::api::views::{
-    CertificateView, CsrBody, NewSessionBody, RevokeBody, SessionList, SessionView,
+    CertificateView, CsrBody, NewSessionBody, ReviewBody, RevokeBody, SessionList, SessionView,
     SshCertificateBody, SshCertificateView, TokenBody, TokenView, VoteBody,
 };
 use crate::error::Error;
@@ -106,6 +106,21 @@ impl Client {
     /// `next_before` from page to page. The answer's `next_before` is set
     /// when there may be more.
     pub async fn sessions(&self, state: Option<&str>, limit: usize) -> Result<SessionList, Error> {
+        self.list(state, false, limit).await
+    }
+
+    /// `GET /v1/sessions?unreviewed=true`: break-glass sessions not (yet)
+    /// reviewed justified, up to `limit`, newest first.
+    pub async fn unreviewed(&self, limit: usize) -> Result<SessionList, Error> {
+        self.list(None, true, limit).await
+    }
+
+    async fn list(
+        &self,
+        state: Option<&str>,
+        unreviewed: bool,
+        limit: usize,
+    ) -> Result<SessionList, Error> {
         let limit = limit.max(1);
         let mut list = SessionList {
             sessions: Vec::new(),
@@ -119,6 +134,9 @@ impl Client {
             );
             if let Some(s) = state {
                 path.push_str(&format!("&state={}", seg(s)));
+            }
+            if unreviewed {
+                path.push_str("&unreviewed=true");
             }
             if let Some(b) = &before {
                 path.push_str(&format!("&before={}", seg(b)));
@@ -192,6 +210,25 @@ impl Client {
                 reason,
                 reason_code,
             }),
+        )
+        .await
+    }
+
+    /// `POST /v1/sessions/{id}/review`.
+    pub async fn review(
+        &self,
+        id: &str,
+        outcome: crate::sessions::Outcome,
+        note: String,
+    ) -> Result<SessionView, Error> {
+        let body = ReviewBody {
+            outcome: outcome.as_str().to_owned(),
+            note,
+        };
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/review", seg(id)),
+            Some(&body),
         )
         .await
     }

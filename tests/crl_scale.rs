@@ -32,6 +32,7 @@ fn rules() -> Rules {
         gateway_certificates: false,
         modbus_functions: None,
         signing: Default::default(),
+        break_glass: None,
     }
 }
 
@@ -62,11 +63,16 @@ async fn ten_thousand_closed_sessions_leave_only_live_certificates_on_the_crl() 
             request_digest: None,
             duration_secs: duration,
             profile: Profile::MtlsClient,
+            break_glass: false,
         };
         let (s, event) =
             Session::new(SessionId::generate().unwrap(), request, rules(), t(0)).unwrap();
         let id = s.id.clone();
-        store.create_session(s.clone(), event, t(0)).await.unwrap();
+        store
+            .create_session(s.clone(), event, t(0))
+            .await
+            .unwrap()
+            .unwrap();
         let op = SessionOp::Approve {
             by: "token:bob".into(),
             request_hash: s.request_hash,

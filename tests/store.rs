@@ -25,7 +25,7 @@ fn approvers(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("token:approver-{i}")).collect()
 }
 
-fn new_session(quorum: u32, credentials: u32, n_approvers: usize) -> (Session, Event) {
+fn new_session(quorum: u32, credentials: u32, n_approvers: usize) -> (Session, Vec<Event>) {
     let request = Request {
         tenant: None,
         requester: "token:req".into(),
@@ -34,6 +34,7 @@ fn new_session(quorum: u32, credentials: u32, n_approvers: usize) -> (Session, E
         request_digest: None,
         duration_secs: 120,
         profile: Profile::MtlsClient,
+        break_glass: false,
     };
     let rules = Rules {
         approvers: approvers(n_approvers),
@@ -51,6 +52,7 @@ fn new_session(quorum: u32, credentials: u32, n_approvers: usize) -> (Session, E
         gateway_certificates: false,
         modbus_functions: None,
         signing: Default::default(),
+        break_glass: None,
     };
     Session::new(SessionId::generate().unwrap(), request, rules, t(0)).unwrap()
 }
@@ -89,7 +91,11 @@ async fn state_survives_reopening_the_file(kind: StoreKind) {
     let place = TestStore::new(kind).await;
     let (s, ev) = new_session(2, 1, 3);
     let store = place.open().await;
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     approve(&store, &s, "token:approver-1", 2).await.unwrap();
     place.close(store).await;
@@ -118,7 +124,11 @@ async fn quorum_opens_exactly_once_under_concurrent_approvals(kind: StoreKind) {
     let place = TestStore::new(kind).await;
     let store = place.open().await;
     let (s, ev) = new_session(3, 1, 20);
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     let tasks: Vec<_> = approvers(20)
         .into_iter()
         .map(|who| {
@@ -156,7 +166,11 @@ async fn concurrent_reservations_never_pass_the_limit(kind: StoreKind) {
     let place = TestStore::new(kind).await;
     let store = place.open().await;
     let (s, ev) = new_session(1, 3, 1);
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     let tasks: Vec<_> = (0..32)
         .map(|i| {
@@ -215,7 +229,11 @@ async fn approvals_racing_a_close_never_resurrect_it(kind: StoreKind) {
         let place = TestStore::new(kind).await;
         let store = place.open().await;
         let (s, ev) = new_session(2, 1, 10);
-        store.create_session(s.clone(), ev, t(0)).await.unwrap();
+        store
+            .create_session(s.clone(), ev, t(0))
+            .await
+            .unwrap()
+            .unwrap();
         let closer = {
             let store = store.clone();
             let id = s.id.clone();
@@ -268,7 +286,11 @@ async fn a_session_closed_while_signing_withholds_the_credential(kind: StoreKind
     let place = TestStore::new(kind).await;
     let store = place.open().await;
     let (s, ev) = new_session(1, 1, 1);
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     let (_, r) = store
         .reserve_credential(&s.id, cert("aa"), t(2))
@@ -307,7 +329,11 @@ async fn a_mint_finishing_after_closes_at_is_withheld(kind: StoreKind) {
     let place = TestStore::new(kind).await;
     let store = place.open().await;
     let (s, ev) = new_session(1, 1, 1);
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     let (_, r) = store
         .reserve_credential(&s.id, cert("bb"), t(120))
@@ -335,7 +361,11 @@ async fn failed_signing_gives_the_slot_back(kind: StoreKind) {
     let place = TestStore::new(kind).await;
     let store = place.open().await;
     let (s, ev) = new_session(1, 1, 1);
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     let (_, r) = store
         .reserve_credential(&s.id, cert("cc"), t(2))
@@ -362,7 +392,11 @@ async fn reservations_left_by_a_crash_are_voided_on_recovery(kind: StoreKind) {
     let place = TestStore::new(kind).await;
     let (s, ev) = new_session(1, 1, 1);
     let store = place.open().await;
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     store
         .reserve_credential(&s.id, cert("ee"), t(2))
@@ -394,9 +428,14 @@ async fn sweep_expires_and_abandons_due_sessions(kind: StoreKind) {
     store
         .create_session(pending.clone(), ev, t(0))
         .await
+        .unwrap()
         .unwrap();
     let (open, ev) = new_session(1, 1, 1);
-    store.create_session(open.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(open.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &open, "token:approver-0", 1).await.unwrap();
     assert_eq!(store.sweep(t(30)).await.unwrap(), 0);
     assert_eq!(store.sweep(t(60)).await.unwrap(), 1);
@@ -443,7 +482,11 @@ async fn a_slot_is_given_back_once_however_often_a_finish_fails(kind: StoreKind)
     let place = TestStore::new(kind).await;
     let store = place.open().await;
     let (s, ev) = new_session(1, 2, 1);
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     let (_, a) = store
         .reserve_credential(&s.id, cert("a1"), t(2))
@@ -484,7 +527,11 @@ async fn a_live_owners_reservation_is_kept_until_its_lease_runs_out(kind: StoreK
     let place = TestStore::new(kind).await;
     let store = place.open().await;
     let (s, ev) = new_session(1, 1, 1);
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     let (_, r) = store
         .reserve_credential(&s.id, cert("ff"), t(2))
@@ -520,7 +567,11 @@ async fn a_reservation_on_a_session_time_has_closed_records_the_expiry(kind: Sto
     let place = TestStore::new(kind).await;
     let store = place.open().await;
     let (s, ev) = new_session(1, 1, 1);
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     let (applied, r) = store
         .reserve_credential(&s.id, cert("ab"), t(121))
@@ -547,7 +598,11 @@ async fn two_processes_append_to_one_dense_chained_trail(kind: StoreKind) {
         let store = stores[i % 2].clone();
         tasks.push(tokio::spawn(async move {
             let (s, ev) = new_session(1, 1, 1);
-            store.create_session(s.clone(), ev, t(0)).await.unwrap();
+            store
+                .create_session(s.clone(), ev, t(0))
+                .await
+                .unwrap()
+                .unwrap();
             approve(&store, &s, "token:approver-0", 1).await.unwrap();
         }));
     }
@@ -587,7 +642,7 @@ mod postgres_only {
         let mut committed = reader.committed();
         committed.borrow_and_update();
         let (s, ev) = new_session(1, 1, 1);
-        writer.create_session(s, ev, t(0)).await.unwrap();
+        writer.create_session(s, ev, t(0)).await.unwrap().unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(10), committed.changed())
             .await
             .expect("woken by the other process's commit")
@@ -637,7 +692,10 @@ mod postgres_only {
         let a = place.open().await;
         let b = place.open().await;
         let (s, ev) = new_session(1, 2, 1);
-        a.create_session(s.clone(), ev, t(0)).await.unwrap();
+        a.create_session(s.clone(), ev, t(0))
+            .await
+            .unwrap()
+            .unwrap();
         approve(&a, &s, "token:approver-0", 1).await.unwrap();
         let (_, kept) = a.reserve_credential(&s.id, cert("a0"), t(2)).await.unwrap();
         let (_, lost) = b.reserve_credential(&s.id, cert("b0"), t(2)).await.unwrap();
@@ -668,7 +726,11 @@ mod postgres_only {
         let place = TestStore::new(StoreKind::Postgres).await;
         let store = place.open().await;
         let (s, ev) = new_session(1, 1, 1);
-        store.create_session(s.clone(), ev, t(0)).await.unwrap();
+        store
+            .create_session(s.clone(), ev, t(0))
+            .await
+            .unwrap()
+            .unwrap();
         approve(&store, &s, "token:approver-0", 1).await.unwrap();
 
         let (mut other, conn) =
@@ -723,7 +785,11 @@ async fn each_issuers_revocations_are_its_own(kind: StoreKind) {
     let place = TestStore::new(kind).await;
     let store = place.open().await;
     let (s, ev) = new_session(1, 3, 1);
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     // Certificates of two issuing CAs, and one recorded with no issuer
     // (as before issuers were recorded).
@@ -769,7 +835,11 @@ async fn a_connection_report_is_recorded_once_and_only_for_the_sessions_serial(k
     let place = TestStore::new(kind).await;
     let store = place.open().await;
     let (s, ev) = new_session(1, 1, 1);
-    store.create_session(s.clone(), ev, t(0)).await.unwrap();
+    store
+        .create_session(s.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
     approve(&store, &s, "token:approver-0", 1).await.unwrap();
     let (_, r) = store
         .reserve_credential(&s.id, cert("ab12"), t(2))
@@ -865,4 +935,138 @@ async fn one_process_at_a_time_holds_a_webhook_cursor(kind: StoreKind) {
     );
     place.close(a).await;
     place.close(b).await;
+}
+
+/// A break-glass session with no approvers (open at once), `per_day` per
+/// requester, its review due 100 s after opening.
+fn break_glass_session(requester: &str, per_day: u32, dt: i64) -> (Session, Vec<Event>) {
+    let (mut s, _) = new_session(1, 1, 1);
+    s.request.requester = requester.into();
+    s.request.break_glass = true;
+    let rules = Rules {
+        quorum: 0,
+        approvers: Vec::new(),
+        break_glass: Some(lockstep::sessions::BreakGlassRules {
+            reviewers: approvers(2),
+            review_within_secs: 100,
+            per_day,
+        }),
+        ..s.rules
+    };
+    Session::new(SessionId::generate().unwrap(), s.request, rules, t(dt)).unwrap()
+}
+
+on_both_stores!(async break_glass_requests_are_limited_per_requester_per_day);
+async fn break_glass_requests_are_limited_per_requester_per_day(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
+    let create = |requester: &'static str, dt: i64| {
+        let store = store.clone();
+        async move {
+            let (s, ev) = break_glass_session(requester, 2, dt);
+            store.create_session(s, ev, t(dt)).await.unwrap()
+        }
+    };
+    create("token:oncall-1", 0).await.unwrap();
+    create("token:oncall-1", 10).await.unwrap();
+    let refused = create("token:oncall-1", 20).await.unwrap_err();
+    assert_eq!(refused.code(), "break_glass_limit_reached");
+    create("token:oncall-2", 20).await.unwrap();
+    // A plain session does not count, and the window slides: a day after
+    // the first, one more is allowed.
+    let (plain, ev) = new_session(1, 1, 1);
+    store
+        .create_session(plain, ev, t(30))
+        .await
+        .unwrap()
+        .unwrap();
+    create("token:oncall-1", 86_400).await.unwrap();
+    assert_eq!(
+        create("token:oncall-1", 86_401).await.unwrap_err().code(),
+        "break_glass_limit_reached"
+    );
+    let listed = store.sessions(SessionFilter::default()).await.unwrap();
+    assert_eq!(listed.len(), 5, "a refused request stores nothing");
+}
+
+on_both_stores!(async break_glass_reviews_are_tracked_until_justified);
+async fn break_glass_reviews_are_tracked_until_justified(kind: StoreKind) {
+    use lockstep::sessions::{Outcome, ReviewState};
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
+    let (late, ev) = break_glass_session("token:oncall-1", 5, 0);
+    store
+        .create_session(late.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
+    let (reviewed, ev) = break_glass_session("token:oncall-2", 5, 0);
+    store
+        .create_session(reviewed.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
+    let (plain, ev) = new_session(1, 1, 1);
+    store
+        .create_session(plain, ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
+    let unreviewed = || async {
+        let filter = SessionFilter {
+            unreviewed: true,
+            ..SessionFilter::default()
+        };
+        let mut ids: Vec<_> = store
+            .sessions(filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        ids
+    };
+    let mut both = vec![late.id.clone(), reviewed.id.clone()];
+    both.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(unreviewed().await, both);
+
+    let review = SessionOp::Review {
+        by: "token:approver-1".into(),
+        outcome: Outcome::Justified,
+        note: "the primary was down".into(),
+    };
+    let applied = store.apply(&reviewed.id, review, t(50)).await.unwrap();
+    applied.result.unwrap();
+    assert_eq!(unreviewed().await, [late.id.clone()]);
+
+    // The sweep expires both at +120 (and abandons the plain one) and
+    // flags the late review (due +100).
+    assert_eq!(store.sweep(t(121)).await.unwrap(), 3);
+    let back = store.session(&late.id, t(122)).await.unwrap();
+    assert_eq!(back.review_state(), Some(ReviewState::Overdue));
+    assert_eq!(store.sweep(t(200)).await.unwrap(), 0, "flagged once");
+    let counts = store.break_glass_counts().await.unwrap();
+    let count = |state| counts.iter().find(|(s, _)| *s == state).map_or(0, |c| c.1);
+    assert_eq!(count(ReviewState::Overdue), 1);
+    assert_eq!(count(ReviewState::Justified), 1);
+    assert_eq!(count(ReviewState::Awaiting), 0);
+
+    let entries = store.audit_entries(0, 1000, None).await.unwrap();
+    for e in entries.iter().filter(|e| e.session.is_some()) {
+        let session = e.session.as_deref();
+        let marked = session == Some(late.id.as_str()) || session == Some(reviewed.id.as_str());
+        assert_eq!(
+            lockstep::audit::is_break_glass(&e.body),
+            marked,
+            "{}",
+            e.kind
+        );
+    }
+    let kinds: Vec<_> = entries
+        .iter()
+        .filter(|e| e.session.as_deref() == Some(late.id.as_str()))
+        .map(|e| e.kind.as_str())
+        .collect();
+    assert_eq!(kinds, ["requested", "opened", "closed", "review_overdue"]);
 }

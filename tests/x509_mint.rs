@@ -30,6 +30,7 @@ fn spec(profile: CertProfile, not_after: Timestamp) -> LeafSpec {
             connections: Some(3),
             modbus_functions: None,
             artifact_digest: None,
+            break_glass: false,
         },
         revocation: None,
         build: None,

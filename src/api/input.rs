@@ -151,6 +151,7 @@ pub fn new_session(body: NewSessionBody) -> Result<NewSession, ApiError> {
         task: body.task,
         request_digest: body.request_digest,
         duration_secs: body.duration_secs,
+        break_glass: body.break_glass,
     })
 }
 

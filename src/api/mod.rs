@@ -166,6 +166,7 @@ pub fn routes() -> Vec<Route> {
         Route::post("/v1/sessions/{id}/deny", sessions::deny),
         Route::post("/v1/sessions/{id}/close", sessions::close),
         Route::post("/v1/sessions/{id}/revoke", sessions::revoke),
+        Route::post("/v1/sessions/{id}/review", sessions::review),
         Route::post("/v1/sessions/{id}/certificate", sessions::certificate),
         Route::post("/v1/sessions/{id}/token", published::token),
         Route::post("/v1/sessions/{id}/ssh", ssh::certificate),

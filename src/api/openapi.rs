@@ -119,7 +119,7 @@ impl Modify for SharedRefusals {
     info(title = "lockstep", description = "Hardware-rooted credentials that live exactly as long as an approved session.\n\nErrors are `{error, message}` (ErrorBody). Operations with query parameters refuse unknown ones (400 `invalid_request`); operations without query parameters ignore a query string."),
     paths(
         sessions::create, sessions::list, sessions::get, sessions::approve, sessions::deny,
-        sessions::close, sessions::revoke, sessions::certificate, connections::report,
+        sessions::close, sessions::revoke, sessions::review, sessions::certificate, connections::report,
         published::token, published::crl, published::ocsp_post, published::ocsp_get,
         published::jwks, published::introspect, published::audit, events::events,
         ssh::certificate, ssh::krl, ssh::ca_pub, signing::signature, signing::tsa_chain,
@@ -131,7 +131,7 @@ impl Modify for SharedRefusals {
         views::TokenBody, views::TokenView, views::IntrospectionView, published::IntrospectBody,
         events::EventView, crate::sessions::ConnectionReport, crate::sessions::ConnectionEnd, crate::sessions::RefusedRequest,
         connections::ReportView, views::SshCertificateBody, views::SshCertificateView,
-        views::SignatureBody, views::SignatureView,
+        views::SignatureBody, views::SignatureView, views::ReviewBody, views::BreakGlassView,
     )),
     modifiers(&BearerAuth, &SharedRefusals)
 )]

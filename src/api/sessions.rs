@@ -10,10 +10,11 @@ use serde::Deserialize;
 use super::error::{ApiError, ErrorBody, JsonBody, bytes_rejection};
 use super::input::{new_session, reason, request_hash, session_cursor};
 use super::views::{
-    CertificateView, CsrBody, NewSessionBody, RevokeBody, SessionList, SessionView, VoteBody,
+    CertificateView, CsrBody, NewSessionBody, ReviewBody, RevokeBody, SessionList, SessionView,
+    VoteBody,
 };
 use super::{AppState, Authenticated, Peer, SessionPath};
-use crate::sessions::{Session, State as SessionState};
+use crate::sessions::{Outcome, Session, State as SessionState};
 
 /// The session as `caller` sees it now.
 fn respond(app: &AppState, caller: &crate::auth::Caller, s: &Session) -> Json<SessionView> {
@@ -57,6 +58,9 @@ pub async fn create(
 pub struct ListQuery {
     /// Only sessions in this state: `pending`, `open` or `closed`.
     pub state: Option<String>,
+    /// Only break-glass sessions that opened and are not (yet) reviewed
+    /// justified: awaiting review, overdue, or unjustified.
+    pub unreviewed: Option<bool>,
     /// At most this many (default 100, at most 1000).
     pub limit: Option<usize>,
     /// Go on after an earlier page: its `next_before`.
@@ -89,7 +93,13 @@ pub async fn list(
     let now = app.service.now();
     let page = app
         .service
-        .sessions(&caller, state, q.limit.unwrap_or(100), before)
+        .sessions(
+            &caller,
+            state,
+            q.unreviewed.unwrap_or(false),
+            q.limit.unwrap_or(100),
+            before,
+        )
         .await?;
     Ok(Json(SessionList {
         sessions: page
@@ -189,6 +199,32 @@ pub async fn revoke(
         .service
         .revoke(&caller, &id, note, body.reason_code)
         .await?;
+    Ok(respond(&app, &caller, &s))
+}
+
+/// Record a break-glass session's after-review (its reviewers, never its
+/// requester). An unjustified session still open is revoked.
+#[utoipa::path(post, path = "/v1/sessions/{id}/review", request_body = ReviewBody,
+    security(("bearer" = [])), params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, body = SessionView),
+        (status = 403, description = "Not a reviewer, or the requester", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Not break-glass, never opened, or reviewed already", body = ErrorBody)))]
+pub async fn review(
+    State(app): State<AppState>,
+    Authenticated(caller): Authenticated,
+    SessionPath(id): SessionPath,
+    JsonBody(body): JsonBody<ReviewBody>,
+) -> Result<Json<SessionView>, ApiError> {
+    let outcome = Outcome::parse(&body.outcome).ok_or_else(|| {
+        ApiError::new(
+            400,
+            "invalid_request",
+            "outcome must be justified or unjustified",
+        )
+    })?;
+    let note = reason(Some(body.note))?.unwrap_or_default();
+    let s = app.service.review(&caller, &id, outcome, note).await?;
     Ok(respond(&app, &caller, &s))
 }
 

@@ -21,6 +21,64 @@ pub struct NewSessionBody {
     pub duration_secs: u32,
     /// `mtls-client` or `code-signing`.
     pub profile: String,
+    /// Ask under the resource's break-glass rules: opens without quorum
+    /// (or on one approval), short, marked in its credentials and trail,
+    /// reviewed afterwards, rate-limited per requester.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+}
+
+/// `POST /v1/sessions/{id}/review`: a break-glass session's after-review.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBody {
+    /// `justified` or `unjustified` (an unjustified session still open is
+    /// revoked).
+    pub outcome: String,
+    /// Why, in the reviewer's words (recorded).
+    pub note: String,
+}
+
+/// A break-glass session's mark and review.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BreakGlassView {
+    /// `pending` (not open yet), `unneeded` (never opened), `awaiting`,
+    /// `overdue`, `justified` or `unjustified`.
+    pub review: String,
+    /// When the review is due, RFC 3339 (once open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_by: Option<String>,
+    /// Identity patterns that may review it (never its requester).
+    pub reviewers: Vec<String>,
+    /// Who reviewed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_by: Option<String>,
+    /// When, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewed_at: Option<String>,
+    /// The reviewer's note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_note: Option<String>,
+}
+
+impl BreakGlassView {
+    /// The view of a break-glass session's mark; none for other sessions.
+    fn of(s: &Session) -> Option<Self> {
+        let (bg, rules, state) = (
+            s.break_glass.as_ref()?,
+            s.rules.break_glass.as_ref()?,
+            s.review_state()?,
+        );
+        let review = bg.review.as_ref();
+        Some(Self {
+            review: state.as_str().to_owned(),
+            review_by: bg.review_by.map(|t| t.to_string()),
+            reviewers: rules.reviewers.clone(),
+            reviewed_by: review.map(|r| r.by.clone()),
+            reviewed_at: review.map(|r| r.at.to_string()),
+            review_note: review.map(|r| r.note.clone()),
+        })
+    }
 }
 
 /// `POST /v1/sessions/{id}/approve` and `…/deny`.
@@ -229,6 +287,9 @@ pub struct SessionView {
     pub close_note: Option<String>,
     /// Seconds until `closes_at` (open) or `pending_until` (pending).
     pub seconds_left: i64,
+    /// Break-glass sessions: the mark, and where the after-review stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlassView>,
 }
 
 impl SessionView {
@@ -268,6 +329,7 @@ impl SessionView {
             closed_by: s.closure.as_ref().and_then(|c| c.by.clone()),
             close_note: s.closure.as_ref().and_then(|c| c.note.clone()),
             seconds_left: s.seconds_left(now),
+            break_glass: BreakGlassView::of(s),
         }
     }
 }

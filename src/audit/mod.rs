@@ -72,6 +72,35 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
+/// The body of a trail entry: the event as JSON, with `"break_glass":
+/// true` added to every entry of a break-glass session, so each one says
+/// so wherever it is read. (Readers of [`crate::sessions::Event`] ignore
+/// the extra field.)
+pub fn entry_body(
+    event: &crate::sessions::Event,
+    break_glass: bool,
+) -> Result<String, serde_json::Error> {
+    if !break_glass {
+        return serde_json::to_string(event);
+    }
+    let mut value = serde_json::to_value(event)?;
+    if let serde_json::Value::Object(fields) = &mut value {
+        fields.insert("break_glass".into(), serde_json::Value::Bool(true));
+    }
+    serde_json::to_string(&value)
+}
+
+/// Whether an entry's body carries the break-glass mark
+/// ([`entry_body`]).
+pub fn is_break_glass(body: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Mark {
+        #[serde(default)]
+        break_glass: bool,
+    }
+    serde_json::from_str::<Mark>(body).is_ok_and(|m| m.break_glass)
+}
+
 /// The hash of the entry before the first one.
 pub const GENESIS: [u8; 32] = [0; 32];
 
@@ -139,6 +168,22 @@ pub enum ExportLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sessions::Event;
+
+    #[test]
+    fn break_glass_entries_carry_the_mark_and_still_read_as_events() {
+        let event = Event::Closed {
+            reason: crate::sessions::CloseReason::Completed,
+            by: Some("token:bob".into()),
+            note: None,
+        };
+        let plain = entry_body(&event, false).unwrap();
+        let marked = entry_body(&event, true).unwrap();
+        assert!(!is_break_glass(&plain));
+        assert!(is_break_glass(&marked));
+        assert_eq!(serde_json::from_str::<Event>(&marked).unwrap(), event);
+        assert!(!is_break_glass("not json"));
+    }
 
     #[test]
     fn every_field_is_bound_into_the_hash() {

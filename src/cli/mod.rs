@@ -10,6 +10,7 @@ mod gateway;
 mod init;
 mod keys;
 mod output;
+mod review;
 mod serve;
 mod session;
 mod sign;
@@ -83,6 +84,8 @@ pub enum Command {
     Close(session::CloseArgs),
     /// End a session as an approver or operator.
     Revoke(session::RevokeArgs),
+    /// Record a break-glass session's after-review (its reviewers only).
+    Review(review::ReviewArgs),
     /// Get a certificate for an open session.
     Cert(cert::CertArgs),
     /// Get a session-bound token (JWT) for an open session.
@@ -124,6 +127,7 @@ impl Cli {
             Command::Wait(args) => session::wait(args, out),
             Command::Close(args) => session::close(args, out),
             Command::Revoke(args) => session::revoke(args, out),
+            Command::Review(args) => review::run(args, out),
             Command::Cert(args) => cert::run(args, out),
             Command::Token(args) => token::run(args, out),
             Command::Ssh(args) => ssh::run(args, out),

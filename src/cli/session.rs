@@ -32,6 +32,12 @@ pub struct RequestArgs {
     /// Bind the request to an artifact: `sha256:<hex>`.
     #[arg(long)]
     digest: Option<String>,
+    /// Break-glass, for an incident: under the resource's break-glass
+    /// rules the session opens at once (or on one approval), is short,
+    /// is marked in its credentials and the trail, and is reviewed
+    /// afterwards. Rate-limited per requester.
+    #[arg(long)]
+    break_glass: bool,
 }
 
 /// Approve a session after seeing exactly what it asks.
@@ -71,6 +77,10 @@ pub struct StatusArgs {
     /// When listing, only sessions in this state (pending, open, closed).
     #[arg(long)]
     state: Option<String>,
+    /// List only break-glass sessions not (yet) reviewed justified:
+    /// awaiting review, overdue, or found unjustified.
+    #[arg(long, conflicts_with_all = ["id", "state"])]
+    unreviewed: bool,
     /// When listing, at most this many, newest first.
     #[arg(long, default_value_t = 100)]
     limit: usize,
@@ -165,6 +175,9 @@ pub fn describe(s: &SessionView) -> String {
         None => s.state.clone(),
     };
     let _ = writeln!(t, "session    {}  [{state}]", s.id);
+    if let Some(bg) = &s.break_glass {
+        let _ = writeln!(t, "BREAK-GLASS review {}", super::review::review_line(bg));
+    }
     let _ = writeln!(t, "requester  {}", s.requester);
     if let Some(tenant) = &s.tenant {
         let _ = writeln!(t, "tenant     {tenant}");
@@ -288,15 +301,21 @@ pub fn request(args: RequestArgs, out: Output) -> Result<(), Error> {
         request_digest: args.digest,
         duration_secs: args.duration,
         profile: args.profile,
+        break_glass: args.break_glass,
     };
     let s = runtime()?.block_on(client.request(&body))?;
     out.print(&s, || {
-        format!(
-            "{}\nWaiting for {} approval(s). Follow it with: lockstep wait {}\n",
-            describe(&s),
-            s.quorum,
-            s.id
-        )
+        let next = match s.state.as_str() {
+            "open" => format!(
+                "Open now (break-glass): every approver is told, and it must be reviewed (lockstep review {} ...).\n",
+                s.id
+            ),
+            _ => format!(
+                "Waiting for {} approval(s). Follow it with: lockstep wait {}\n",
+                s.quorum, s.id
+            ),
+        };
+        format!("{}\n{next}", describe(&s))
     });
     Ok(())
 }
@@ -349,6 +368,10 @@ pub fn status(args: StatusArgs, out: Output) -> Result<(), Error> {
         Some(id) => {
             let s = rt.block_on(client.session(&id))?;
             out.print(&s, || describe(&s));
+        }
+        None if args.unreviewed => {
+            let list = rt.block_on(client.unreviewed(args.limit))?;
+            out.print(&list, || super::review::unreviewed_table(&list));
         }
         None => {
             let list = rt.block_on(client.sessions(args.state.as_deref(), args.limit))?;

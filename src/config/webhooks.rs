@@ -20,6 +20,8 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "closed",
     "connection",
     "refused",
+    "reviewed",
+    "review_overdue",
 ];
 
 /// One `[[webhook]]`.
@@ -54,6 +56,15 @@ pub struct WebhookConfig {
     /// doubling).
     #[serde(default = "default_max_backoff")]
     pub max_backoff: String,
+    /// Whether the endpoint is also sent the `requested`, `opened`,
+    /// `closed`, `reviewed` and `review_overdue` entries of break-glass
+    /// sessions of its resources, whatever `events` says (default true).
+    #[serde(default = "yes")]
+    pub break_glass: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_events() -> Vec<String> {
@@ -189,6 +200,7 @@ mod tests {
             ca: None,
             timeout: default_timeout(),
             max_backoff: default_max_backoff(),
+            break_glass: true,
         }
     }
 

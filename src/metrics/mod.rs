@@ -67,6 +67,8 @@ pub struct Metrics {
     pub device_seconds: HistogramFamily,
     /// Sessions stored, by state (read at scrape time).
     pub sessions: prometheus::IntGaugeVec,
+    /// Break-glass sessions stored, by review state (read at scrape time).
+    pub break_glass: prometheus::IntGaugeVec,
     /// 1 when the store answers (read at scrape time).
     pub store_up: IntGauge,
     /// 1 when the key backend answers and the issuing key signs.
@@ -151,6 +153,12 @@ impl Metrics {
                 &LATENCY_BUCKETS,
             ),
             sessions: gauge_vec(r, "sessions", "Sessions stored, by state.", &["state"]),
+            break_glass: gauge_vec(
+                r,
+                "break_glass_sessions",
+                "Break-glass sessions stored, by review state (overdue and unjustified ones are flagged).",
+                &["review"],
+            ),
             store_up: gauge(r, "store_up", "1 when the store answers, 0 when not."),
             key_backend_up: gauge(
                 r,

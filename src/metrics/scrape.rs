@@ -1,4 +1,5 @@
-//! What is read at scrape time: sessions by state, whether the store and
+//! What is read at scrape time: sessions by state, break-glass sessions by
+//! review state, whether the store and
 //! the key backend answer, the current CRL, the event stream's
 //! subscribers.
 
@@ -6,7 +7,7 @@ use std::time::Duration;
 
 use super::Metrics;
 use crate::service::Service;
-use crate::sessions::State;
+use crate::sessions::{ReviewState, State};
 
 /// How long a scrape waits for the store or the key device before it
 /// reports it down.
@@ -59,7 +60,28 @@ async fn refresh(metrics: &Metrics, service: &Service) {
         .subscribers
         .set(i64::try_from(service.events().subscribers()).unwrap_or(i64::MAX));
     if store_up {
+        break_glass(metrics, service).await;
         webhook_backlog(metrics, service).await;
+    }
+}
+
+/// Break-glass sessions by review state: every state is set, so an alert
+/// on `overdue` or `unjustified` sees 0 rather than nothing.
+async fn break_glass(metrics: &Metrics, service: &Service) {
+    let Ok(Ok(counts)) =
+        tokio::time::timeout(PROBE_TIMEOUT, service.store().break_glass_counts()).await
+    else {
+        return;
+    };
+    for state in ReviewState::ALL {
+        let n = counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n);
+        metrics
+            .break_glass
+            .with_label_values(&[state.as_str()])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 

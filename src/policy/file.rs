@@ -52,6 +52,22 @@
 //!                                     # certificates for the gateway before sshd
 //! ssh = { principals = ["vendor"], extensions = ["permit-pty"], force_command = "/usr/bin/plc-shell" }
 //!
+//! [[resource]]
+//! match = "db:prod"
+//! requesters = ["token:alice"]
+//! approvers = ["token:bob", "token:carol"]
+//! quorum = 2
+//! max_duration = "1h"
+//! profiles = ["mtls-client", "token"]
+//! # optional: break-glass, for incidents. A session requested with
+//! # `--break-glass` opens at once (no `approvers` here) or on one approval
+//! # from `approvers`; it lasts at most `max_duration` (at most 24h), is
+//! # marked in its credentials and trail, and must be reviewed within
+//! # `review_within` (default 24h) by one of the resource's approvers or
+//! # the approvers here (never by its requester). At most `per_day`
+//! # (default 2) break-glass requests per requester in any 24 hours.
+//! break_glass = { requesters = ["token:oncall-*"], max_duration = "30m", profiles = ["mtls-client"], review_within = "24h", per_day = 2 }
+//!
 //! [[gateway]]                         # optional: follows sessions on GET /v1/events
 //! identities = ["token:gw-plant1"]
 //! resources = ["plc:line1*"]          # exact names or prefixes ending in `*`
@@ -69,11 +85,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Gateway, Policy, ResourceMatch, ResourceRule, Tenant};
+use super::{BreakGlassPolicy, Gateway, Policy, ResourceMatch, ResourceRule, Tenant};
 use crate::gateway::modbus::{Allowed, FunctionName};
 use crate::identity;
 use crate::sessions::Profile;
-use crate::sessions::{Conditions, Rules, SigningRules, SshRules};
+use crate::sessions::{BreakGlassRules, Conditions, Rules, SigningRules, SshRules};
 
 /// The longest session a policy may allow: 30 days.
 const MAX_SESSION_SECS: u64 = 30 * 86_400;
@@ -175,6 +191,97 @@ struct ResourceFile {
     modbus: Option<Vec<FunctionName>>,
     #[serde(default)]
     signing: Option<SigningFile>,
+    #[serde(default)]
+    break_glass: Option<BreakGlassFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakGlassFile {
+    requesters: Vec<String>,
+    #[serde(default)]
+    approvers: Vec<String>,
+    max_duration: String,
+    #[serde(default)]
+    profiles: Option<Vec<Profile>>,
+    #[serde(default = "default_review_within")]
+    review_within: String,
+    #[serde(default = "two")]
+    per_day: u32,
+}
+
+fn default_review_within() -> String {
+    "24h".into()
+}
+
+fn two() -> u32 {
+    2
+}
+
+/// The longest break-glass session a policy may allow: a day.
+const MAX_BREAK_GLASS_SECS: u32 = 86_400;
+/// The most break-glass requests per requester per day a policy may allow.
+const MAX_BREAK_GLASS_PER_DAY: u32 = 100;
+
+/// A resource's break-glass path, checked: its own requesters, a short
+/// maximum, profiles among the resource's, and the rules its sessions get
+/// (the resource's, with no quorum or one approval from its own set).
+fn break_glass_policy(
+    file: Option<BreakGlassFile>,
+    resource: &Rules,
+    profiles: &[Profile],
+) -> Result<Option<BreakGlassPolicy>, String> {
+    let Some(f) = file else {
+        return Ok(None);
+    };
+    if f.requesters.is_empty() {
+        return Err("break_glass.requesters must not be empty".into());
+    }
+    for (what, list) in [("requester", &f.requesters), ("approver", &f.approvers)] {
+        for p in list {
+            identity::check_pattern(p).map_err(|m| format!("break_glass {what} `{p}` {m}"))?;
+        }
+    }
+    let max = duration(&f.max_duration).map_err(|m| format!("break_glass.max_duration: {m}"))?;
+    if max > MAX_BREAK_GLASS_SECS {
+        return Err("break_glass.max_duration must be at most 24h: break-glass is short".into());
+    }
+    let review_within =
+        duration(&f.review_within).map_err(|m| format!("break_glass.review_within: {m}"))?;
+    if f.per_day == 0 || f.per_day > MAX_BREAK_GLASS_PER_DAY {
+        return Err(format!(
+            "break_glass.per_day must be 1 to {MAX_BREAK_GLASS_PER_DAY}"
+        ));
+    }
+    let allowed = f.profiles.unwrap_or_else(|| profiles.to_vec());
+    if allowed.is_empty() {
+        return Err("break_glass.profiles must not be empty".into());
+    }
+    if let Some(p) = allowed.iter().find(|p| !profiles.contains(p)) {
+        return Err(format!(
+            "break_glass.profiles: `{}` is not among the resource's profiles",
+            p.as_str()
+        ));
+    }
+    let mut reviewers = resource.approvers.clone();
+    reviewers.extend(f.approvers.iter().cloned());
+    let rules = Rules {
+        quorum: u32::from(!f.approvers.is_empty()),
+        approvers: f.approvers,
+        max_duration_secs: max,
+        denials_to_close: 1,
+        break_glass: Some(BreakGlassRules {
+            reviewers,
+            review_within_secs: review_within,
+            per_day: f.per_day,
+        }),
+        ..resource.clone()
+    };
+    Ok(Some(BreakGlassPolicy {
+        requesters: f.requesters,
+        profiles: allowed,
+        rules,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -449,32 +556,36 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
                     .codes(),
             ),
         };
+        let rules = Rules {
+            approvers: r.approvers,
+            quorum: r.quorum,
+            max_duration_secs: max,
+            pending_timeout_secs: pending,
+            credentials: r.credentials,
+            denials_to_close: r.denials_to_close,
+            tokens_allowed,
+            count_tokens: r.count_tokens,
+            audiences: r.audiences,
+            conditions: Conditions {
+                source_networks: r.conditions.source_networks,
+                requester_token_valid: r.conditions.requester_token_valid,
+            },
+            connections: r.connections,
+            gateway_certificates,
+            modbus_functions,
+            ssh,
+            signing,
+            break_glass: None,
+        };
+        let break_glass = break_glass_policy(r.break_glass, &rules, &r.profiles).map_err(bad)?;
         resources.push(ResourceRule {
             matches,
             tenant: r.tenant,
             requesters: r.requesters,
             claims: r.claims,
             profiles: r.profiles,
-            rules: Rules {
-                approvers: r.approvers,
-                quorum: r.quorum,
-                max_duration_secs: max,
-                pending_timeout_secs: pending,
-                credentials: r.credentials,
-                denials_to_close: r.denials_to_close,
-                tokens_allowed,
-                count_tokens: r.count_tokens,
-                audiences: r.audiences,
-                conditions: Conditions {
-                    source_networks: r.conditions.source_networks,
-                    requester_token_valid: r.conditions.requester_token_valid,
-                },
-                connections: r.connections,
-                gateway_certificates,
-                modbus_functions,
-                ssh,
-                signing,
-            },
+            rules,
+            break_glass,
         });
     }
     let mut gateways = Vec::new();

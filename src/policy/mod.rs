@@ -84,6 +84,21 @@ pub struct ResourceRule {
     pub profiles: Vec<Profile>,
     /// The rules copied into each session.
     pub rules: Rules,
+    /// How the resource may be requested as break-glass, if at all.
+    pub break_glass: Option<BreakGlassPolicy>,
+}
+
+/// A resource's break-glass path: who may take it, for which profiles,
+/// and the rules its sessions get (no quorum or one approval, a short
+/// maximum, an after-review, a rate limit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakGlassPolicy {
+    /// Identity patterns allowed to request break-glass.
+    pub requesters: Vec<String>,
+    /// The profiles break-glass may be requested for.
+    pub profiles: Vec<Profile>,
+    /// The rules copied into each break-glass session.
+    pub rules: Rules,
 }
 
 /// A tenant: one customer's identities, operators and auditors.
@@ -152,6 +167,12 @@ pub enum Refusal {
     /// A required OIDC claim is missing or does not match.
     #[error("your token's `{0}` claim does not satisfy the policy for this resource")]
     Claim(String),
+    /// The resource has no break-glass path.
+    #[error("`{0}` cannot be requested as break-glass; request a normal session")]
+    NoBreakGlass(String),
+    /// The caller is not among the resource's break-glass requesters.
+    #[error("you may not request break-glass for `{0}`")]
+    NotABreakGlassRequester(String),
     /// The profile is not allowed for the resource.
     #[error("profile `{profile}` is not allowed for `{resource}` (allowed: {allowed})")]
     Profile {
@@ -169,7 +190,8 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         match self {
             Self::NoPolicy(_) | Self::WrongTenant { .. } => "no_policy",
-            Self::NotARequester(_) => "not_a_requester",
+            Self::NotARequester(_) | Self::NotABreakGlassRequester(_) => "not_a_requester",
+            Self::NoBreakGlass(_) => "break_glass_not_allowed",
             Self::Claim(_) => "claim_mismatch",
             Self::Profile { .. } => "profile_not_allowed",
         }
@@ -247,6 +269,40 @@ impl Policy {
         resource: &str,
         profile: Profile,
     ) -> Result<&ResourceRule, Refusal> {
+        let rule = self.covering(caller, resource)?;
+        if !identity::matches_any(&rule.requesters, &caller.identity) {
+            return Err(Refusal::NotARequester(resource.to_owned()));
+        }
+        check_claims(rule, caller)?;
+        check_profile(&rule.profiles, resource, profile)?;
+        Ok(rule)
+    }
+
+    /// Checks `caller` may request `resource` with `profile` as
+    /// break-glass, returning the rule and its break-glass path. The
+    /// tenant and the OIDC claims are checked as for any request.
+    pub fn authorize_break_glass(
+        &self,
+        caller: &Caller,
+        resource: &str,
+        profile: Profile,
+    ) -> Result<(&ResourceRule, &BreakGlassPolicy), Refusal> {
+        let rule = self.covering(caller, resource)?;
+        let path = rule
+            .break_glass
+            .as_ref()
+            .ok_or_else(|| Refusal::NoBreakGlass(resource.to_owned()))?;
+        if !identity::matches_any(&path.requesters, &caller.identity) {
+            return Err(Refusal::NotABreakGlassRequester(resource.to_owned()));
+        }
+        check_claims(rule, caller)?;
+        check_profile(&path.profiles, resource, profile)?;
+        Ok((rule, path))
+    }
+
+    /// The rule covering `resource`, if `caller` may see it (a tenant's
+    /// resources are hidden from outsiders).
+    fn covering(&self, caller: &Caller, resource: &str) -> Result<&ResourceRule, Refusal> {
         let rule = self
             .rule(resource)
             .ok_or_else(|| Refusal::NoPolicy(resource.to_owned()))?;
@@ -256,32 +312,6 @@ impl Policy {
             return Err(Refusal::WrongTenant {
                 tenant: t.clone(),
                 resource: resource.to_owned(),
-            });
-        }
-        if !identity::matches_any(&rule.requesters, &caller.identity) {
-            return Err(Refusal::NotARequester(resource.to_owned()));
-        }
-        for (claim, pattern) in &rule.claims {
-            let ok = match caller.claims.get(claim) {
-                Some(serde_json::Value::String(v)) => identity::matches(pattern, v),
-                Some(serde_json::Value::Bool(b)) => identity::matches(pattern, &b.to_string()),
-                Some(serde_json::Value::Number(n)) => identity::matches(pattern, &n.to_string()),
-                _ => false,
-            };
-            if !ok {
-                return Err(Refusal::Claim(claim.clone()));
-            }
-        }
-        if !rule.profiles.contains(&profile) {
-            return Err(Refusal::Profile {
-                profile: profile.as_str().to_owned(),
-                resource: resource.to_owned(),
-                allowed: rule
-                    .profiles
-                    .iter()
-                    .map(|p| p.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
             });
         }
         Ok(rule)
@@ -336,6 +366,38 @@ impl Policy {
                 .is_some_and(|t| identity::matches_any(&t.auditors, identity)),
         }
     }
+}
+
+/// Checks the OIDC claims the rule demands of its requesters.
+fn check_claims(rule: &ResourceRule, caller: &Caller) -> Result<(), Refusal> {
+    for (claim, pattern) in &rule.claims {
+        let ok = match caller.claims.get(claim) {
+            Some(serde_json::Value::String(v)) => identity::matches(pattern, v),
+            Some(serde_json::Value::Bool(b)) => identity::matches(pattern, &b.to_string()),
+            Some(serde_json::Value::Number(n)) => identity::matches(pattern, &n.to_string()),
+            _ => false,
+        };
+        if !ok {
+            return Err(Refusal::Claim(claim.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Checks `profile` is among `allowed` for `resource`.
+fn check_profile(allowed: &[Profile], resource: &str, profile: Profile) -> Result<(), Refusal> {
+    if allowed.contains(&profile) {
+        return Ok(());
+    }
+    Err(Refusal::Profile {
+        profile: profile.as_str().to_owned(),
+        resource: resource.to_owned(),
+        allowed: allowed
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }
 
 #[cfg(test)]

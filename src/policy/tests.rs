@@ -443,3 +443,116 @@ fn bad_gateways_name_the_place() {
         }
     }
 }
+
+const BREAK_GLASS: &str = r#"
+[[resource]]
+match = "db:prod"
+requesters = ["token:alice"]
+approvers = ["token:bob", "token:carol"]
+quorum = 2
+max_duration = "1h"
+profiles = ["mtls-client", "token"]
+break_glass = { requesters = ["token:oncall-*"], max_duration = "30m", profiles = ["mtls-client"], review_within = "2h", per_day = 3 }
+"#;
+
+fn token(name: &str) -> Caller {
+    Caller {
+        identity: format!("token:{name}"),
+        claims: Default::default(),
+    }
+}
+
+#[test]
+fn a_break_glass_path_has_its_own_requesters_and_rules() {
+    let p = Policy::parse(BREAK_GLASS, Path::new("p.toml")).unwrap();
+    let oncall = token("oncall-1");
+    let (rule, path) = p
+        .authorize_break_glass(&oncall, "db:prod", Profile::MtlsClient)
+        .unwrap();
+    assert_eq!(rule.rules.quorum, 2, "the normal path is unchanged");
+    assert_eq!((path.rules.quorum, path.rules.max_duration_secs), (0, 1800));
+    let bg = path.rules.break_glass.as_ref().unwrap();
+    assert_eq!(bg.reviewers, ["token:bob", "token:carol"]);
+    assert_eq!((bg.review_within_secs, bg.per_day), (7200, 3));
+    let refused = |caller: &Caller, resource: &str, profile| {
+        p.authorize_break_glass(caller, resource, profile)
+            .unwrap_err()
+            .code()
+    };
+    assert_eq!(
+        refused(&oncall, "db:prod", Profile::Token),
+        "profile_not_allowed"
+    );
+    assert_eq!(
+        refused(&token("alice"), "db:prod", Profile::MtlsClient),
+        "not_a_requester"
+    );
+    assert!(
+        p.authorize_request(&oncall, "db:prod", Profile::MtlsClient)
+            .is_err()
+    );
+}
+
+#[test]
+fn break_glass_with_approvers_needs_one_of_them() {
+    let text = BREAK_GLASS.replace(
+        "requesters = [\"token:oncall-*\"],",
+        "requesters = [\"token:oncall-*\"], approvers = [\"token:dave\"],",
+    );
+    let p = Policy::parse(&text, Path::new("p.toml")).unwrap();
+    let (_, path) = p
+        .authorize_break_glass(&token("oncall-1"), "db:prod", Profile::MtlsClient)
+        .unwrap();
+    assert_eq!(
+        (path.rules.quorum, path.rules.approvers.as_slice()),
+        (1, &["token:dave".to_owned()][..])
+    );
+    let bg = path.rules.break_glass.as_ref().unwrap();
+    assert_eq!(bg.reviewers, ["token:bob", "token:carol", "token:dave"]);
+}
+
+#[test]
+fn a_resource_without_break_glass_refuses_it() {
+    let p = example();
+    let err = p
+        .authorize_break_glass(&token("alice"), "db:payroll", Profile::MtlsClient)
+        .unwrap_err();
+    assert_eq!(err.code(), "break_glass_not_allowed");
+}
+
+#[test]
+fn bad_break_glass_rules_say_what_to_fix() {
+    for (from, to, says) in [
+        (
+            "max_duration = \"30m\"",
+            "max_duration = \"2d\"",
+            "at most 24h",
+        ),
+        ("per_day = 3", "per_day = 0", "per_day must be 1 to 100"),
+        ("per_day = 3", "per_day = 101", "per_day must be 1 to 100"),
+        ("[\"token:oncall-*\"]", "[]", "requesters must not be empty"),
+        (
+            "[\"token:oncall-*\"]",
+            "[\"oncall\"]",
+            "break_glass requester `oncall`",
+        ),
+        (
+            "profiles = [\"mtls-client\"], review",
+            "profiles = [\"ssh-user\"], review",
+            "not among the resource's profiles",
+        ),
+        (
+            "review_within = \"2h\"",
+            "review_within = \"soon\"",
+            "review_within",
+        ),
+        ("per_day = 3", "per_day = 3, extra = 1", "unknown field"),
+    ] {
+        let text = BREAK_GLASS.replace(from, to);
+        assert_ne!(text, BREAK_GLASS, "{from}");
+        let err = Policy::parse(&text, Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{to}: {err}");
+    }
+}

@@ -184,7 +184,13 @@ impl ServiceError {
                 SessionError::InvalidRequest(_) | SessionError::InvalidDuration(_) => 400,
                 SessionError::SelfApproval
                 | SessionError::NotAnApprover
-                | SessionError::NotRequester(_) => 403,
+                | SessionError::NotRequester(_)
+                | SessionError::SelfReview
+                | SessionError::NotAReviewer => 403,
+                SessionError::NotBreakGlass
+                | SessionError::NothingToReview(_)
+                | SessionError::AlreadyReviewed(_) => 409,
+                SessionError::BreakGlassLimit(_) => 429,
                 SessionError::NotPending(_)
                 | SessionError::NotOpen(_)
                 | SessionError::Closed(_)

@@ -22,7 +22,8 @@ pub struct SessionPage {
 
 impl Service {
     /// Sessions `caller` may see, newest first, at most `limit` (1 to
-    /// 1000), after `before` when given.
+    /// 1000), after `before` when given; with `unreviewed`, only
+    /// break-glass sessions not (yet) reviewed justified.
     ///
     /// The store is read in batches and each session checked against the
     /// caller, so a caller who sees few sessions among many still gets
@@ -33,6 +34,7 @@ impl Service {
         &self,
         caller: &Caller,
         state: Option<State>,
+        unreviewed: bool,
         limit: usize,
         before: Option<SessionCursor>,
     ) -> Result<SessionPage, ServiceError> {
@@ -46,6 +48,7 @@ impl Service {
                 state,
                 limit: LIST_BATCH,
                 before: cursor.clone(),
+                unreviewed,
             };
             let batch = self.store.sessions(filter).await?;
             let exhausted = batch.len() < LIST_BATCH;

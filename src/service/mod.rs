@@ -54,6 +54,8 @@ pub struct NewSession {
     pub duration_secs: u32,
     /// Credential profile.
     pub profile: Profile,
+    /// Asked as break-glass (the resource's break-glass path).
+    pub break_glass: bool,
 }
 
 impl NewSession {
@@ -322,11 +324,8 @@ impl Service {
         if let Err(e) = new.validate() {
             return self.refuse(caller, None, "request", e.into()).await;
         }
-        let rule = match self
-            .policy
-            .authorize_request(caller, &new.resource, new.profile)
-        {
-            Ok(rule) => rule.clone(),
+        let (tenant, rules) = match self.authorize(caller, &new) {
+            Ok(granted) => granted,
             Err(refusal) => return self.refuse(caller, None, "request", refusal.into()).await,
         };
         let requester_expires = caller
@@ -335,27 +334,83 @@ impl Service {
             .and_then(serde_json::Value::as_i64)
             .map(Timestamp::from_unix);
         let request = Request {
-            tenant: rule.tenant.clone(),
+            tenant,
             requester: caller.identity.clone(),
             resource: new.resource,
             task: new.task,
             request_digest: new.request_digest,
             duration_secs: new.duration_secs,
             profile: new.profile,
+            break_glass: new.break_glass,
         };
         let now = self.now();
         let id = SessionId::generate()?;
-        let (mut session, event) = match Session::new(id, request, rule.rules, now) {
+        let (mut session, events) = match Session::new(id, request, rules, now) {
             Ok(created) => created,
             Err(e) => return self.refuse(caller, None, "request", e.into()).await,
         };
         session.requester_credential_expires = requester_expires;
         session.ci = ci_identity(caller);
-        self.store
-            .create_session(session.clone(), event, now)
+        let created = self
+            .store
+            .create_session(session.clone(), events, now)
             .await?;
-        tracing::info!(session = %session.id, requester = %caller.identity, resource = %session.request.resource, "session requested");
+        if let Err(e) = created {
+            return self.refuse(caller, None, "request", e.into()).await;
+        }
+        if session.break_glass.is_some() {
+            tracing::warn!(session = %session.id, requester = %caller.identity, resource = %session.request.resource, state = session.state.as_str(), "break-glass session requested");
+        } else {
+            tracing::info!(session = %session.id, requester = %caller.identity, resource = %session.request.resource, "session requested");
+        }
         Ok(session)
+    }
+
+    /// The tenant and rules a request gets: the resource's, or its
+    /// break-glass path's when asked as break-glass.
+    fn authorize(
+        &self,
+        caller: &Caller,
+        new: &NewSession,
+    ) -> Result<(Option<String>, crate::sessions::Rules), crate::policy::Refusal> {
+        let (resource, profile) = (new.resource.as_str(), new.profile);
+        if new.break_glass {
+            let (rule, path) = self
+                .policy
+                .authorize_break_glass(caller, resource, profile)?;
+            return Ok((rule.tenant.clone(), path.rules.clone()));
+        }
+        let rule = self.policy.authorize_request(caller, resource, profile)?;
+        Ok((rule.tenant.clone(), rule.rules.clone()))
+    }
+
+    /// A reviewer records a break-glass session's after-review (an
+    /// unjustified one still open is revoked with it).
+    pub async fn review(
+        &self,
+        caller: &Caller,
+        id: &SessionId,
+        outcome: crate::sessions::Outcome,
+        note: String,
+    ) -> Result<Session, ServiceError> {
+        let (session, relation) = self.visible(caller, id, "review").await?;
+        // Reviewers relate as approvers (within the tenant); the core
+        // refuses the requester and non-reviewers with precise codes.
+        if !matches!(relation, Relation::Approver | Relation::Requester) {
+            let err = match session.break_glass {
+                None => SessionError::NotBreakGlass,
+                Some(_) => SessionError::NotAReviewer,
+            };
+            return self.refuse(caller, Some(id), "review", err.into()).await;
+        }
+        let op = SessionOp::Review {
+            by: caller.identity.clone(),
+            outcome,
+            note,
+        };
+        let s = self.apply(caller, id, "review", op).await?;
+        tracing::warn!(session = %id, reviewer = %caller.identity, outcome = outcome.as_str(), "break-glass session reviewed");
+        Ok(s)
     }
 
     /// How `caller` relates to `session`, if at all.
@@ -363,7 +418,7 @@ impl Service {
         let tenant = session.request.tenant.as_deref();
         if caller.identity == session.request.requester {
             Some(Relation::Requester)
-        } else if session.is_approver(&caller.identity)
+        } else if (session.is_approver(&caller.identity) || session.is_reviewer(&caller.identity))
             && self.policy.in_tenant(tenant, &caller.identity)
         {
             Some(Relation::Approver)

@@ -27,6 +27,9 @@ pub enum Event {
         duration_secs: u32,
         /// Credential profile.
         profile: String,
+        /// Requested as break-glass (opens without quorum, reviewed after).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        break_glass: bool,
     },
     /// An approver approved.
     Approved {
@@ -118,6 +121,21 @@ pub enum Event {
         by: Option<String>,
         /// The reason given with a revocation.
         note: Option<String>,
+    },
+    /// A reviewer recorded a break-glass session's after-review.
+    Reviewed {
+        /// The reviewer.
+        by: String,
+        /// What they found.
+        outcome: super::Outcome,
+        /// Why.
+        note: String,
+    },
+    /// A break-glass session's review was not recorded by its deadline:
+    /// the session is flagged until reviewed.
+    ReviewOverdue {
+        /// When the review was due.
+        review_by: Timestamp,
     },
     /// The service started.
     ServiceStarted {
@@ -245,6 +263,8 @@ impl Event {
             Self::Signed { .. } => "signed",
             Self::Voided { .. } => "voided",
             Self::Closed { .. } => "closed",
+            Self::Reviewed { .. } => "reviewed",
+            Self::ReviewOverdue { .. } => "review_overdue",
             Self::Connection { .. } => "connection",
             Self::Refused { .. } => "refused",
             Self::RefusalsCounted { .. } => "refusals_counted",

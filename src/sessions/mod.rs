@@ -11,6 +11,7 @@
 //!    └──────────────────────────────────────────────────────────────────────────────────┘
 //! ```
 
+pub mod break_glass;
 pub mod connection;
 pub mod credential;
 mod event;
@@ -19,6 +20,7 @@ mod profile;
 mod request;
 mod session;
 
+pub use break_glass::{BreakGlass, BreakGlassRules, Outcome, Review, ReviewState};
 pub use connection::{ConnectionEnd, ConnectionReport, RefusedRequest};
 pub use credential::{CredentialFacts, CredentialKind, CredentialState};
 pub use event::Event;
@@ -76,6 +78,27 @@ pub enum SessionError {
         "this session has had its {0} signature(s) timestamped; request a new session to sign again"
     )]
     SignatureLimitReached(u32),
+    /// A review of a session that was not requested as break-glass.
+    #[error("this session is not a break-glass session: only those are reviewed")]
+    NotBreakGlass,
+    /// The requester tried to review its own break-glass session.
+    #[error("the requester cannot review its own break-glass session; ask one of its reviewers")]
+    SelfReview,
+    /// The caller is not among the session's reviewers.
+    #[error("you are not a reviewer of this break-glass session")]
+    NotAReviewer,
+    /// The break-glass session never opened, or has not yet.
+    #[error("this break-glass session is {0}: nothing was granted to review")]
+    NothingToReview(&'static str),
+    /// The break-glass session was reviewed already.
+    #[error("this break-glass session was reviewed already ({0}); a review is recorded once")]
+    AlreadyReviewed(&'static str),
+    /// The requester made as many break-glass requests in the last 24
+    /// hours as the policy allows.
+    #[error(
+        "you have made {0} break-glass request(s) in the last 24 hours, the most this resource allows; request a normal session, or ask an operator"
+    )]
+    BreakGlassLimit(u32),
 }
 
 impl SessionError {
@@ -94,9 +117,17 @@ impl SessionError {
             Self::NotRequester(_) => "not_requester",
             Self::LimitReached(_) => "credential_limit_reached",
             Self::SignatureLimitReached(_) => "signature_limit_reached",
+            Self::NotBreakGlass => "not_break_glass",
+            Self::SelfReview => "self_review",
+            Self::NotAReviewer => "not_a_reviewer",
+            Self::NothingToReview(_) => "nothing_to_review",
+            Self::AlreadyReviewed(_) => "already_reviewed",
+            Self::BreakGlassLimit(_) => "break_glass_limit_reached",
         }
     }
 }
 
+#[cfg(test)]
+mod break_glass_tests;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@
 //! | request digest (empty if none) | string |
 //! | duration in seconds | u64, big-endian |
 //! | profile (`mtls-client`, `code-signing`) | string |
+//! | break-glass requests only: `break-glass` | string |
 //!
 //! A string is its UTF-8 length as a big-endian u32 followed by its UTF-8
 //! bytes. Hex-encoded, prefixed `sha256:`, it is what approvers see and
@@ -52,6 +53,10 @@ pub struct Request {
     pub duration_secs: u32,
     /// Which credential it will mint.
     pub profile: Profile,
+    /// Asked as break-glass: under the resource's break-glass rules (no
+    /// quorum, short, reviewed afterwards).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 impl Request {
@@ -88,6 +93,9 @@ impl Request {
             h.update(s.as_bytes());
         };
         field(self.profile.as_str());
+        if self.break_glass {
+            field("break-glass");
+        }
         h.finalize().into()
     }
 }
@@ -220,6 +228,7 @@ mod tests {
             request_digest: Some(format!("sha256:{}", "ab".repeat(32))),
             duration_secs: 600,
             profile: Profile::CodeSigning,
+            break_glass: false,
         }
     }
 

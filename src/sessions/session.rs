@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::CredentialKind;
+use super::break_glass::{BreakGlass, BreakGlassRules, Outcome, Review, ReviewState};
 
 use super::{Event, Request, SessionError, SessionId, format_hash};
 use crate::clock::Timestamp;
@@ -58,6 +59,9 @@ pub struct Rules {
     /// What a `code-signing` session may have timestamped.
     #[serde(default)]
     pub signing: SigningRules,
+    /// The break-glass rules, when the session was requested as break-glass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlassRules>,
 }
 
 fn yes() -> bool {
@@ -344,6 +348,16 @@ pub enum SessionOp {
         /// What it was.
         kind: CredentialKind,
     },
+    /// A reviewer records a break-glass session's after-review. An
+    /// unjustified one still open is revoked by the reviewer.
+    Review {
+        /// The reviewer.
+        by: String,
+        /// What they found.
+        outcome: Outcome,
+        /// Why.
+        note: String,
+    },
 }
 
 /// A credential slot taken by [`SessionOp::ReserveMint`].
@@ -393,6 +407,9 @@ pub struct Session {
     pub requester_credential_expires: Option<Timestamp>,
     /// How it ended.
     pub closure: Option<Closure>,
+    /// Break-glass sessions: when the review is due, and the review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlass>,
 }
 
 mod hex_32 {
@@ -412,22 +429,30 @@ mod hex_32 {
 }
 
 impl Session {
-    /// A new pending session for `request` under `rules`. Refuses a
-    /// malformed request or a duration beyond the rules' maximum.
+    /// A new pending session for `request` under `rules`, with the events
+    /// of its creation. Refuses a malformed request or a duration beyond
+    /// the rules' maximum. A break-glass session whose rules need no
+    /// approval (quorum 0) is open at once.
     pub fn new(
         id: SessionId,
         request: Request,
         rules: Rules,
         now: Timestamp,
-    ) -> Result<(Self, Event), SessionError> {
+    ) -> Result<(Self, Vec<Event>), SessionError> {
         request.validate()?;
+        if request.break_glass != rules.break_glass.is_some() {
+            return Err(SessionError::InvalidRequest(
+                "a break-glass request needs the policy's break-glass rules, and only it".into(),
+            ));
+        }
         if request.duration_secs > rules.max_duration_secs {
             return Err(SessionError::InvalidDuration(format!(
                 "duration {}s is over this resource's maximum of {}s",
                 request.duration_secs, rules.max_duration_secs
             )));
         }
-        if rules.quorum == 0 || rules.credentials == 0 || rules.denials_to_close == 0 {
+        let quorum_ok = rules.quorum > 0 || rules.break_glass.is_some();
+        if !quorum_ok || rules.credentials == 0 || rules.denials_to_close == 0 {
             return Err(SessionError::InvalidRequest(
                 "the policy's quorum, credentials and denials_to_close must be at least 1".into(),
             ));
@@ -439,8 +464,10 @@ impl Session {
             request_hash: format_hash(&request_hash),
             duration_secs: request.duration_secs,
             profile: request.profile.as_str().to_owned(),
+            break_glass: request.break_glass,
         };
-        let session = Self {
+        let break_glass = rules.break_glass.as_ref().map(|_| BreakGlass::default());
+        let mut session = Self {
             id,
             pending_until: now.plus_secs(i64::from(rules.pending_timeout_secs)),
             request,
@@ -457,8 +484,31 @@ impl Session {
             ci: None,
             requester_credential_expires: None,
             closure: None,
+            break_glass,
         };
-        Ok((session, event))
+        let mut events = vec![event];
+        if session.rules.quorum == 0 {
+            events.push(session.open(now));
+        }
+        Ok((session, events))
+    }
+
+    /// Whether `identity` may review this break-glass session (the
+    /// requester never may).
+    pub fn is_reviewer(&self, identity: &str) -> bool {
+        identity != self.request.requester
+            && self
+                .rules
+                .break_glass
+                .as_ref()
+                .is_some_and(|b| identity::matches_any(&b.reviewers, identity))
+    }
+
+    /// Where a break-glass session's review stands (none for other
+    /// sessions).
+    pub fn review_state(&self) -> Option<ReviewState> {
+        let pending = self.state == State::Pending;
+        self.break_glass.as_ref().map(|b| b.state(pending))
     }
 
     /// Whether `identity` is in the approver set.
@@ -468,8 +518,22 @@ impl Session {
 
     /// Applies time: a pending session past `pending_until` is abandoned,
     /// an open session past `closes_at` expired (closed at exactly that
-    /// instant).
+    /// instant), and a break-glass review not recorded by its `review_by`
+    /// becomes overdue.
     pub fn refresh(&mut self, now: Timestamp) -> Vec<Event> {
+        let mut events = self.refresh_state(now);
+        if let Some(b) = &mut self.break_glass
+            && b.due(now)
+        {
+            b.overdue = true;
+            events.push(Event::ReviewOverdue {
+                review_by: b.review_by.unwrap_or(now),
+            });
+        }
+        events
+    }
+
+    fn refresh_state(&mut self, now: Timestamp) -> Vec<Event> {
         match self.state {
             State::Pending if now >= self.pending_until => {
                 let at = self.pending_until;
@@ -488,11 +552,13 @@ impl Session {
     /// Whether time has changed this session at `now` (it is due to be
     /// abandoned or expired), so a reader must save it before use.
     pub fn due(&self, now: Timestamp) -> bool {
-        match self.state {
-            State::Pending => now >= self.pending_until,
-            State::Open => self.closes_at.is_some_and(|c| now >= c),
-            State::Closed => false,
-        }
+        let review_due = self.break_glass.as_ref().is_some_and(|b| b.due(now));
+        review_due
+            || match self.state {
+                State::Pending => now >= self.pending_until,
+                State::Open => self.closes_at.is_some_and(|c| now >= c),
+                State::Closed => false,
+            }
     }
 
     /// Applies time, then `op`. Returns the events (time's and the op's)
@@ -550,6 +616,12 @@ impl Session {
                 *taken = taken.saturating_sub(1);
                 Ok(None)
             }
+            SessionOp::Review { by, outcome, note } => {
+                self.review(by, *outcome, note, now).map(|mut e| {
+                    events.append(&mut e);
+                    None
+                })
+            }
         };
         (events, result)
     }
@@ -600,14 +672,68 @@ impl Session {
         });
         let mut events = vec![Event::Approved { by: by.to_owned() }];
         if self.approvals.len() as u32 >= self.rules.quorum {
-            let closes_at = now.plus_secs(i64::from(self.request.duration_secs));
-            self.state = State::Open;
-            self.opened_at = Some(now);
-            self.closes_at = Some(closes_at);
-            events.push(Event::Opened {
-                closes_at,
-                approvers: self.approvals.iter().map(|v| v.by.clone()).collect(),
+            events.push(self.open(now));
+        }
+        Ok(events)
+    }
+
+    /// Opens the session at `now`: `closes_at` is fixed, and a break-glass
+    /// session's review falls due `review_within` later.
+    fn open(&mut self, now: Timestamp) -> Event {
+        let closes_at = now.plus_secs(i64::from(self.request.duration_secs));
+        self.state = State::Open;
+        self.opened_at = Some(now);
+        self.closes_at = Some(closes_at);
+        if let (Some(b), Some(rules)) = (&mut self.break_glass, &self.rules.break_glass) {
+            b.review_by = Some(now.plus_secs(i64::from(rules.review_within_secs)));
+        }
+        Event::Opened {
+            closes_at,
+            approvers: self.approvals.iter().map(|v| v.by.clone()).collect(),
+        }
+    }
+
+    /// Records a break-glass session's review; an unjustified one still
+    /// open is revoked by the reviewer in the same step.
+    fn review(
+        &mut self,
+        by: &str,
+        outcome: Outcome,
+        note: &str,
+        now: Timestamp,
+    ) -> Result<Vec<Event>, SessionError> {
+        let state = self.review_state().ok_or(SessionError::NotBreakGlass)?;
+        if by == self.request.requester {
+            return Err(SessionError::SelfReview);
+        }
+        if !self.is_reviewer(by) {
+            return Err(SessionError::NotAReviewer);
+        }
+        match state {
+            ReviewState::Pending | ReviewState::Unneeded => {
+                return Err(SessionError::NothingToReview(state.as_str()));
+            }
+            ReviewState::Justified | ReviewState::Unjustified => {
+                return Err(SessionError::AlreadyReviewed(state.as_str()));
+            }
+            ReviewState::Awaiting | ReviewState::Overdue => {}
+        }
+        if let Some(b) = &mut self.break_glass {
+            b.review = Some(Review {
+                by: by.to_owned(),
+                at: now,
+                outcome,
+                note: note.to_owned(),
             });
+        }
+        let mut events = vec![Event::Reviewed {
+            by: by.to_owned(),
+            outcome,
+            note: note.to_owned(),
+        }];
+        if outcome == Outcome::Unjustified && self.state == State::Open {
+            let note = format!("break-glass reviewed unjustified: {note}");
+            events.push(self.revoke(by, &note, None, now)?);
         }
         Ok(events)
     }

@@ -5,14 +5,14 @@ use super::Profile;
 use super::*;
 use crate::clock::Timestamp;
 
-const T0: i64 = 1_900_000_000;
-const REQUESTER: &str = "token:req";
-const A: &str = "token:alice";
-const B: &str = "token:bob";
+pub(super) const T0: i64 = 1_900_000_000;
+pub(super) const REQUESTER: &str = "token:req";
+pub(super) const A: &str = "token:alice";
+pub(super) const B: &str = "token:bob";
 const C: &str = "token:carol";
 const X: &str = "token:mallory";
 
-fn rules() -> Rules {
+pub(super) fn rules() -> Rules {
     Rules {
         approvers: vec![A.into(), B.into(), C.into(), REQUESTER.into()],
         quorum: 2,
@@ -29,10 +29,11 @@ fn rules() -> Rules {
         gateway_certificates: false,
         modbus_functions: None,
         signing: Default::default(),
+        break_glass: None,
     }
 }
 
-fn request(duration: u32) -> Request {
+pub(super) fn request(duration: u32) -> Request {
     Request {
         tenant: None,
         requester: REQUESTER.into(),
@@ -41,10 +42,11 @@ fn request(duration: u32) -> Request {
         request_digest: None,
         duration_secs: duration,
         profile: Profile::MtlsClient,
+        break_glass: false,
     }
 }
 
-fn new_session(rules: Rules) -> Session {
+pub(super) fn new_session(rules: Rules) -> Session {
     let id = SessionId::parse("ses_aaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
     Session::new(id, request(120), rules, Timestamp::from_unix(T0))
         .unwrap()
@@ -510,9 +512,10 @@ fn creation_checks_duration_and_rules() {
         let err = Session::new(id(), req, rules, now).unwrap_err();
         assert_eq!(err.code(), code);
     }
-    let (s, event) = Session::new(id(), request(300), rules(), now).unwrap();
+    let (s, events) = Session::new(id(), request(300), rules(), now).unwrap();
     assert_eq!(s.pending_until, Timestamp::from_unix(T0 + 60));
-    assert_eq!(event.kind(), "requested");
+    let kinds: Vec<_> = events.iter().map(Event::kind).collect();
+    assert_eq!(kinds, ["requested"]);
 }
 
 #[test]

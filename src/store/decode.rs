@@ -3,7 +3,8 @@
 //! (`store_corrupt`), never a panic or a guess.
 
 use super::{CredentialKind, StoreError};
-use crate::sessions::{Profile, RevocationReason, Session, SessionId, State};
+use crate::clock::Timestamp;
+use crate::sessions::{Profile, ReviewState, RevocationReason, Session, SessionId, State};
 
 fn corrupt(message: String) -> StoreError {
     StoreError::Corrupt(message)
@@ -27,6 +28,26 @@ pub(super) fn state_count(text: &str, count: i64) -> Result<(State, u64), StoreE
         .find(|s| s.as_str() == text)
         .ok_or_else(|| corrupt(format!("unknown session state `{text}`")))?;
     Ok((state, u64::try_from(count).unwrap_or(0)))
+}
+
+/// A `(review state, count)` row of the break-glass counts.
+pub(super) fn review_count(text: &str, count: i64) -> Result<(ReviewState, u64), StoreError> {
+    let state = ReviewState::parse(text)
+        .ok_or_else(|| corrupt(format!("unknown break-glass review state `{text}`")))?;
+    Ok((state, u64::try_from(count).unwrap_or(0)))
+}
+
+/// The store's `break_glass` and `review_by` columns of a session: its
+/// review state (none for other sessions) and, while a review is
+/// awaited, when it is due.
+pub(super) fn review_columns(session: &Session) -> (Option<&'static str>, Option<i64>) {
+    let state = session.review_state();
+    let review_by = session
+        .break_glass
+        .as_ref()
+        .and_then(|b| b.review_by)
+        .map(Timestamp::unix);
+    (state.map(ReviewState::as_str), review_by)
 }
 
 /// A credential kind by name.

@@ -21,8 +21,8 @@ use super::{
 use crate::clock::Timestamp;
 use crate::sessions::credential::{self, Held, Reserved};
 use crate::sessions::{
-    ConnectionReport, CredentialKind, CredentialState, Event, RevocationReason, Session, SessionId,
-    SessionOp, State,
+    ConnectionReport, CredentialKind, CredentialState, Event, ReviewState, RevocationReason,
+    Session, SessionError, SessionId, SessionOp, State,
 };
 
 /// How long a reservation's owner has to finish it before it may be
@@ -97,13 +97,23 @@ pub trait LedgerTx {
         reason: RevocationReason,
     ) -> Result<(), StoreError>;
     /// Appends an entry to the audit trail, chained to the head, which it
-    /// locks until commit.
+    /// locks until commit; marked when it is of a break-glass session
+    /// ([`crate::audit::entry_body`]).
     fn append(
         &mut self,
         now: Timestamp,
         session: Option<&SessionId>,
         event: &Event,
+        break_glass: bool,
     ) -> Result<(), StoreError>;
+    /// How many break-glass sessions `requester` asked for since `since`,
+    /// counted under a lock on that requester held until commit (two
+    /// replicas never both see room for one more).
+    fn break_glass_requests(
+        &mut self,
+        requester: &str,
+        since: Timestamp,
+    ) -> Result<u32, StoreError>;
     /// Whether the session's trail already holds the gateway connection
     /// report with this id.
     fn has_connection_report(
@@ -135,6 +145,8 @@ pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// See [`Store::session_counts`].
     async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError>;
+    /// See [`Store::break_glass_counts`].
+    async fn break_glass_counts(&self) -> Result<Vec<(ReviewState, u64)>, StoreError>;
     /// See [`Store::claim_webhook`] (for this backend's owner).
     async fn claim_webhook(
         &self,
@@ -283,9 +295,65 @@ fn apply_to(
         }
     }
     for e in &events {
-        tx.append(now, Some(&s.id), e)?;
+        append(tx, now, &s, e)?;
     }
     Ok(Applied { session: s, result })
+}
+
+/// Appends an event of `session` to the trail, marked if it is
+/// break-glass.
+fn append(
+    tx: &mut dyn LedgerTx,
+    now: Timestamp,
+    session: &Session,
+    event: &Event,
+) -> Result<(), StoreError> {
+    let marked = session.break_glass.is_some();
+    tx.append(now, Some(&session.id), event, marked)
+}
+
+/// Appends an event of the session `id` (if any) to the trail, marked if
+/// that session is break-glass; an id of no session is not.
+fn append_by_id(
+    tx: &mut dyn LedgerTx,
+    now: Timestamp,
+    id: Option<&SessionId>,
+    event: &Event,
+) -> Result<(), StoreError> {
+    let marked = match id {
+        None => false,
+        Some(id) => match tx.lock_session(id) {
+            Ok(s) => s.break_glass.is_some(),
+            Err(StoreError::NotFound(_)) => false,
+            Err(e) => return Err(e),
+        },
+    };
+    tx.append(now, id, event, marked)
+}
+
+/// How far back the break-glass rate limit counts requests.
+const BREAK_GLASS_WINDOW_SECS: i64 = 86_400;
+
+/// Creates a session, unless it is break-glass and its requester has used
+/// up the requests its rules allow in the last 24 hours.
+fn create_in(
+    tx: &mut dyn LedgerTx,
+    session: &Session,
+    events: &[Event],
+    now: Timestamp,
+) -> Result<Result<(), SessionError>, StoreError> {
+    if let Some(rules) = &session.rules.break_glass {
+        let since = now.plus_secs(-BREAK_GLASS_WINDOW_SECS);
+        let made = tx.break_glass_requests(&session.request.requester, since)?;
+        if made >= rules.per_day {
+            return Ok(Err(SessionError::BreakGlassLimit(rules.per_day)));
+        }
+    }
+    tx.insert_session(session)?;
+    for e in events {
+        append(tx, now, session, e)?;
+    }
+    Ok(Ok(()))
 }
 
 /// Revokes what the session's close ends, in the transaction that closes
@@ -343,11 +411,8 @@ fn finish_in(
     if !moved {
         // Voided while signing (its lease ran out): never handed out,
         // but on the record.
-        tx.append(
-            now,
-            Some(&r.session),
-            &Event::minted(&held, profile, &facts, false),
-        )?;
+        let event = Event::minted(&held, profile, &facts, false);
+        append(tx, now, &applied.session, &event)?;
         return Ok(Finished::Lapsed);
     }
     if let Some((at, reason)) = done.revoke {
@@ -359,7 +424,7 @@ fn finish_in(
         };
         tx.revoke(&r.session, &entry, at, reason)?;
     }
-    tx.append(now, Some(&r.session), &done.event)?;
+    append(tx, now, &applied.session, &done.event)?;
     if r.kind == CredentialKind::Timestamp && done.withheld.is_none() {
         apply_in(tx, &r.session, &SessionOp::CloseAfterSigning, now)?;
     }
@@ -428,7 +493,7 @@ fn recover_in(tx: &mut dyn LedgerTx, now: Timestamp) -> Result<usize, StoreError
             serial: serial.clone(),
             owner: Some(r.owner.clone()),
         };
-        tx.append(now, Some(&r.session), &event)?;
+        append_by_id(tx, now, Some(&r.session), &event)?;
         voided += 1;
     }
     Ok(voided)
@@ -450,12 +515,11 @@ impl<B: Backend> Store for Ledger<B> {
     async fn create_session(
         &self,
         session: Session,
-        event: Event,
+        events: Vec<Event>,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Result<(), SessionError>, StoreError> {
         self.transact(Durability::Synced, move |tx| {
-            tx.insert_session(&session)?;
-            tx.append(now, Some(&session.id), &event)
+            create_in(tx, &session, &events, now)
         })
         .await
     }
@@ -551,7 +615,7 @@ impl<B: Backend> Store for Ledger<B> {
     ) -> Result<(), StoreError> {
         let session = session.cloned();
         self.transact(Durability::Synced, move |tx| {
-            tx.append(now, session.as_ref(), &event)
+            append_by_id(tx, now, session.as_ref(), &event)
         })
         .await
     }
@@ -571,7 +635,7 @@ impl<B: Backend> Store for Ledger<B> {
         let id = session.clone();
         self.transact(Durability::Synced, move |tx| {
             // The session's lock orders two deliveries of one report.
-            tx.lock_session(&id)?;
+            let locked = tx.lock_session(&id)?;
             let ours = tx.session_credentials(&id)?;
             if !ours.iter().any(|c| c.serial.eq_ignore_ascii_case(&serial)) {
                 return Ok(ConnectionRecorded::UnknownSerial);
@@ -579,7 +643,7 @@ impl<B: Backend> Store for Ledger<B> {
             if tx.has_connection_report(&id, &report)? {
                 return Ok(ConnectionRecorded::Duplicate);
             }
-            tx.append(now, Some(&id), &event)?;
+            append(tx, now, &locked, &event)?;
             Ok(ConnectionRecorded::New)
         })
         .await
@@ -607,6 +671,10 @@ impl<B: Backend> Store for Ledger<B> {
 
     async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError> {
         self.backend.session_counts().await
+    }
+
+    async fn break_glass_counts(&self) -> Result<Vec<(ReviewState, u64)>, StoreError> {
+        self.backend.break_glass_counts().await
     }
 
     async fn claim_webhook(

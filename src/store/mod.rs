@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use crate::clock::Timestamp;
 use crate::sessions::{
-    CredentialFacts, Event, MintSlot, Profile, RevocationReason, Session, SessionError, SessionId,
-    SessionOp, State,
+    CredentialFacts, Event, MintSlot, Profile, ReviewState, RevocationReason, Session,
+    SessionError, SessionId, SessionOp, State,
 };
 
 pub use crate::sessions::CredentialKind;
@@ -221,6 +221,9 @@ pub struct SessionFilter {
     pub limit: usize,
     /// Only sessions listed after this position (older ones).
     pub before: Option<SessionCursor>,
+    /// Only break-glass sessions that opened and are not (yet) reviewed
+    /// justified: awaiting review, overdue, or unjustified.
+    pub unreviewed: bool,
 }
 
 /// A position in the newest-first order of sessions (by creation time,
@@ -269,13 +272,16 @@ impl std::fmt::Display for SessionCursor {
 /// Where lockstep keeps its state.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Stores a new session with its `requested` event.
+    /// Stores a new session with the events of its creation (`requested`,
+    /// and `opened` for a break-glass session that needs no approval).
+    /// Refused (nothing stored) for a break-glass request beyond its
+    /// requester's limit per 24 hours.
     async fn create_session(
         &self,
         session: Session,
-        event: Event,
+        events: Vec<Event>,
         now: Timestamp,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Result<(), SessionError>, StoreError>;
 
     /// A session, with time applied (an expired session is saved as closed).
     async fn session(&self, id: &SessionId, now: Timestamp) -> Result<Session, StoreError>;
@@ -365,6 +371,11 @@ pub trait Store: Send + Sync {
     /// session past its time counts as open or pending until the sweep
     /// closes it).
     async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError>;
+
+    /// How many break-glass sessions are stored in each review state (as
+    /// last saved: a review past its deadline counts as awaiting until the
+    /// sweep marks it overdue).
+    async fn break_glass_counts(&self) -> Result<Vec<(ReviewState, u64)>, StoreError>;
 
     /// A session's credentials.
     async fn credentials(&self, id: &SessionId) -> Result<Vec<CredentialRecord>, StoreError>;

@@ -6,7 +6,8 @@
 //! `exp` (= the session's `closes_at`, exactly), `jti`, `sid` (the session
 //! id), `request_hash` (`sha256:…` of the session's request), `approvers`
 //! (who opened it), `resource`, and, when the token is bound to one of the
-//! session's certificates, `cnf: {"x5t#S256": …}` (RFC 8705). The key is
+//! session's certificates, `cnf: {"x5t#S256": …}` (RFC 8705); tokens of a
+//! break-glass session carry `break_glass: true`. The key is
 //! published at `/.well-known/jwks.json` under its RFC 7638 thumbprint as
 //! `kid`.
 
@@ -47,6 +48,10 @@ pub struct TokenClaims {
     /// Confirmation: the certificate the token is bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// `true` for a break-glass session (opened without a quorum, reviewed
+    /// afterwards); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 /// RFC 8705 certificate-bound confirmation.
@@ -193,6 +198,7 @@ mod tests {
             cnf: Some(Confirmation {
                 x5t_s256: certificate_thumbprint(b"cert"),
             }),
+            break_glass: false,
         }
     }
 

@@ -30,6 +30,16 @@ use crate::service::Service;
 use payload::Message;
 use signature::Signer;
 
+/// The entries of a break-glass session every endpoint of its resource is
+/// sent, whatever kinds it asked for: break-glass is loud.
+pub const BREAK_GLASS_NOTICES: &[&str] = &[
+    "requested",
+    "opened",
+    "closed",
+    "reviewed",
+    "review_overdue",
+];
+
 /// One endpoint, ready to deliver: its secret read, its client built.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -38,6 +48,7 @@ pub struct Endpoint {
     url: reqwest::Url,
     events: Vec<String>,
     resources: Vec<ResourceMatch>,
+    break_glass: bool,
     signer: Signer,
     client: reqwest::Client,
     timeout: Duration,
@@ -67,6 +78,7 @@ impl Endpoint {
             name: config.name.clone(),
             url: reqwest::Url::parse(&config.url).map_err(|e| bad(format!("url: {e}")))?,
             events: config.events.clone(),
+            break_glass: config.break_glass,
             resources: config
                 .resources
                 .iter()
@@ -79,13 +91,18 @@ impl Endpoint {
         })
     }
 
-    /// Whether the endpoint asked for `event`: one of its kinds, of a
-    /// session of one of its resources.
+    /// Whether the endpoint asked for `event`: one of its kinds, or a
+    /// break-glass notice (unless it opted out), of a session of one of its
+    /// resources.
     fn wants(&self, event: &CommittedEvent) -> bool {
         let Some(session) = &event.session else {
             return false;
         };
-        self.events.iter().any(|k| *k == event.entry.kind)
+        let kind = event.entry.kind.as_str();
+        let notice = self.break_glass
+            && BREAK_GLASS_NOTICES.contains(&kind)
+            && crate::audit::is_break_glass(&event.entry.body);
+        (notice || self.events.iter().any(|k| k == kind))
             && (self.resources.is_empty()
                 || self.resources.iter().any(|r| r.matches(&session.resource)))
     }

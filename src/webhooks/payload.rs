@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::audit::Entry;
 use crate::clock::Timestamp;
-use crate::sessions::{Event, Profile, Session, State, format_hash};
+use crate::sessions::{Event, Profile, ReviewState, Session, State, format_hash};
 
 /// One message, the same at every attempt (only the signature's
 /// timestamp changes).
@@ -46,6 +46,11 @@ struct Data<'a> {
     state: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     closes_at: Option<Timestamp>,
+    /// Break-glass sessions: `true`, and where the review stands.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    break_glass: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    review: Option<&'static str>,
     /// What the event itself says, beyond the session (who voted, why it
     /// closed, which code refused).
     #[serde(skip_serializing_if = "Value::is_null")]
@@ -83,6 +88,8 @@ pub fn message(entry: &Entry, session: &Session, public_url: Option<&str>) -> Me
             profile: session.request.profile.as_str(),
             state: session.state.as_str(),
             closes_at: session.closes_at,
+            break_glass: session.break_glass.is_some(),
+            review: session.review_state().map(|r| r.as_str()),
             detail: event.as_ref().map_or(Value::Null, detail),
             next: Next {
                 command: next_command(&entry.kind, session),
@@ -104,6 +111,16 @@ pub fn message(entry: &Entry, session: &Session, public_url: Option<&str>) -> Me
 /// pending one, the requester takes the credential of an open one.
 fn next_command(kind: &str, session: &Session) -> Option<String> {
     let id = session.id.as_str();
+    if session
+        .review_state()
+        .is_some_and(|r| r.unreviewed() && r != ReviewState::Unjustified)
+        && kind != "minted"
+    {
+        // Break-glass: what approvers owe is the after-review.
+        return Some(format!(
+            "lockstep review {id} --outcome justified|unjustified --note <why>"
+        ));
+    }
     match (kind, session.state) {
         ("requested" | "approved", State::Pending) => Some(format!("lockstep approve {id}")),
         ("opened", State::Open) => Some(match session.request.profile {
@@ -141,6 +158,10 @@ fn detail(event: &Event) -> Value {
             serde_json::json!({ "caller": caller, "action": action, "code": code })
         }
         Event::Connection { gateway, .. } => serde_json::json!({ "gateway": gateway }),
+        Event::Reviewed { by, outcome, .. } => {
+            serde_json::json!({ "by": by, "outcome": outcome.as_str() })
+        }
+        Event::ReviewOverdue { review_by } => serde_json::json!({ "review_by": review_by }),
         _ => Value::Null,
     }
 }

@@ -17,9 +17,12 @@
 //!                 -- the only Modbus function codes (one byte each,
 //!                 -- 1..127, ascending) a gateway lets through for the
 //!                 -- session (the policy's `modbus`)
-//!     artifactDigest [3] IMPLICIT UTF8String (SIZE (1..160)) OPTIONAL
+//!     artifactDigest [3] IMPLICIT UTF8String (SIZE (1..160)) OPTIONAL,
 //!                 -- the artifact the approvers approved: the session's
 //!                 -- `request_digest`, `sha256:<hex>` (or sha384/sha512)
+//!     breakGlass  [4] IMPLICIT BOOLEAN OPTIONAL
+//!                 -- TRUE: a break-glass session (opened without a
+//!                 -- quorum, reviewed afterwards); absent otherwise
 //! }
 //!
 //! ApprovalEvidence ::= SEQUENCE {
@@ -60,6 +63,8 @@ pub struct SessionEvidence {
     pub modbus_functions: Option<Vec<u8>>,
     /// The approved artifact's digest (the session's `request_digest`).
     pub artifact_digest: Option<String>,
+    /// Whether the session is break-glass.
+    pub break_glass: bool,
 }
 
 /// The approval that opened a session.
@@ -85,6 +90,8 @@ struct Wire {
     modbus_functions: Option<OctetString>,
     #[asn1(context_specific = "3", tag_mode = "IMPLICIT", optional = "true")]
     artifact_digest: Option<String>,
+    #[asn1(context_specific = "4", tag_mode = "IMPLICIT", optional = "true")]
+    break_glass: Option<bool>,
 }
 
 #[derive(Sequence)]
@@ -103,6 +110,7 @@ impl SessionEvidence {
             connections: None,
             modbus_functions: None,
             artifact_digest: None,
+            break_glass: false,
         }
     }
 
@@ -139,6 +147,7 @@ impl SessionEvidence {
                 .map(|f| OctetString::new(f.clone()))
                 .transpose()?,
             artifact_digest: self.artifact_digest.clone(),
+            break_glass: self.break_glass.then_some(true),
         };
         Ok(Extension {
             extn_id: oids::LOCKSTEP_SESSION_EXT,
@@ -192,6 +201,7 @@ impl SessionEvidence {
             connections: wire.connections,
             modbus_functions,
             artifact_digest: wire.artifact_digest,
+            break_glass: wire.break_glass == Some(true),
         }))
     }
 }
@@ -226,6 +236,7 @@ mod tests {
             connections: Some(2),
             modbus_functions: Some(vec![1, 2, 3, 4]),
             artifact_digest: Some(format!("sha256:{}", "ab".repeat(32))),
+            break_glass: true,
         }
         .to_extension()
         .unwrap();
@@ -236,6 +247,7 @@ mod tests {
         assert_eq!(wire.approval.unwrap().approvers.len(), 2);
         assert_eq!(wire.connections, Some(2));
         assert_eq!(wire.modbus_functions.unwrap().as_bytes(), [1, 2, 3, 4]);
+        assert_eq!(wire.break_glass, Some(true));
         // Without a limit the field is left out: the encoding of earlier
         // certificates.
         let plain = SessionEvidence::session("s1").to_extension().unwrap();
@@ -243,6 +255,12 @@ mod tests {
             Wire::from_der(plain.extn_value.as_bytes())
                 .unwrap()
                 .connections,
+            None
+        );
+        assert_eq!(
+            Wire::from_der(plain.extn_value.as_bytes())
+                .unwrap()
+                .break_glass,
             None
         );
     }

@@ -127,6 +127,7 @@ impl CertificateMinter {
                 connections: session.rules.connections,
                 modbus_functions: session.rules.modbus_functions.clone(),
                 artifact_digest: r.request_digest.clone(),
+                break_glass: r.break_glass,
             },
             revocation: self.revocation.clone(),
             build,

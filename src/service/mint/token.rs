@@ -94,6 +94,7 @@ impl Minter for TokenMinter {
             approvers: session.approvals.iter().map(|v| v.by.clone()).collect(),
             resource: session.request.resource.clone(),
             cnf: self.cnf.clone(),
+            break_glass: session.request.break_glass,
         };
         let token = self.signer.sign(&claims)?;
         let finish = Finish::Issued {

@@ -25,7 +25,7 @@ use super::webhooks::{self, WebhookCursor};
 use super::{CredentialRecord, EventRecord, RevokedEntry, SessionFilter, StoreError};
 use crate::clock::Timestamp;
 use crate::config::PostgresConfig;
-use crate::sessions::{Session, SessionId, State};
+use crate::sessions::{ReviewState, Session, SessionId, State};
 
 mod connect;
 mod notify;
@@ -366,6 +366,19 @@ impl Backend for Postgres {
             .collect()
     }
 
+    async fn break_glass_counts(&self) -> Result<Vec<(ReviewState, u64)>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT break_glass, count(*) FROM sessions
+                 WHERE break_glass IS NOT NULL GROUP BY break_glass",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| decode::review_count(col(r, 0)?, col::<i64>(r, 1)?))
+            .collect()
+    }
+
     async fn load_session(&self, id: &SessionId) -> Result<Session, StoreError> {
         let rows = self
             .rows("SELECT body FROM sessions WHERE id = $1", &[&id.as_str()])
@@ -381,12 +394,14 @@ impl Backend for Postgres {
                 "SELECT body FROM sessions WHERE ($1::text IS NULL OR state = $1)
                    AND ($3::bigint IS NULL OR created_at < $3
                         OR (created_at = $3 AND $4::text IS NOT NULL AND id > $4))
+                   AND (NOT $5 OR break_glass IN ('awaiting', 'overdue', 'unjustified'))
                  ORDER BY created_at DESC, id LIMIT $2",
                 &[
                     &filter.state.map(State::as_str),
                     &limit,
                     &before.map(|b| b.created_at.unix()),
                     &before.and_then(|b| b.id.as_ref()).map(SessionId::as_str),
+                    &filter.unreviewed,
                 ],
             )
             .await?;

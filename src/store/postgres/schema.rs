@@ -122,6 +122,15 @@ const MIGRATIONS: &[&str] = &[
         lease_until   BIGINT
     );
     "#,
+    // 4: break-glass sessions: their review state and deadline, for the
+    // rate limit, the sweep and `status --unreviewed`.
+    r#"
+    ALTER TABLE sessions ADD COLUMN break_glass TEXT;
+    ALTER TABLE sessions ADD COLUMN review_by BIGINT;
+    CREATE INDEX sessions_break_glass ON sessions(requester, created_at)
+        WHERE break_glass IS NOT NULL;
+    CREATE INDEX sessions_review_due ON sessions(review_by) WHERE break_glass = 'awaiting';
+    "#,
 ];
 
 /// Applies the migrations not yet applied; refuses a newer schema.

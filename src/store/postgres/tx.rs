@@ -204,9 +204,10 @@ impl LedgerTx for PgTx<'_> {
 
     fn insert_session(&mut self, session: &Session) -> Result<(), StoreError> {
         let body = serde_json::to_string(session).map_err(corrupt)?;
+        let (review, review_by) = decode::review_columns(session);
         self.execute(
-            "INSERT INTO sessions (id, state, tenant, requester, resource, created_at, pending_until, closes_at, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO sessions (id, state, tenant, requester, resource, created_at, pending_until, closes_at, body, break_glass, review_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             &[
                 &session.id.as_str(),
                 &session.state.as_str(),
@@ -217,6 +218,8 @@ impl LedgerTx for PgTx<'_> {
                 &session.pending_until.unix(),
                 &session.closes_at.map(Timestamp::unix),
                 &body,
+                &review,
+                &review_by,
             ],
         )?;
         Ok(())
@@ -224,13 +227,17 @@ impl LedgerTx for PgTx<'_> {
 
     fn save_session(&mut self, s: &Session) -> Result<(), StoreError> {
         let body = serde_json::to_string(s).map_err(corrupt)?;
+        let (review, review_by) = decode::review_columns(s);
         self.execute(
-            "UPDATE sessions SET state = $2, closes_at = $3, body = $4 WHERE id = $1",
+            "UPDATE sessions SET state = $2, closes_at = $3, body = $4, break_glass = $5, review_by = $6
+             WHERE id = $1",
             &[
                 &s.id.as_str(),
                 &s.state.as_str(),
                 &s.closes_at.map(Timestamp::unix),
                 &body,
+                &review,
+                &review_by,
             ],
         )?;
         Ok(())
@@ -350,8 +357,9 @@ impl LedgerTx for PgTx<'_> {
         now: Timestamp,
         session: Option<&SessionId>,
         event: &Event,
+        break_glass: bool,
     ) -> Result<(), StoreError> {
-        let body = serde_json::to_string(event).map_err(corrupt)?;
+        let body = crate::audit::entry_body(event, break_glass).map_err(corrupt)?;
         self.pending.push(Pending {
             at: now.unix(),
             session: session.map(|s| s.as_str().to_owned()),
@@ -403,13 +411,36 @@ impl LedgerTx for PgTx<'_> {
     fn due_sessions(&mut self, now: Timestamp) -> Result<Vec<SessionId>, StoreError> {
         let rows = self.query(
             "SELECT id FROM sessions WHERE state = 'pending' AND pending_until <= $1
-             UNION ALL
+             UNION
              SELECT id FROM sessions WHERE state = 'open' AND closes_at <= $1
+             UNION
+             SELECT id FROM sessions WHERE break_glass = 'awaiting' AND review_by <= $1
              ORDER BY id",
             &[&now.unix()],
         )?;
         rows.iter()
             .map(|r| SessionId::parse(col(r, 0)?).map_err(corrupt))
             .collect()
+    }
+
+    fn break_glass_requests(
+        &mut self,
+        requester: &str,
+        since: Timestamp,
+    ) -> Result<u32, StoreError> {
+        // READ COMMITTED would let two replicas count the same rows: a
+        // lock on the requester, held until commit, orders them.
+        let key = format!("lockstep:break-glass:{requester}");
+        self.query(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&key],
+        )?;
+        let rows = self.query(
+            "SELECT count(*) FROM sessions
+             WHERE requester = $1 AND break_glass IS NOT NULL AND created_at > $2",
+            &[&requester, &since.unix()],
+        )?;
+        let n: i64 = rows.first().map(|r| col(r, 0)).transpose()?.unwrap_or(0);
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 }

@@ -21,7 +21,7 @@ use super::webhooks::{self, WebhookCursor};
 use super::{CredentialRecord, EventRecord, RevokedEntry, SessionFilter, StoreError};
 use crate::clock::Timestamp;
 use crate::lane::Lane;
-use crate::sessions::{Session, SessionId, State};
+use crate::sessions::{ReviewState, Session, SessionId, State};
 
 mod owner;
 mod schema;
@@ -372,6 +372,26 @@ impl Backend for Sqlite {
         .await
     }
 
+    async fn break_glass_counts(&self) -> Result<Vec<(ReviewState, u64)>, StoreError> {
+        self.run(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT break_glass, count(*) FROM sessions
+                     WHERE break_glass IS NOT NULL GROUP BY break_glass",
+                )
+                .map_err(unavailable)?;
+            let rows: Vec<(String, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(unavailable)?
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|(state, n)| decode::review_count(state, *n))
+                .collect()
+        })
+        .await
+    }
+
     async fn load_session(&self, id: &SessionId) -> Result<Session, StoreError> {
         let id = id.clone();
         self.run(move |c| load(c, &id)).await
@@ -386,6 +406,7 @@ impl Backend for Sqlite {
                     "SELECT body FROM sessions WHERE (?1 IS NULL OR state = ?1)
                        AND (?3 IS NULL OR created_at < ?3
                             OR (created_at = ?3 AND ?4 IS NOT NULL AND id > ?4))
+                       AND (?5 = 0 OR break_glass IN ('awaiting', 'overdue', 'unjustified'))
                      ORDER BY created_at DESC, id LIMIT ?2",
                 )
                 .map_err(unavailable)?;
@@ -396,6 +417,7 @@ impl Backend for Sqlite {
                         limit,
                         before.map(|b| b.created_at.unix()),
                         before.and_then(|b| b.id.as_ref()).map(SessionId::as_str),
+                        filter.unreviewed,
                     ],
                     |r| r.get(0),
                 )

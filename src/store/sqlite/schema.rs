@@ -135,6 +135,17 @@ const MIGRATIONS: &[Migration] = &[
     ) STRICT;
     "#,
     ),
+    // 8: break-glass sessions: their review state and deadline, for the
+    // rate limit, the sweep and `status --unreviewed`.
+    Migration::Sql(
+        r#"
+    ALTER TABLE sessions ADD COLUMN break_glass TEXT;
+    ALTER TABLE sessions ADD COLUMN review_by INTEGER;
+    CREATE INDEX sessions_break_glass ON sessions(requester, created_at)
+        WHERE break_glass IS NOT NULL;
+    CREATE INDEX sessions_review_due ON sessions(review_by) WHERE break_glass = 'awaiting';
+    "#,
+    ),
 ];
 
 /// Computes the hash chain over events recorded before the trail was

@@ -49,10 +49,11 @@ impl LedgerTx for SqliteTx<'_> {
 
     fn insert_session(&mut self, session: &Session) -> Result<(), StoreError> {
         let body = serde_json::to_string(session).map_err(corrupt)?;
+        let (review, review_by) = decode::review_columns(session);
         self.tx
             .exec(
-                "INSERT INTO sessions (id, state, tenant, requester, resource, created_at, pending_until, closes_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO sessions (id, state, tenant, requester, resource, created_at, pending_until, closes_at, body, break_glass, review_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     session.id.as_str(),
                     session.state.as_str(),
@@ -62,7 +63,9 @@ impl LedgerTx for SqliteTx<'_> {
                     session.created_at.unix(),
                     session.pending_until.unix(),
                     session.closes_at.map(Timestamp::unix),
-                    body
+                    body,
+                    review,
+                    review_by
                 ],
             )
             .map_err(unavailable)?;
@@ -71,14 +74,18 @@ impl LedgerTx for SqliteTx<'_> {
 
     fn save_session(&mut self, s: &Session) -> Result<(), StoreError> {
         let body = serde_json::to_string(s).map_err(corrupt)?;
+        let (review, review_by) = decode::review_columns(s);
         self.tx
             .exec(
-                "UPDATE sessions SET state = ?2, closes_at = ?3, body = ?4 WHERE id = ?1",
+                "UPDATE sessions SET state = ?2, closes_at = ?3, body = ?4, break_glass = ?5, review_by = ?6
+                 WHERE id = ?1",
                 params![
                     s.id.as_str(),
                     s.state.as_str(),
                     s.closes_at.map(Timestamp::unix),
-                    body
+                    body,
+                    review,
+                    review_by
                 ],
             )
             .map_err(unavailable)?;
@@ -217,9 +224,10 @@ impl LedgerTx for SqliteTx<'_> {
         now: Timestamp,
         session: Option<&SessionId>,
         event: &Event,
+        break_glass: bool,
     ) -> Result<(), StoreError> {
         let tx = self.tx;
-        let body = serde_json::to_string(event).map_err(corrupt)?;
+        let body = crate::audit::entry_body(event, break_glass).map_err(corrupt)?;
         // The head, read under the write lock this transaction holds.
         let head: Option<(i64, Vec<u8>)> = tx
             .prepare_cached("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
@@ -326,8 +334,10 @@ impl LedgerTx for SqliteTx<'_> {
             .tx
             .all(
                 "SELECT id FROM sessions WHERE state = 'pending' AND pending_until <= ?1
-                 UNION ALL
-                 SELECT id FROM sessions WHERE state = 'open' AND closes_at <= ?1",
+                 UNION
+                 SELECT id FROM sessions WHERE state = 'open' AND closes_at <= ?1
+                 UNION
+                 SELECT id FROM sessions WHERE break_glass = 'awaiting' AND review_by <= ?1",
                 params![now.unix()],
                 |r| r.get(0),
             )
@@ -335,5 +345,23 @@ impl LedgerTx for SqliteTx<'_> {
         ids.iter()
             .map(|id| SessionId::parse(id).map_err(corrupt))
             .collect()
+    }
+
+    fn break_glass_requests(
+        &mut self,
+        requester: &str,
+        since: Timestamp,
+    ) -> Result<u32, StoreError> {
+        // The write lock this transaction holds serialises the count.
+        let n: i64 = self
+            .tx
+            .one(
+                "SELECT count(*) FROM sessions
+                 WHERE requester = ?1 AND break_glass IS NOT NULL AND created_at > ?2",
+                params![requester, since.unix()],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 }
