@@ -270,6 +270,7 @@ fn break_glass_policy(
         approvers: f.approvers,
         max_duration_secs: max,
         denials_to_close: 1,
+        tokens_allowed: resource.tokens_allowed && allowed.contains(&Profile::Token),
         break_glass: Some(BreakGlassRules {
             reviewers,
             review_within_secs: review_within,

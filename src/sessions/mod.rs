@@ -96,7 +96,7 @@ pub enum SessionError {
     /// The requester made as many break-glass requests in the last 24
     /// hours as the policy allows.
     #[error(
-        "you have made {0} break-glass request(s) in the last 24 hours, the most this resource allows; request a normal session, or ask an operator"
+        "you have made {0} break-glass request(s) in the last 24 hours (on any resource), the most this resource allows; request a normal session, or ask an operator"
     )]
     BreakGlassLimit(u32),
 }
