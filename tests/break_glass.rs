@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use common::openssl;
 use common::server::TestServer;
-use common::{openssl, softhsm};
 
 const POLICY: &str = r#"
 operators = ["token:ops"]
@@ -83,19 +83,6 @@ async fn review(srv: &TestServer, who: &str, id: &str, outcome: &str) -> (u16, V
         Some(json!({"outcome": outcome, "note": "the primary was down"})),
     )
     .await
-}
-
-/// The client binary as `who`.
-fn lockstep(srv: &TestServer, who: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(args)
-        .env("LOCKSTEP_URL", &srv.url)
-        .env("LOCKSTEP_CA", srv.root_pem())
-        .env("LOCKSTEP_TOKEN", srv.token(who))
-        .env("SOFTHSM2_CONF", &softhsm().conf)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -258,7 +245,9 @@ async fn break_glass_opens_at_once_is_marked_everywhere_and_must_be_reviewed() {
         )
         .await;
     assert_eq!(status, 201, "{tok}");
-    let claims = verified_claims(&srv, tok["token"].as_str().unwrap()).await;
+    let claims = srv
+        .verified_claims(tok["token"].as_str().unwrap(), "payroll-api")
+        .await;
     assert_eq!(claims["break_glass"], json!(true), "{claims}");
     assert_eq!(claims["sid"], id.as_str());
 
@@ -276,7 +265,7 @@ async fn break_glass_opens_at_once_is_marked_everywhere_and_must_be_reviewed() {
     // and the trail say so.
     let overdue = wait_for(&srv, &id, "overdue").await;
     assert_eq!(overdue["break_glass"]["review"], "overdue");
-    let out = lockstep(&srv, "bob", &["status", "--unreviewed"]);
+    let out = srv.cli("bob", &["status", "--unreviewed"]);
     assert!(out.status.success(), "{}", text(&out));
     let listed = text(&out);
     assert!(
@@ -297,8 +286,7 @@ async fn break_glass_opens_at_once_is_marked_everywhere_and_must_be_reviewed() {
     }
 
     // A reviewer records it from the command line; the flag clears.
-    let out = lockstep(
-        &srv,
+    let out = srv.cli(
         "bob",
         &[
             "review",
@@ -315,7 +303,7 @@ async fn break_glass_opens_at_once_is_marked_everywhere_and_must_be_reviewed() {
         (status, body["error"].as_str()),
         (409, Some("already_reviewed"))
     );
-    let out = lockstep(&srv, "bob", &["status", "--unreviewed", "--json"]);
+    let out = srv.cli("bob", &["status", "--unreviewed", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["sessions"], json!([]), "{list}");
     let session = srv.session("bob", &id).await;
@@ -355,7 +343,7 @@ async fn break_glass_is_limited_per_requester_and_unjustified_sessions_are_revok
     assert_eq!(body["state"], "closed");
     assert_eq!(body["close_reason"], "revoked");
     assert_eq!(body["break_glass"]["review"], "unjustified");
-    let out = lockstep(&srv, "carol", &["status", "--unreviewed"]);
+    let out = srv.cli("carol", &["status", "--unreviewed"]);
     let listed = text(&out);
     assert!(
         listed.contains(id) && listed.contains("unjustified"),
@@ -430,29 +418,4 @@ async fn scrape(srv: &TestServer) -> String {
         .unwrap();
     assert_eq!(resp.status(), 200);
     resp.text().await.unwrap()
-}
-
-/// The token's claims, verified by jsonwebtoken against the service's JWKS.
-async fn verified_claims(srv: &TestServer, token: &str) -> Value {
-    let jwks: jsonwebtoken::jwk::JwkSet = srv
-        .http
-        .get(format!("{}/.well-known/jwks.json", srv.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-    validation.set_audience(&["payroll-api"]);
-    validation.set_issuer(&[srv.url.as_str()]);
-    jsonwebtoken::decode::<Value>(
-        token,
-        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
-        &validation,
-    )
-    .expect("jsonwebtoken accepts the token")
-    .claims
 }

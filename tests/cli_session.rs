@@ -25,15 +25,7 @@ profiles = ["mtls-client"]
 "#;
 
 fn lockstep(srv: &TestServer, who: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(args)
-        .env("LOCKSTEP_URL", &srv.url)
-        .env("LOCKSTEP_CA", srv.root_pem())
-        .env("LOCKSTEP_TOKEN", srv.token(who))
-        .env("SOFTHSM2_CONF", &softhsm().conf)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    srv.cli(who, args)
 }
 
 fn text(o: &Output) -> String {

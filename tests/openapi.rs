@@ -58,6 +58,15 @@ profiles = ["ssh-user"]
 ssh = { principals = ["vendor"] }
 
 [[resource]]
+match = "incident:*"
+requesters = ["token:alice"]
+approvers = ["token:bob"]
+quorum = 1
+max_duration = "1h"
+profiles = ["mtls-client"]
+break_glass = { requesters = ["token:svc"], max_duration = "30m", per_day = 1 }
+
+[[resource]]
 match = "release:*"
 requesters = ["token:svc"]
 approvers = ["token:bob"]
@@ -78,6 +87,10 @@ const CALLERS: &[&str] = &[
 ];
 
 const JSON: &str = "application/json";
+
+/// A break-glass request (the policy allows `svc` one a day), and a review.
+const GLASS: &str = r#"{"resource": "incident:db", "task": "t", "duration_secs": 600, "profile": "mtls-client", "break_glass": true}"#;
+const REVIEW: &str = r#"{"outcome": "justified", "note": "the primary was down"}"#;
 
 /// A gateway's report of a connection carried with `$open`'s certificate.
 const CONNECTION: &str = r#"{"report": "con_1", "route": "api", "serial": "$serial",
@@ -252,6 +265,40 @@ fn table() -> Vec<Row> {
             403,
         ),
         row("bob", "POST", "/v1/sessions/$open/revoke", JSON, "{}", 400),
+        row("svc", "POST", "/v1/sessions", JSON, GLASS, 429),
+        row(
+            "svc",
+            "POST",
+            "/v1/sessions/$glass/review",
+            JSON,
+            REVIEW,
+            403,
+        ),
+        row("bob", "POST", "/v1/sessions/$glass/review", JSON, "{}", 400),
+        row(
+            "bob",
+            "POST",
+            "/v1/sessions/$open/review",
+            JSON,
+            REVIEW,
+            409,
+        ),
+        row(
+            "bob",
+            "POST",
+            "/v1/sessions/$glass/review",
+            JSON,
+            REVIEW,
+            200,
+        ),
+        row(
+            "bob",
+            "POST",
+            "/v1/sessions/$glass/review",
+            JSON,
+            REVIEW,
+            409,
+        ),
         row(
             "svc",
             "POST",
@@ -617,6 +664,12 @@ async fn setup(srv: &TestServer) -> BTreeMap<String, String> {
         .await;
     assert_eq!(status, 201, "{cert}");
     vars.insert("serial".into(), cert["serial"].as_str().unwrap().to_owned());
+    let glass: Value = serde_json::from_str(GLASS).unwrap();
+    let (status, s) = srv
+        .call("POST", "/v1/sessions", Some("svc"), Some(glass))
+        .await;
+    assert_eq!(status, 201, "{s}");
+    vars.insert("glass".into(), s["id"].as_str().unwrap().to_owned());
     let (id, signature) = signing_session(srv).await;
     vars.insert("sign".into(), id);
     vars.insert("signature".into(), signature);
@@ -784,6 +837,7 @@ async fn operations_answer_as_documented() {
         (("/v1/sessions", "state"), ("alice", "pending".to_owned())),
         (("/v1/sessions", "limit"), ("alice", "1".to_owned())),
         (("/v1/sessions", "before"), ("alice", cursor)),
+        (("/v1/sessions", "unreviewed"), ("bob", "true".to_owned())),
         (("/v1/audit", "session"), ("auditor", vars["open"].clone())),
         (("/v1/audit", "after"), ("auditor", "1".to_owned())),
         (("/v1/audit", "limit"), ("auditor", "5".to_owned())),

@@ -313,30 +313,7 @@ async fn tokens_are_verified_by_jsonwebtoken_and_die_with_their_session(backend:
     let token = tok["token"].as_str().unwrap();
 
     // An independent JWT library verifies it against the published JWKS.
-    let jwks: jsonwebtoken::jwk::JwkSet = srv
-        .http
-        .get(format!("{}/.well-known/jwks.json", srv.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
-    let jwk = jwks
-        .find(header.kid.as_deref().unwrap())
-        .expect("kid published");
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-    validation.set_audience(&["payroll-api"]);
-    validation.set_issuer(&[srv.url.as_str()]);
-    let data = jsonwebtoken::decode::<Value>(
-        token,
-        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
-        &validation,
-    )
-    .expect("jsonwebtoken accepts the token");
-    let claims = data.claims;
+    let claims = srv.verified_claims(token, "payroll-api").await;
     let closes = Timestamp::parse_rfc3339(session["closes_at"].as_str().unwrap()).unwrap();
     assert_eq!(
         claims["exp"].as_i64(),

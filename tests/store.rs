@@ -1038,7 +1038,7 @@ async fn break_glass_reviews_are_tracked_until_justified(kind: StoreKind) {
     };
     let applied = store.apply(&reviewed.id, review, t(50)).await.unwrap();
     applied.result.unwrap();
-    assert_eq!(unreviewed().await, [late.id.clone()]);
+    assert_eq!(unreviewed().await, std::slice::from_ref(&late.id));
 
     // The sweep expires both at +120 (and abandons the plain one) and
     // flags the late review (due +100).

@@ -31,9 +31,18 @@ approvers = ["token:bob"]
 quorum = 1
 max_duration = "15m"
 profiles = ["mtls-client"]
+
+[[resource]]
+match = "db:prod"
+requesters = ["token:alice"]
+approvers = ["token:bob", "token:carol"]
+quorum = 2
+max_duration = "15m"
+profiles = ["mtls-client"]
+break_glass = { requesters = ["token:oncall"], max_duration = "10m" }
 "#;
 
-const CALLERS: &[&str] = &["alice", "bob", "carol"];
+const CALLERS: &[&str] = &["alice", "bob", "carol", "oncall"];
 
 /// A test secret: `whsec_` + base64 of 32 bytes.
 const SECRET: &str = "whsec_dGVzdC1zZWNyZXQtb2YtbG9ja3N0ZXAtd2ViaG9va3M=";
@@ -413,4 +422,57 @@ async fn two_replicas_deliver_once_and_one_takes_over_from_the_other() {
     let st = status(&srv);
     assert_eq!(st["delivered"], 10, "{st}");
     assert!(st["holder"].is_string(), "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_notices_reach_every_endpoint_of_the_resource() {
+    let setup = Setup::new();
+    let _receiver = setup.receiver(&[]);
+    // The endpoint asked for approvals only; break-glass notices come
+    // anyway (and a plain session's request does not).
+    let config = setup.config("").replace(
+        r#"events = ["requested", "approved", "opened", "closed"]"#,
+        r#"events = ["approved"]"#,
+    );
+    let srv = TestServer::start("webhooks-break-glass", POLICY, CALLERS, &config).await;
+    srv.request("alice", "db:payroll", 600).await;
+    let body = serde_json::json!({"resource": "db:prod", "task": "primary down", "duration_secs": 300,
+        "profile": "mtls-client", "break_glass": true});
+    let (status, s) = srv
+        .call("POST", "/v1/sessions", Some("oncall"), Some(body))
+        .await;
+    assert_eq!(status, 201, "{s}");
+    let id = s["id"].as_str().unwrap();
+    // Before the review (the payload tells the session's state now).
+    let opened = setup.wait_for(2).await;
+    assert_eq!(opened[1]["data"]["review"], "awaiting", "{:?}", opened[1]);
+    assert_eq!(
+        opened[1]["data"]["next"]["command"],
+        format!("lockstep review {id} --outcome justified|unjustified --note <why>")
+    );
+    let (status, body) = srv
+        .call(
+            "POST",
+            &format!("/v1/sessions/{id}/review"),
+            Some("carol"),
+            Some(serde_json::json!({"outcome": "unjustified", "note": "no incident open"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let delivered = setup.wait_for(4).await;
+    assert_eq!(
+        kinds(&delivered),
+        [
+            "session.requested",
+            "session.opened",
+            "session.reviewed",
+            "session.closed"
+        ]
+    );
+    for d in &delivered {
+        assert_eq!(d["data"]["session"], id);
+        assert_eq!(d["data"]["break_glass"], true, "{d}");
+    }
+    assert_eq!(delivered[2]["data"]["detail"]["outcome"], "unjustified");
+    assert_eq!(delivered[3]["data"]["detail"]["reason"], "revoked");
 }

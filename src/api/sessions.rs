@@ -29,12 +29,13 @@ fn respond(app: &AppState, caller: &crate::auth::Caller, s: &Session) -> Json<Se
 #[utoipa::path(post, path = "/v1/sessions", request_body = NewSessionBody,
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "Session created, pending approval", body = SessionView),
+        (status = 201, description = "Session created, pending approval (break-glass without approvers: open)", body = SessionView),
         (status = 400, description = "Malformed request or duration", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Policy does not allow this request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "Break-glass limit reached for this requester", body = ErrorBody),
     ))]
 pub async fn create(
     State(app): State<AppState>,

@@ -114,6 +114,10 @@ pub trait LedgerTx {
         requester: &str,
         since: Timestamp,
     ) -> Result<u32, StoreError>;
+    /// Whether the session `id` is a break-glass one, from its row's mark
+    /// alone (an unreadable session's refusals are still recorded, and
+    /// marked); false for no such session.
+    fn is_break_glass(&mut self, id: &SessionId) -> Result<bool, StoreError>;
     /// Whether the session's trail already holds the gateway connection
     /// report with this id.
     fn has_connection_report(
@@ -322,11 +326,7 @@ fn append_by_id(
 ) -> Result<(), StoreError> {
     let marked = match id {
         None => false,
-        Some(id) => match tx.lock_session(id) {
-            Ok(s) => s.break_glass.is_some(),
-            Err(StoreError::NotFound(_)) => false,
-            Err(e) => return Err(e),
-        },
+        Some(id) => tx.is_break_glass(id)?,
     };
     tx.append(now, id, event, marked)
 }

@@ -1,6 +1,8 @@
 //! The steps of a session as one-line calls on a [`TestServer`], for tests
 //! that need an open session before they get to what they test.
 
+use std::process::{Command, Output, Stdio};
+
 use serde_json::{Value, json};
 
 use super::openssl_csr;
@@ -85,5 +87,51 @@ impl TestServer {
             .into_iter()
             .map(|e| e.event.kind().to_owned())
             .collect()
+    }
+}
+
+impl TestServer {
+    /// The claims of a token this server minted for `audience`, verified
+    /// by jsonwebtoken (a JWT library lockstep did not write) against the
+    /// published JWKS: ES256, the key id published, issuer and audience.
+    pub async fn verified_claims(&self, token: &str, audience: &str) -> Value {
+        let jwks: jsonwebtoken::jwk::JwkSet = self
+            .http
+            .get(format!("{}/.well-known/jwks.json", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let header = jsonwebtoken::decode_header(token).unwrap();
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+        let jwk = jwks
+            .find(header.kid.as_deref().unwrap())
+            .expect("kid published");
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+        validation.set_audience(&[audience]);
+        validation.set_issuer(&[self.url.as_str()]);
+        jsonwebtoken::decode::<Value>(
+            token,
+            &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+            &validation,
+        )
+        .expect("jsonwebtoken accepts the token")
+        .claims
+    }
+
+    /// The `lockstep` client binary run as caller `who` against this
+    /// server (its URL, root and `who`'s token in the environment).
+    pub fn cli(&self, who: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(args)
+            .env("LOCKSTEP_URL", &self.url)
+            .env("LOCKSTEP_CA", self.root_pem())
+            .env("LOCKSTEP_TOKEN", self.token(who))
+            .env("SOFTHSM2_CONF", &super::softhsm().conf)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 }

@@ -395,6 +395,14 @@ impl LedgerTx for PgTx<'_> {
         Ok(out)
     }
 
+    fn is_break_glass(&mut self, id: &SessionId) -> Result<bool, StoreError> {
+        let rows = self.query(
+            "SELECT 1 FROM sessions WHERE id = $1 AND break_glass IS NOT NULL",
+            &[&id.as_str()],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
     fn has_connection_report(
         &mut self,
         session: &SessionId,

@@ -357,14 +357,7 @@ impl Backend for Sqlite {
 
     async fn session_counts(&self) -> Result<Vec<(State, u64)>, StoreError> {
         self.run(|c| {
-            let mut stmt = c
-                .prepare_cached("SELECT state, count(*) FROM sessions GROUP BY state")
-                .map_err(unavailable)?;
-            let rows: Vec<(String, i64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(unavailable)?
-                .collect::<Result<_, _>>()
-                .map_err(unavailable)?;
+            let rows = label_counts(c, "SELECT state, count(*) FROM sessions GROUP BY state")?;
             rows.iter()
                 .map(|(state, n)| decode::state_count(state, *n))
                 .collect()
@@ -374,17 +367,11 @@ impl Backend for Sqlite {
 
     async fn break_glass_counts(&self) -> Result<Vec<(ReviewState, u64)>, StoreError> {
         self.run(|c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT break_glass, count(*) FROM sessions
-                     WHERE break_glass IS NOT NULL GROUP BY break_glass",
-                )
-                .map_err(unavailable)?;
-            let rows: Vec<(String, i64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(unavailable)?
-                .collect::<Result<_, _>>()
-                .map_err(unavailable)?;
+            let rows = label_counts(
+                c,
+                "SELECT break_glass, count(*) FROM sessions
+                 WHERE break_glass IS NOT NULL GROUP BY break_glass",
+            )?;
             rows.iter()
                 .map(|(state, n)| decode::review_count(state, *n))
                 .collect()
@@ -750,4 +737,13 @@ fn webhook_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookCursor> {
         lease_until: r.get(8)?,
     }
     .decode())
+}
+
+/// The rows of a `SELECT label, count(*) … GROUP BY label` query.
+fn label_counts(c: &rusqlite::Connection, sql: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = c.prepare_cached(sql).map_err(unavailable)?;
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(unavailable)?
+        .collect::<Result<_, _>>()
+        .map_err(unavailable)
 }

@@ -312,6 +312,18 @@ impl LedgerTx for SqliteTx<'_> {
             .collect()
     }
 
+    fn is_break_glass(&mut self, id: &SessionId) -> Result<bool, StoreError> {
+        let hits: Vec<i64> = self
+            .tx
+            .all(
+                "SELECT 1 FROM sessions WHERE id = ?1 AND break_glass IS NOT NULL",
+                params![id.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)?;
+        Ok(!hits.is_empty())
+    }
+
     fn has_connection_report(
         &mut self,
         session: &SessionId,
