@@ -24,6 +24,7 @@ use crate::secret::SecretRef;
 use crate::x509::SubjectName;
 
 mod metrics;
+pub mod signals;
 mod webhooks;
 
 pub use metrics::MetricsConfig;
@@ -118,6 +119,10 @@ pub struct Config {
     /// Endpoints told of committed session events (`[[webhook]]`).
     #[serde(default, rename = "webhook")]
     pub webhooks: Vec<WebhookConfig>,
+    /// Shared Signals transmitters whose SETs end sessions
+    /// (`[[transmitter]]`).
+    #[serde(default, rename = "transmitter")]
+    pub transmitters: Vec<signals::TransmitterConfig>,
     /// Where this configuration was read from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: PathBuf,

@@ -51,6 +51,7 @@ pub mod policy;
 pub mod revocation;
 pub mod secret;
 pub mod service;
+pub mod signals;
 pub mod sigstore;
 pub mod ssh;
 pub mod startup;

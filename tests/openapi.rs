@@ -87,6 +87,7 @@ const CALLERS: &[&str] = &[
 ];
 
 const JSON: &str = "application/json";
+const SECEVENT: &str = "application/secevent+jwt";
 
 /// A break-glass request (the policy allows `svc` one a day), and a review.
 const GLASS: &str = r#"{"resource": "incident:db", "task": "t", "duration_secs": 600, "profile": "mtls-client", "break_glass": true}"#;
@@ -266,6 +267,10 @@ fn table() -> Vec<Row> {
         ),
         row("bob", "POST", "/v1/sessions/$open/revoke", JSON, "{}", 400),
         row("svc", "POST", "/v1/sessions", JSON, GLASS, 429),
+        row("", "POST", "/v1/signals", SECEVENT, "$set", 202),
+        row("", "POST", "/v1/signals", SECEVENT, "$set", 400),
+        row("", "POST", "/v1/signals", SECEVENT, "e30.e30.", 400),
+        row("", "POST", "/v1/signals", JSON, "{}", 415),
         row(
             "svc",
             "POST",
@@ -615,7 +620,27 @@ fn fill(text: &str, vars: &BTreeMap<String, String>) -> String {
 }
 
 /// Sessions in the states the table needs, a CSR and a minted token.
-async fn setup(srv: &TestServer) -> BTreeMap<String, String> {
+/// The issuer of the Shared Signals transmitter the calls push SETs from.
+const TRANSMITTER: &str = "https://idp.test/ssf";
+
+/// A SET from [`TRANSMITTER`], signed with its key in `keys` by PyJWT,
+/// about a subject without sessions.
+fn signed_set(keys: &str) -> String {
+    let now = lockstep::clock::Clock::now(&lockstep::clock::SystemClock).unix();
+    let request = json!({"claims": {
+        "iss": TRANSMITTER, "aud": format!("{TRANSMITTER}/to-lockstep"), "iat": now, "jti": "openapi-1",
+        "sub_id": {"format": "iss_sub", "iss": "https://idp.test", "sub": "nobody"},
+        "events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {}},
+    }});
+    let out = common::python::check(
+        "set_transmitter.py",
+        &["sign", keys],
+        request.to_string().as_bytes(),
+    );
+    out.trim().to_owned()
+}
+
+async fn setup(srv: &TestServer, keys: &str) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::new();
     for (name, who, resource) in [
         ("pending", "alice", "db:payroll"),
@@ -670,6 +695,7 @@ async fn setup(srv: &TestServer) -> BTreeMap<String, String> {
         .await;
     assert_eq!(status, 201, "{s}");
     vars.insert("glass".into(), s["id"].as_str().unwrap().to_owned());
+    vars.insert("set".into(), signed_set(keys));
     let (id, signature) = signing_session(srv).await;
     vars.insert("sign".into(), id);
     vars.insert("signature".into(), signature);
@@ -796,11 +822,18 @@ async fn served_document_is_valid_openapi_3_1() {
 async fn operations_answer_as_documented() {
     let metrics_dir = tempfile::tempdir().unwrap();
     let token = common::write(metrics_dir.path(), "metrics.token", METRICS_TOKEN);
-    let metrics = format!("[metrics]\ntoken = \"file:{}\"\n", token.display());
-    let srv = TestServer::start("openapi-calls", POLICY, CALLERS, &metrics).await;
+    let signals = tempfile::tempdir().unwrap();
+    let keys = signals.path().to_str().unwrap();
+    common::python::check("set_transmitter.py", &["keygen", keys], b"");
+    let extra = format!(
+        "[metrics]\ntoken = \"file:{}\"\n\n[[transmitter]]\nissuer = \"{TRANSMITTER}\"\n\
+         audience = \"{TRANSMITTER}/to-lockstep\"\njwks = \"file:{keys}/jwks.json\"\n",
+        token.display()
+    );
+    let srv = TestServer::start("openapi-calls", POLICY, CALLERS, &extra).await;
     let doc = served_document(&srv).await;
     let ops = operations(&doc);
-    let vars = setup(&srv).await;
+    let vars = setup(&srv, keys).await;
     let mut calls = Vec::new();
     let mut wrong = Vec::new();
 

@@ -134,22 +134,7 @@ fn verify_with_crl(srv: &TestServer, leaf: &Path, crl: &Path) -> (bool, String) 
 
 /// `openssl ocsp` against the service: returns its whole output.
 fn ocsp(srv: &TestServer, leaf: &Path) -> String {
-    let issuing = srv.dir.path().join("ca/issuing.pem");
-    let (ok, text) = openssl(&[
-        "ocsp",
-        "-issuer",
-        s(&issuing),
-        "-cert",
-        s(leaf),
-        "-url",
-        &format!("{}/v1/ocsp", srv.url),
-        "-CAfile",
-        s(&srv.root_pem()),
-        "-resp_text",
-    ]);
-    assert!(ok, "openssl ocsp failed: {text}");
-    assert!(text.contains("Response verify OK"), "{text}");
-    text
+    srv.ocsp_text(leaf)
 }
 
 on_both_backends!(async closing_revokes_at_once_on_the_crl_and_in_ocsp);

@@ -14,6 +14,7 @@ pub mod metrics;
 mod openapi;
 mod published;
 mod sessions;
+mod signals;
 mod signing;
 mod ssh;
 pub mod tls;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The `[metrics] token`, if metrics are served on this listener.
     pub metrics_token: Option<metrics::MetricsToken>,
+    /// The Shared Signals receiver, when `[[transmitter]]`s are configured.
+    pub signals: Option<Arc<crate::signals::Receiver>>,
 }
 
 /// The authenticated caller of a request. A request without a valid bearer
@@ -180,6 +183,7 @@ pub fn routes() -> Vec<Route> {
         Route::post("/v1/ocsp", published::ocsp_post),
         Route::get("/v1/ocsp/{request}", published::ocsp_get),
         Route::post("/v1/introspect", published::introspect),
+        Route::post("/v1/signals", signals::receive),
         Route::get("/v1/audit", published::audit),
         Route::get("/v1/events", events::events),
         Route::get("/.well-known/jwks.json", published::jwks),

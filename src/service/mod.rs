@@ -350,6 +350,7 @@ impl Service {
             Err(e) => return self.refuse(caller, None, "request", e.into()).await,
         };
         session.requester_credential_expires = requester_expires;
+        session.requester_email = verified_email(caller);
         session.ci = ci_identity(caller);
         let created = self
             .store
@@ -382,6 +383,33 @@ impl Service {
         }
         let rule = self.policy.authorize_request(caller, resource, profile)?;
         Ok((rule.tenant.clone(), rule.rules.clone()))
+    }
+
+    /// Acts on a verified Shared Signals SET: the sessions it ends are
+    /// revoked, and it is recorded, in one transaction. A SET whose `jti`
+    /// was received before is refused (`invalid_request`) and changes
+    /// nothing.
+    pub async fn act_on_signal(
+        &self,
+        signal: crate::signals::Signal,
+    ) -> Result<Result<Vec<SessionId>, crate::signals::SetError>, ServiceError> {
+        let (issuer, jti) = (signal.issuer.clone(), signal.jti.clone());
+        let events = signal.ending_events().join(",");
+        match self.store.receive_signal(signal, self.now()).await? {
+            Ok(ended) => {
+                for id in &ended {
+                    tracing::warn!(session = %id, transmitter = %issuer, %jti, events = %events, "session revoked by a signal");
+                }
+                tracing::info!(transmitter = %issuer, %jti, ended = ended.len(), "signal received");
+                Ok(Ok(ended))
+            }
+            Err(crate::store::Replayed) => {
+                self.refused(None, None, "signal", "invalid_request").await;
+                Ok(Err(crate::signals::SetError::InvalidRequest(
+                    "this SET's jti was received already: each SET is acted on once".into(),
+                )))
+            }
+        }
     }
 
     /// A reviewer records a break-glass session's after-review (an
@@ -764,4 +792,13 @@ fn ci_identity(caller: &Caller) -> Option<crate::sessions::CiIdentity> {
         })
         .collect();
     Some(crate::sessions::CiIdentity { issuer, claims })
+}
+
+/// The requester's email, when its OIDC token says it is verified
+/// (`email_verified: true`): what Shared Signals `email` subjects match.
+fn verified_email(caller: &Caller) -> Option<String> {
+    let verified = caller.claims.get("email_verified")?.as_bool()?;
+    let email = caller.claims.get("email")?.as_str()?;
+    (verified && caller.identity.starts_with("oidc:") && email.contains('@'))
+        .then(|| email.to_lowercase())
 }

@@ -137,6 +137,21 @@ pub enum Event {
         /// When the review was due.
         review_by: Timestamp,
     },
+    /// A Shared Signals transmitter's SET was received and verified:
+    /// what it said, and the sessions it ended (each also closed with its
+    /// own `closed` entry).
+    Signal {
+        /// The transmitter (`iss`).
+        transmitter: String,
+        /// The SET's `jti`.
+        jti: String,
+        /// Its event types (short names for the known ones).
+        events: Vec<String>,
+        /// Its subject, as lockstep matched it.
+        subject: String,
+        /// The sessions it ended.
+        ended: Vec<String>,
+    },
     /// The service started.
     ServiceStarted {
         /// lockstep's version.
@@ -268,6 +283,7 @@ impl Event {
             Self::Connection { .. } => "connection",
             Self::Refused { .. } => "refused",
             Self::RefusalsCounted { .. } => "refusals_counted",
+            Self::Signal { .. } => "signal",
             Self::ServiceStarted { .. } => "service_started",
             Self::ServiceStopped => "service_stopped",
             Self::KeyInitialised { .. } => "key_initialised",

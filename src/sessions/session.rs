@@ -405,6 +405,10 @@ pub struct Session {
     /// token's `exp`), for the `requester_token_valid` condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requester_credential_expires: Option<Timestamp>,
+    /// The verified `email` claim of the token the requester asked with,
+    /// lower-cased: how a Shared Signals `email` subject finds the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester_email: Option<String>,
     /// How it ended.
     pub closure: Option<Closure>,
     /// Break-glass sessions: when the review is due, and the review.
@@ -483,6 +487,7 @@ impl Session {
             signed: 0,
             ci: None,
             requester_credential_expires: None,
+            requester_email: None,
             closure: None,
             break_glass,
         };

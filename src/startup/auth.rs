@@ -45,3 +45,18 @@ fn oidc(config: &Config) -> Result<Option<OidcVerifier>, Error> {
         .map(Some)
         .map_err(|e| Error::InvalidArgument(e.to_string()))
 }
+
+/// The Shared Signals receiver for the `[[transmitter]]`s, if any;
+/// relative JWKS files are relative to the configuration file.
+pub fn signal_receiver(config: &Config) -> Result<Option<crate::signals::Receiver>, Error> {
+    if config.transmitters.is_empty() {
+        return Ok(None);
+    }
+    let base = config
+        .source
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let http = crate::net::client(crate::net::Trust::PublicRoots)?;
+    crate::signals::Receiver::new(&config.transmitters, &base, http)
+}

@@ -108,6 +108,7 @@ pub async fn prepare(config: &Config, clock: Arc<dyn Clock>) -> Result<Prepared,
         service,
         auth: Arc::new(auth),
         metrics_token: metrics_token(&metrics_config)?,
+        signals: auth::signal_receiver(config)?.map(Arc::new),
     };
     let (tls, identity) = tls::identity(server, &issuer, now).await?;
     let (listen, sweep_interval) = address_and_sweep_interval(server)?;

@@ -16,6 +16,21 @@ pub(super) fn session(id: &SessionId, body: Option<String>) -> Result<Session, S
     serde_json::from_str(&body).map_err(|e| corrupt(format!("session {id}: {e}")))
 }
 
+/// The sessions of `(id, body)` rows, skipping (and logging) any that do
+/// not decode: such a session refuses every operation anyway.
+pub(super) fn live_sessions(rows: Vec<(String, String)>) -> Vec<Session> {
+    rows.into_iter()
+        .filter_map(|(id, body)| {
+            let decoded = SessionId::parse(&id)
+                .map_err(|_| corrupt(format!("session id `{id}`")))
+                .and_then(|id| session(&id, Some(body)));
+            decoded
+                .map_err(|e| tracing::error!(session = %id, error = %e, "skipping an unreadable session"))
+                .ok()
+        })
+        .collect()
+}
+
 /// A credential profile by name.
 pub(super) fn profile(text: &str) -> Result<Profile, StoreError> {
     Profile::parse(text).ok_or_else(|| corrupt(format!("unknown profile `{text}`")))

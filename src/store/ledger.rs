@@ -114,6 +114,19 @@ pub trait LedgerTx {
         requester: &str,
         since: Timestamp,
     ) -> Result<u32, StoreError>;
+    /// Remembers SET `jti` from `issuer`, issued at `iat`; false if it was
+    /// remembered already. Forgets those issued before `forget_before`
+    /// (older SETs are refused by their age).
+    fn remember_signal(
+        &mut self,
+        issuer: &str,
+        jti: &str,
+        iat: Timestamp,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// Every pending or open session, as stored (not locked).
+    fn live_sessions(&mut self) -> Result<Vec<Session>, StoreError>;
     /// Whether the session `id` is a break-glass one, from its row's mark
     /// alone (an unreadable session's refusals are still recorded, and
     /// marked); false for no such session.
@@ -329,6 +342,43 @@ fn append_by_id(
         Some(id) => tx.is_break_glass(id)?,
     };
     tx.append(now, id, event, marked)
+}
+
+/// How long a SET's `jti` is remembered past its `iat`: the longest
+/// `max_age` plus the longest leeway, after which the SET is refused by age.
+const SIGNAL_MEMORY_SECS: i64 = crate::config::signals::MAX_SIGNAL_AGE_SECS + 300;
+
+/// See [`Store::receive_signal`].
+fn signal_in(
+    tx: &mut dyn LedgerTx,
+    signal: &crate::signals::Signal,
+    now: Timestamp,
+) -> Result<Result<Vec<SessionId>, super::Replayed>, StoreError> {
+    let forget_before = now.plus_secs(-SIGNAL_MEMORY_SECS);
+    if !tx.remember_signal(&signal.issuer, &signal.jti, signal.iat, now, forget_before)? {
+        return Ok(Err(super::Replayed));
+    }
+    let mut ended = Vec::new();
+    let op = SessionOp::Revoke {
+        by: crate::signals::SIGNAL_ACTOR.to_owned(),
+        actor: crate::sessions::Actor::Operator,
+        note: signal.note(),
+        reason: Some(RevocationReason::PrivilegeWithdrawn),
+    };
+    for s in tx.live_sessions()? {
+        if signal.ends(&s) && apply_in(tx, &s.id, &op, now)?.result.is_ok() {
+            ended.push(s.id);
+        }
+    }
+    let event = Event::Signal {
+        transmitter: signal.issuer.clone(),
+        jti: signal.jti.clone(),
+        events: signal.events.iter().map(|e| e.name.clone()).collect(),
+        subject: signal.subject.to_string(),
+        ended: ended.iter().map(|id| id.as_str().to_owned()).collect(),
+    };
+    append_by_id(tx, now, None, &event)?;
+    Ok(Ok(ended))
 }
 
 /// How far back the break-glass rate limit counts requests.
@@ -658,6 +708,15 @@ impl<B: Backend> Store for Ledger<B> {
             Ok(due.len())
         })
         .await
+    }
+
+    async fn receive_signal(
+        &self,
+        signal: crate::signals::Signal,
+        now: Timestamp,
+    ) -> Result<Result<Vec<SessionId>, super::Replayed>, StoreError> {
+        self.transact(Durability::Synced, move |tx| signal_in(tx, &signal, now))
+            .await
     }
 
     async fn recover(&self, now: Timestamp) -> Result<usize, StoreError> {

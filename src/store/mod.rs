@@ -79,6 +79,10 @@ pub struct Applied {
     pub result: Result<Option<MintSlot>, SessionError>,
 }
 
+/// A SET whose `jti` its transmitter already sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replayed;
+
 /// A credential about to be minted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewCredential {
@@ -333,6 +337,16 @@ pub trait Store: Send + Sync {
 
     /// Expires and abandons every session due at `now`; returns how many.
     async fn sweep(&self, now: Timestamp) -> Result<usize, StoreError>;
+
+    /// Acts on a verified Shared Signals SET in one transaction: its
+    /// `jti` is remembered (a replay is refused, `Ok(Err(Replayed))`,
+    /// changing nothing), every live session it ends is revoked, and a
+    /// `signal` entry records it. Returns the sessions ended.
+    async fn receive_signal(
+        &self,
+        signal: crate::signals::Signal,
+        now: Timestamp,
+    ) -> Result<Result<Vec<SessionId>, Replayed>, StoreError>;
 
     /// After a crash: credentials left reserved are voided and their slots
     /// given back. Returns how many.

@@ -135,3 +135,26 @@ impl TestServer {
             .unwrap()
     }
 }
+
+impl TestServer {
+    /// `openssl ocsp` against this server for the certificate `leaf`
+    /// (PEM): its whole output, after checking the response verified.
+    pub fn ocsp_text(&self, leaf: &std::path::Path) -> String {
+        let issuing = self.dir.path().join("ca/issuing.pem");
+        let (ok, text) = super::openssl(&[
+            "ocsp",
+            "-issuer",
+            issuing.to_str().unwrap(),
+            "-cert",
+            leaf.to_str().unwrap(),
+            "-url",
+            &format!("{}/v1/ocsp", self.url),
+            "-CAfile",
+            self.root_pem().to_str().unwrap(),
+            "-resp_text",
+        ]);
+        assert!(ok, "openssl ocsp failed: {text}");
+        assert!(text.contains("Response verify OK"), "{text}");
+        text
+    }
+}

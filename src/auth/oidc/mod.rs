@@ -106,8 +106,9 @@ impl fmt::Debug for OidcVerifier {
     }
 }
 
-/// One configured issuer and its key cache.
-struct Issuer {
+/// One configured issuer of signed JWTs and its key cache: an OIDC
+/// issuer of callers' tokens, or a Shared Signals transmitter.
+pub(crate) struct Issuer {
     issuer: String,
     audience: String,
     source: JwksSource,
@@ -135,58 +136,138 @@ fn rejected(why: &str) -> AuthError {
     AuthError::Rejected(why.to_owned())
 }
 
-/// The parts of the (unverified) header lockstep looks at.
-struct TokenHeader {
-    alg: Algorithm,
-    kid: Option<String>,
+/// Why a signed JWT was refused before its claims were looked at, by the
+/// part that failed (a Shared Signals receiver must say which: RFC 8935).
+#[derive(Debug)]
+pub(crate) enum JwtFault {
+    /// Not a well-formed JWS, or a header lockstep refuses.
+    Malformed(String),
+    /// No usable key for it, or the signature does not verify.
+    Key(String),
+    /// Its `iss` is not the issuer's.
+    Issuer,
+    /// Its `aud` does not name the expected audience.
+    Audience,
+    /// The issuer's keys cannot be had now.
+    Unavailable(String),
 }
 
-fn decode_json_object(segment: &str, what: &str) -> Result<Map<String, Value>, AuthError> {
+impl JwtFault {
+    /// What failed, in words that never quote the token.
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            Self::Malformed(m) | Self::Key(m) | Self::Unavailable(m) => m,
+            Self::Issuer => "the token's issuer (`iss`) does not match",
+            Self::Audience => "the token is not for this audience (`aud`)",
+        }
+    }
+}
+
+impl From<JwtFault> for AuthError {
+    fn from(f: JwtFault) -> Self {
+        match f {
+            JwtFault::Unavailable(m) => AuthError::Unavailable(m),
+            other => AuthError::Rejected(other.message().to_owned()),
+        }
+    }
+}
+
+fn malformed(why: &str) -> JwtFault {
+    JwtFault::Malformed(why.to_owned())
+}
+
+fn bad_key(why: &str) -> JwtFault {
+    JwtFault::Key(why.to_owned())
+}
+
+/// The parts of the (unverified) header lockstep looks at.
+pub(crate) struct TokenHeader {
+    alg: Algorithm,
+    kid: Option<String>,
+    /// The media type of the whole token (`typ`), if given.
+    pub(crate) typ: Option<String>,
+}
+
+/// A JWT whose signature, `iss` and `aud` were verified; its times and
+/// other claims are for the caller to check.
+pub(crate) struct VerifiedJwt {
+    pub(crate) header: TokenHeader,
+    pub(crate) claims: Map<String, Value>,
+}
+
+fn decode_json_object(segment: &str, what: &str) -> Result<Map<String, Value>, JwtFault> {
     let bytes = URL_SAFE_NO_PAD
         .decode(segment)
-        .map_err(|_| AuthError::Rejected(format!("the JWT {what} is not base64url")))?;
+        .map_err(|_| JwtFault::Malformed(format!("the JWT {what} is not base64url")))?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(AuthError::Rejected(format!(
+        _ => Err(JwtFault::Malformed(format!(
             "the JWT {what} is not a JSON object"
         ))),
     }
 }
 
-fn parse_header(segment: &str) -> Result<TokenHeader, AuthError> {
+fn parse_header(segment: &str) -> Result<TokenHeader, JwtFault> {
     let header = decode_json_object(segment, "header")?;
     let alg = match header.get("alg") {
         Some(Value::String(alg)) => alg.as_str(),
-        _ => return Err(rejected("the JWT header has no `alg`")),
+        _ => return Err(malformed("the JWT header has no `alg`")),
     };
     let alg = match alg {
         "ES256" => Algorithm::ES256,
         "RS256" => Algorithm::RS256,
         a if a.eq_ignore_ascii_case("none") => {
-            return Err(rejected("unsigned tokens (`alg: none`) are refused"));
+            return Err(malformed("unsigned tokens (`alg: none`) are refused"));
         }
         a if a.starts_with("HS") => {
-            return Err(rejected(
+            return Err(malformed(
                 "HMAC-signed tokens are refused; only ES256 and RS256 are accepted",
             ));
         }
         _ => {
-            return Err(rejected(
+            return Err(malformed(
                 "the token's algorithm is not accepted; only ES256 and RS256 are",
             ));
         }
     };
     if header.contains_key("crit") {
-        return Err(rejected(
+        return Err(malformed(
             "the JWT header has `crit` extensions lockstep does not understand",
         ));
     }
-    let kid = match header.get("kid") {
-        None => None,
-        Some(Value::String(kid)) => Some(kid.clone()),
-        Some(_) => return Err(rejected("the JWT header's `kid` is not a string")),
+    let text = |name: &str| match header.get(name) {
+        None => Ok(None),
+        Some(Value::String(v)) => Ok(Some(v.clone())),
+        Some(_) => Err(JwtFault::Malformed(format!(
+            "the JWT header's `{name}` is not a string"
+        ))),
     };
-    Ok(TokenHeader { alg, kid })
+    Ok(TokenHeader {
+        alg,
+        kid: text("kid")?,
+        typ: text("typ")?,
+    })
+}
+
+/// The unverified `iss` of `token`, after the checks any JWT gets before
+/// its issuer is looked up: size, shape, a JSON payload. Only for picking
+/// whose keys decide.
+pub(crate) fn unverified_issuer(token: &str) -> Result<String, JwtFault> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(JwtFault::Malformed(format!(
+            "the token is larger than {} KiB",
+            MAX_TOKEN_BYTES / 1024
+        )));
+    }
+    if !OidcVerifier::looks_like_jwt(token) {
+        return Err(malformed("the token is not a JWT"));
+    }
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let unverified = decode_json_object(payload, "payload")?;
+    match unverified.get("iss").and_then(Value::as_str) {
+        Some(iss) => Ok(iss.to_owned()),
+        None => Err(malformed("the token has no issuer (`iss`)")),
+    }
 }
 
 /// The key a token is to be verified with: by `kid`, or the only key when
@@ -195,9 +276,9 @@ fn select_key<'k>(
     keys: &'k [VerifyKey],
     alg: Algorithm,
     kid: Option<&str>,
-) -> Result<&'k VerifyKey, AuthError> {
+) -> Result<&'k VerifyKey, JwtFault> {
     if keys.is_empty() {
-        return Err(rejected("the issuer publishes no usable ES256/RS256 key"));
+        return Err(bad_key("the issuer publishes no usable ES256/RS256 key"));
     }
     let candidates: Vec<&VerifyKey> = match kid {
         Some(kid) => keys
@@ -206,37 +287,39 @@ fn select_key<'k>(
             .collect(),
         None if keys.len() == 1 => keys.iter().collect(),
         None => {
-            return Err(rejected(
+            return Err(bad_key(
                 "the token has no key id (`kid`) and the issuer has several keys",
             ));
         }
     };
     if candidates.is_empty() {
-        return Err(rejected(
+        return Err(bad_key(
             "the token's key id (`kid`) is not among the issuer's keys",
         ));
     }
     let mut matching = candidates.into_iter().filter(|k| k.alg == alg);
     match (matching.next(), matching.next()) {
         (Some(key), None) => Ok(key),
-        (None, _) => Err(rejected(
+        (None, _) => Err(bad_key(
             "the token's algorithm does not match the type of its key",
         )),
-        (Some(_), Some(_)) => Err(rejected("the token's key id (`kid`) is ambiguous")),
+        (Some(_), Some(_)) => Err(bad_key("the token's key id (`kid`) is ambiguous")),
     }
 }
 
-fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> AuthError {
+fn map_jwt_error(e: &jsonwebtoken::errors::Error) -> JwtFault {
     // Never the error's own text: it may quote parts of the token.
-    rejected(match e.kind() {
-        ErrorKind::InvalidSignature => "the signature does not verify with the issuer's key",
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-            "the token's algorithm does not match the type of its key"
+    match e.kind() {
+        ErrorKind::InvalidSignature => {
+            bad_key("the signature does not verify with the issuer's key")
         }
-        ErrorKind::InvalidAudience => "the token is not for this audience (`aud`)",
-        ErrorKind::InvalidIssuer => "the token's issuer (`iss`) does not match",
-        _ => "the token is malformed",
-    })
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            bad_key("the token's algorithm does not match the type of its key")
+        }
+        ErrorKind::InvalidAudience => JwtFault::Audience,
+        ErrorKind::InvalidIssuer => JwtFault::Issuer,
+        _ => malformed("the token is malformed"),
+    }
 }
 
 /// A NumericDate claim as whole seconds: fractional values are rounded
@@ -319,6 +402,7 @@ impl Issuer {
 }
 
 fn parse_duration(
+    section: &str,
     issuer: &str,
     field: &str,
     text: Option<&str>,
@@ -327,14 +411,19 @@ fn parse_duration(
     let text = text.unwrap_or(default);
     humantime::parse_duration(text).map_err(|e| {
         AuthError::Config(format!(
-            "[[auth.oidc]] issuer `{issuer}`: `{field} = \"{text}\"` is not a duration like \"{default}\": {e}"
+            "{section} issuer `{issuer}`: `{field} = \"{text}\"` is not a duration like \"{default}\": {e}"
         ))
     })
 }
 
-fn parse_source(issuer: &str, jwks: &str, base_dir: &Path) -> Result<JwksSource, AuthError> {
+fn parse_source(
+    section: &str,
+    issuer: &str,
+    jwks: &str,
+    base_dir: &Path,
+) -> Result<JwksSource, AuthError> {
     let config =
-        |why: String| AuthError::Config(format!("[[auth.oidc]] issuer `{issuer}`: `jwks`: {why}"));
+        |why: String| AuthError::Config(format!("{section} issuer `{issuer}`: `jwks`: {why}"));
     if let Some(path) = jwks.strip_prefix("file:") {
         if path.is_empty() {
             return Err(config("`file:` needs a path".to_owned()));
@@ -372,26 +461,33 @@ fn parse_source(issuer: &str, jwks: &str, base_dir: &Path) -> Result<JwksSource,
 }
 
 impl Issuer {
-    fn from_config(config: &OidcIssuerConfig, base_dir: &Path) -> Result<Self, AuthError> {
+    /// An issuer of signed JWTs from its configuration, checked; `section`
+    /// names the configuration table in error messages.
+    pub(crate) fn from_config(
+        config: &OidcIssuerConfig,
+        base_dir: &Path,
+        section: &str,
+    ) -> Result<Self, AuthError> {
         let issuer = config.issuer.as_str();
         if issuer.trim().is_empty() {
-            return Err(AuthError::Config(
-                "an [[auth.oidc]] entry has an empty `issuer`".to_owned(),
-            ));
+            return Err(AuthError::Config(format!(
+                "an {section} entry has an empty `issuer`"
+            )));
         }
         if issuer.trim() != issuer || issuer.chars().any(char::is_control) {
             return Err(AuthError::Config(format!(
-                "[[auth.oidc]] issuer `{}`: `issuer` has surrounding white space or control characters",
+                "{section} issuer `{}`: `issuer` has surrounding white space or control characters",
                 issuer.escape_debug()
             )));
         }
         if config.audience.trim().is_empty() {
             return Err(AuthError::Config(format!(
-                "[[auth.oidc]] issuer `{issuer}`: `audience` is empty"
+                "{section} issuer `{issuer}`: `audience` is empty"
             )));
         }
-        let source = parse_source(issuer, &config.jwks, base_dir)?;
+        let source = parse_source(section, issuer, &config.jwks, base_dir)?;
         let ttl = parse_duration(
+            section,
             issuer,
             "jwks_cache",
             config.jwks_cache.as_deref(),
@@ -399,13 +495,19 @@ impl Issuer {
         )?;
         if ttl.as_secs() == 0 {
             return Err(AuthError::Config(format!(
-                "[[auth.oidc]] issuer `{issuer}`: `jwks_cache` must be at least 1s"
+                "{section} issuer `{issuer}`: `jwks_cache` must be at least 1s"
             )));
         }
-        let leeway = parse_duration(issuer, "leeway", config.leeway.as_deref(), DEFAULT_LEEWAY)?;
+        let leeway = parse_duration(
+            section,
+            issuer,
+            "leeway",
+            config.leeway.as_deref(),
+            DEFAULT_LEEWAY,
+        )?;
         if leeway.as_secs() > MAX_LEEWAY_SECS {
             return Err(AuthError::Config(format!(
-                "[[auth.oidc]] issuer `{issuer}`: `leeway` must be at most {MAX_LEEWAY_SECS}s"
+                "{section} issuer `{issuer}`: `leeway` must be at most {MAX_LEEWAY_SECS}s"
             )));
         }
         Ok(Self {
@@ -418,6 +520,56 @@ impl Issuer {
             cache: Mutex::new(KeyCache::default()),
             fetching: tokio::sync::Mutex::new(()),
         })
+    }
+}
+
+impl Issuer {
+    /// The issuer's exact `iss`.
+    pub(crate) fn name(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Verifies `token`'s signature with this issuer's keys (by `kid`, the
+    /// key's own algorithm only), and its `iss` and `aud`. Times are left
+    /// to the caller, against its `now`.
+    pub(crate) async fn verified(
+        &self,
+        http: &reqwest::Client,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<VerifiedJwt, JwtFault> {
+        let header = token.split('.').next().unwrap_or_default();
+        let header = parse_header(header)?;
+        let keys = self
+            .keys(http, now, header.kid.as_deref())
+            .await
+            .map_err(|e| match e {
+                AuthError::Unavailable(m) => JwtFault::Unavailable(m),
+                other => JwtFault::Key(other.to_string()),
+            })?;
+        let key = select_key(&keys, header.alg, header.kid.as_deref())?;
+        let mut validation = Validation::new(key.alg);
+        validation.algorithms = vec![key.alg];
+        // Time is checked by the caller against its `now`, not the system
+        // clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        validation.required_spec_claims = HashSet::new();
+        validation.validate_aud = true;
+        validation.set_audience(&[self.audience.as_str()]);
+        validation.set_issuer(&[self.issuer.as_str()]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            .map_err(|e| map_jwt_error(&e))?;
+        Ok(VerifiedJwt {
+            header,
+            claims: data.claims,
+        })
+    }
+
+    /// The clock-skew leeway configured, seconds.
+    pub(crate) fn leeway_secs(&self) -> i64 {
+        self.leeway_secs
     }
 }
 
@@ -435,7 +587,7 @@ impl OidcVerifier {
     ) -> Result<Self, AuthError> {
         let mut by_issuer = HashMap::with_capacity(issuers.len());
         for config in issuers {
-            let issuer = Issuer::from_config(config, base_dir)?;
+            let issuer = Issuer::from_config(config, base_dir, "[[auth.oidc]]")?;
             if by_issuer.contains_key(&issuer.issuer) {
                 return Err(AuthError::Config(format!(
                     "[[auth.oidc]] issuer `{}` is configured twice",
@@ -457,46 +609,11 @@ impl OidcVerifier {
     /// [`AuthError::Rejected`] for a token that is not acceptable;
     /// [`AuthError::Unavailable`] when the issuer's keys cannot be had.
     pub async fn verify(&self, token: &str, now: Timestamp) -> Result<Caller, AuthError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(AuthError::Rejected(format!(
-                "the token is larger than {} KiB",
-                MAX_TOKEN_BYTES / 1024
-            )));
-        }
-        if !Self::looks_like_jwt(token) {
-            return Err(rejected("the token is not a JWT"));
-        }
-        let mut segments = token.split('.');
-        let (Some(header), Some(payload)) = (segments.next(), segments.next()) else {
-            return Err(rejected("the token is not a JWT"));
-        };
-        let header = parse_header(header)?;
-        // Unverified: only to pick the issuer whose keys decide.
-        let unverified = decode_json_object(payload, "payload")?;
-        let Some(iss) = unverified.get("iss").and_then(Value::as_str) else {
-            return Err(rejected("the token has no issuer (`iss`)"));
-        };
-        let Some(issuer) = self.issuers.get(iss) else {
+        let iss = unverified_issuer(token)?;
+        let Some(issuer) = self.issuers.get(&iss) else {
             return Err(rejected("the token's issuer (`iss`) is not trusted"));
         };
-
-        let keys = issuer.keys(&self.http, now, header.kid.as_deref()).await?;
-        let key = select_key(&keys, header.alg, header.kid.as_deref())?;
-
-        let mut validation = Validation::new(key.alg);
-        validation.algorithms = vec![key.alg];
-        // Time is checked below against the caller's `now`, not the system
-        // clock.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.leeway = 0;
-        validation.required_spec_claims = HashSet::new();
-        validation.validate_aud = true;
-        validation.set_audience(&[issuer.audience.as_str()]);
-        validation.set_issuer(&[issuer.issuer.as_str()]);
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
-            .map_err(|e| map_jwt_error(&e))?;
-        let claims = data.claims;
+        let claims = issuer.verified(&self.http, token, now).await?.claims;
         issuer.check_claims(&claims, now)?;
 
         let sub = claims

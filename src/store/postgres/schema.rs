@@ -131,6 +131,18 @@ const MIGRATIONS: &[&str] = &[
         WHERE break_glass IS NOT NULL;
     CREATE INDEX sessions_review_due ON sessions(review_by) WHERE break_glass = 'awaiting';
     "#,
+    // 5: the Shared Signals SETs received, by transmitter and jti, so a
+    // replay is refused (src/signals).
+    r#"
+    CREATE TABLE signals_received (
+        issuer       TEXT NOT NULL,
+        jti          TEXT NOT NULL,
+        iat          BIGINT NOT NULL,
+        received_at  BIGINT NOT NULL,
+        PRIMARY KEY (issuer, jti)
+    );
+    CREATE INDEX signals_received_iat ON signals_received(iat);
+    "#,
 ];
 
 /// Applies the migrations not yet applied; refuses a newer schema.

@@ -395,6 +395,40 @@ impl LedgerTx for PgTx<'_> {
         Ok(out)
     }
 
+    fn remember_signal(
+        &mut self,
+        issuer: &str,
+        jti: &str,
+        iat: Timestamp,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.execute(
+            "DELETE FROM signals_received WHERE iat < $1",
+            &[&forget_before.unix()],
+        )?;
+        // The primary key decides between replicas: the second insert of a
+        // jti waits for the first transaction, then finds the row.
+        let added = self.execute(
+            "INSERT INTO signals_received (issuer, jti, iat, received_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (issuer, jti) DO NOTHING",
+            &[&issuer, &jti, &iat.unix(), &now.unix()],
+        )?;
+        Ok(added == 1)
+    }
+
+    fn live_sessions(&mut self) -> Result<Vec<Session>, StoreError> {
+        let rows = self.query(
+            "SELECT id, body FROM sessions WHERE state IN ('pending', 'open') ORDER BY id",
+            &[],
+        )?;
+        let rows = rows
+            .iter()
+            .map(|r| Ok((col(r, 0)?, col(r, 1)?)))
+            .collect::<Result<Vec<(String, String)>, StoreError>>()?;
+        Ok(decode::live_sessions(rows))
+    }
+
     fn is_break_glass(&mut self, id: &SessionId) -> Result<bool, StoreError> {
         let rows = self.query(
             "SELECT 1 FROM sessions WHERE id = $1 AND break_glass IS NOT NULL",

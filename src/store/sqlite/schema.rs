@@ -146,6 +146,20 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX sessions_review_due ON sessions(review_by) WHERE break_glass = 'awaiting';
     "#,
     ),
+    // 9: the Shared Signals SETs received, by transmitter and jti, so a
+    // replay is refused (src/signals).
+    Migration::Sql(
+        r#"
+    CREATE TABLE signals_received (
+        issuer       TEXT NOT NULL,
+        jti          TEXT NOT NULL,
+        iat          INTEGER NOT NULL,
+        received_at  INTEGER NOT NULL,
+        PRIMARY KEY (issuer, jti)
+    ) STRICT;
+    CREATE INDEX signals_received_iat ON signals_received(iat);
+    "#,
+    ),
 ];
 
 /// Computes the hash chain over events recorded before the trail was

@@ -312,6 +312,43 @@ impl LedgerTx for SqliteTx<'_> {
             .collect()
     }
 
+    fn remember_signal(
+        &mut self,
+        issuer: &str,
+        jti: &str,
+        iat: Timestamp,
+        now: Timestamp,
+        forget_before: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.tx
+            .exec(
+                "DELETE FROM signals_received WHERE iat < ?1",
+                params![forget_before.unix()],
+            )
+            .map_err(unavailable)?;
+        let added = self
+            .tx
+            .exec(
+                "INSERT INTO signals_received (issuer, jti, iat, received_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (issuer, jti) DO NOTHING",
+                params![issuer, jti, iat.unix(), now.unix()],
+            )
+            .map_err(unavailable)?;
+        Ok(added == 1)
+    }
+
+    fn live_sessions(&mut self) -> Result<Vec<Session>, StoreError> {
+        let rows: Vec<(String, String)> = self
+            .tx
+            .all(
+                "SELECT id, body FROM sessions WHERE state IN ('pending', 'open') ORDER BY id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(unavailable)?;
+        Ok(decode::live_sessions(rows))
+    }
+
     fn is_break_glass(&mut self, id: &SessionId) -> Result<bool, StoreError> {
         let hits: Vec<i64> = self
             .tx
