@@ -33,6 +33,15 @@ approvers = ["token:bob"]
 quorum = 1
 max_duration = "1h"
 profiles = ["mtls-client"]
+
+[[resource]]
+match = "ci:*"
+requesters = ["oidc:{iss}:alice"]
+approvers = ["token:bob"]
+quorum = 1
+max_duration = "1h"
+profiles = ["mtls-client"]
+conditions = { requester_token_valid = true }
 "#;
 
 struct Fx {
@@ -66,7 +75,11 @@ impl Fx {
 
     /// An open session requested by `caller`, and its certificate's PEM.
     async fn open(&self, caller: &str) -> (String, PathBuf) {
-        let s = self.pending(caller).await;
+        self.open_on(caller, "db:payroll").await
+    }
+
+    async fn open_on(&self, caller: &str, resource: &str) -> (String, PathBuf) {
+        let s = self.pending_on(caller, resource).await;
         assert_eq!(self.srv.vote("bob", &s, "approve").await.0, 200);
         let id = s["id"].as_str().unwrap().to_owned();
         let csr = self.srv.csr(&format!("{id}.key"));
@@ -81,7 +94,11 @@ impl Fx {
     }
 
     async fn pending(&self, caller: &str) -> Value {
-        let body = json!({"resource": "db:payroll", "task": "t", "duration_secs": 600, "profile": "mtls-client"});
+        self.pending_on(caller, "db:payroll").await
+    }
+
+    async fn pending_on(&self, caller: &str, resource: &str) -> Value {
+        let body = json!({"resource": resource, "task": "t", "duration_secs": 600, "profile": "mtls-client"});
         let (status, s) = self
             .srv
             .call("POST", "/v1/sessions", Some(caller), Some(body))
@@ -396,4 +413,34 @@ async fn a_revoked_idp_session_revokes_the_requesters_sessions_at_once() {
     want.sort();
     assert_eq!(ended, want);
     assert_eq!(signal["events"], json!(["session-revoked"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_when_its_requesters_token_does_under_requester_token_valid() {
+    let fx = Fx::start("signals-recheck").await;
+    // A token valid for a few more seconds: the session outlives it.
+    let alice = format!("Bearer:{}", fx.idp.token("alice", "lockstep", json!({}), 4));
+    let (id, leaf) = fx.open_on(&alice, "ci:release").await;
+    let (plain, _) = fx.open(&alice).await;
+    let mut s = fx.state(&id).await;
+    for _ in 0..100 {
+        if s["state"] == "closed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        s = fx.state(&id).await;
+    }
+    assert_eq!(s["state"], "closed", "the sweep re-checked it: {s}");
+    assert_eq!(s["close_reason"], "revoked");
+    assert_eq!(s["closed_by"], "lockstep:policy");
+    assert!(
+        s["close_note"].as_str().unwrap().contains("has expired"),
+        "{s}"
+    );
+    assert!(fx.srv.ocsp_text(&leaf).contains(": revoked"));
+    assert_eq!(
+        fx.state(&plain).await["state"],
+        "open",
+        "no such condition there"
+    );
 }

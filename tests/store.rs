@@ -1070,3 +1070,92 @@ async fn break_glass_reviews_are_tracked_until_justified(kind: StoreKind) {
         .collect();
     assert_eq!(kinds, ["requested", "opened", "closed", "review_overdue"]);
 }
+
+on_both_stores!(async a_signal_ends_its_subjects_live_sessions_once);
+async fn a_signal_ends_its_subjects_live_sessions_once(kind: StoreKind) {
+    use lockstep::signals::{Signal, SignalEvent, Subject};
+    let place = TestStore::new(kind).await;
+    let store = place.open().await;
+    let of = |requester: &str| {
+        let (mut s, ev) = new_session(1, 1, 1);
+        s.request.requester = requester.into();
+        (s, ev)
+    };
+    let alice = "oidc:https://idp.example:alice";
+    let (open, ev) = of(alice);
+    store
+        .create_session(open.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
+    approve(&store, &open, "token:approver-0", 1).await.unwrap();
+    let (pending, ev) = of(alice);
+    store
+        .create_session(pending.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
+    let (other, ev) = of("oidc:https://idp.example:alicex");
+    store
+        .create_session(other.clone(), ev, t(0))
+        .await
+        .unwrap()
+        .unwrap();
+    let signal = |jti: &str| Signal {
+        issuer: "https://idp.example/ssf".into(),
+        jti: jti.into(),
+        iat: t(2),
+        events: vec![SignalEvent {
+            name: "session-revoked".into(),
+            ends_sessions: true,
+        }],
+        subject: Subject::IssSub {
+            iss: "https://idp.example".into(),
+            sub: "alice".into(),
+        },
+        approvers: false,
+    };
+    let mut ended = store
+        .receive_signal(signal("j1"), t(3))
+        .await
+        .unwrap()
+        .unwrap();
+    ended.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let mut want = vec![open.id.clone(), pending.id.clone()];
+    want.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(ended, want);
+    for id in [&open.id, &pending.id] {
+        let s = store.session(id, t(4)).await.unwrap();
+        let closure = s.closure.unwrap();
+        assert_eq!(closure.reason, CloseReason::Revoked);
+        assert_eq!(closure.by.as_deref(), Some("lockstep:signal"));
+        assert!(closure.note.unwrap().contains("(jti j1)"));
+    }
+    assert_eq!(
+        store.session(&other.id, t(4)).await.unwrap().state,
+        State::Pending
+    );
+    // The same jti again is refused and changes nothing; another is taken.
+    assert!(
+        store
+            .receive_signal(signal("j1"), t(5))
+            .await
+            .unwrap()
+            .is_err()
+    );
+    assert_eq!(
+        store.receive_signal(signal("j2"), t(5)).await.unwrap(),
+        Ok(vec![])
+    );
+    let entries = store.audit_entries(0, 1000, None).await.unwrap();
+    let kinds: Vec<_> = entries
+        .iter()
+        .filter(|e| e.kind == "signal")
+        .map(|e| e.session.clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        [None, None],
+        "one entry per SET taken, of no session"
+    );
+}

@@ -31,8 +31,9 @@ pub use request::{
     parse_hash, validate_fields, validate_resource,
 };
 pub use session::{
-    Actor, CiIdentity, CloseReason, Closure, Conditions, MintSlot, POLICY_ACTOR, RevocationReason,
-    Rules, Session, SessionOp, SigningRules, SshRules, State, Vote,
+    Actor, CiIdentity, CloseReason, Closure, Conditions, MintSlot, POLICY_ACTOR,
+    REQUESTER_TOKEN_EXPIRED, RevocationReason, Rules, Session, SessionOp, SigningRules, SshRules,
+    State, Vote,
 };
 
 /// Why a session operation was refused.

@@ -91,6 +91,10 @@ impl Default for SigningRules {
 /// The identity lockstep acts as when a policy closes or revokes a session.
 pub const POLICY_ACTOR: &str = "lockstep:policy";
 
+/// Why a `requester_token_valid` session is revoked once the token its
+/// requester asked with has expired (at a mint, or when time reaches it).
+pub const REQUESTER_TOKEN_EXPIRED: &str = "the token the requester asked with has expired";
+
 /// The CI identity an OIDC requester's token carried (GitHub Actions
 /// claims), kept with the session so its code-signing certificates can
 /// say which workflow, repository and commit asked, in the extensions
@@ -526,7 +530,8 @@ impl Session {
     /// instant), and a break-glass review not recorded by its `review_by`
     /// becomes overdue.
     pub fn refresh(&mut self, now: Timestamp) -> Vec<Event> {
-        let mut events = self.refresh_state(now);
+        let mut events: Vec<Event> = self.condition_failure(now).into_iter().collect();
+        events.append(&mut self.refresh_state(now));
         if let Some(b) = &mut self.break_glass
             && b.due(now)
         {
@@ -536,6 +541,42 @@ impl Session {
             });
         }
         events
+    }
+
+    /// When a condition the policy re-checks fails by time alone while the
+    /// session is live: the requester's token expiring, under
+    /// `requester_token_valid`.
+    pub fn recheck_at(&self) -> Option<Timestamp> {
+        let live = self.state != State::Closed;
+        let checked = live && self.rules.conditions.requester_token_valid;
+        checked
+            .then_some(self.requester_credential_expires)
+            .flatten()
+    }
+
+    /// Revokes the session at [`Session::recheck_at`] if `now` reached it
+    /// before the session would have ended anyway.
+    fn condition_failure(&mut self, now: Timestamp) -> Option<Event> {
+        let at = self.recheck_at().filter(|at| now >= *at)?;
+        let ends = match self.state {
+            State::Pending => self.pending_until,
+            State::Open => self.closes_at?,
+            State::Closed => return None,
+        };
+        if at >= ends {
+            return None;
+        }
+        let note = format!("condition failed: {REQUESTER_TOKEN_EXPIRED}");
+        let event = self.close(
+            CloseReason::Revoked,
+            at,
+            Some(POLICY_ACTOR.to_owned()),
+            Some(note),
+        );
+        if let Some(c) = &mut self.closure {
+            c.revocation_reason = Some(RevocationReason::PrivilegeWithdrawn);
+        }
+        Some(event)
     }
 
     fn refresh_state(&mut self, now: Timestamp) -> Vec<Event> {
@@ -558,7 +599,9 @@ impl Session {
     /// abandoned or expired), so a reader must save it before use.
     pub fn due(&self, now: Timestamp) -> bool {
         let review_due = self.break_glass.as_ref().is_some_and(|b| b.due(now));
+        let recheck_due = self.recheck_at().is_some_and(|at| now >= at);
         review_due
+            || recheck_due
             || match self.state {
                 State::Pending => now >= self.pending_until,
                 State::Open => self.closes_at.is_some_and(|c| now >= c),

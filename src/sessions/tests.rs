@@ -608,3 +608,48 @@ fn sessions_stored_before_signing_existed_read_with_its_defaults() {
     assert_eq!((s.signed, s.rules.signing), (0, SigningRules::default()));
     assert_eq!(s.ci, None);
 }
+
+#[test]
+fn a_requester_token_that_expires_revokes_the_session_at_that_instant() {
+    let checked = || Rules {
+        conditions: Conditions {
+            requester_token_valid: true,
+            ..Conditions::default()
+        },
+        ..rules()
+    };
+    let mut s = new_session(checked());
+    s.requester_credential_expires = Some(Timestamp::from_unix(T0 + 30));
+    run(
+        &mut s,
+        vec![(1, Op::Approve(A), "ok"), (2, Op::Approve(B), "ok")],
+    );
+    assert_eq!(s.recheck_at(), Some(Timestamp::from_unix(T0 + 30)));
+    assert!(!s.due(Timestamp::from_unix(T0 + 29)));
+    assert!(s.due(Timestamp::from_unix(T0 + 30)));
+    let events = s.refresh(Timestamp::from_unix(T0 + 45));
+    let closure = s.closure.clone().unwrap();
+    assert_eq!(closure.reason, CloseReason::Revoked);
+    assert_eq!(
+        closure.at,
+        Timestamp::from_unix(T0 + 30),
+        "when the token expired"
+    );
+    assert_eq!(closure.by.as_deref(), Some(POLICY_ACTOR));
+    assert_eq!(
+        closure.revocation_reason,
+        Some(RevocationReason::PrivilegeWithdrawn)
+    );
+    assert!(matches!(events.as_slice(), [Event::Closed { .. }]));
+    assert_eq!(s.recheck_at(), None, "nothing left to re-check");
+
+    // A token outliving the session changes nothing: it expires as usual.
+    let mut late = new_session(checked());
+    late.requester_credential_expires = Some(Timestamp::from_unix(T0 + 1_000));
+    run(
+        &mut late,
+        vec![(1, Op::Approve(A), "ok"), (2, Op::Approve(B), "ok")],
+    );
+    late.refresh(Timestamp::from_unix(T0 + 2_000));
+    assert_eq!(late.closure.unwrap().reason, CloseReason::Expired);
+}

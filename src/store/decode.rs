@@ -65,6 +65,12 @@ pub(super) fn review_columns(session: &Session) -> (Option<&'static str>, Option
     (state.map(ReviewState::as_str), review_by)
 }
 
+/// The `recheck_at` column of a session: when a condition fails by time
+/// while it is live (none once closed), for the sweep.
+pub(super) fn recheck_column(session: &Session) -> Option<i64> {
+    session.recheck_at().map(Timestamp::unix)
+}
+
 /// A credential kind by name.
 pub(super) fn kind(text: &str) -> Result<CredentialKind, StoreError> {
     CredentialKind::parse(text).ok_or_else(|| corrupt(format!("unknown credential kind `{text}`")))

@@ -91,7 +91,7 @@ impl Service {
             && let Some(exp) = session.requester_credential_expires
             && self.now() >= exp
         {
-            failed = Some("the token the requester asked with has expired".to_owned());
+            failed = Some(crate::sessions::REQUESTER_TOKEN_EXPIRED.to_owned());
         }
         let Some(why) = failed else {
             return Ok(());

@@ -143,6 +143,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX signals_received_iat ON signals_received(iat);
     "#,
+    // 6: when a live session's conditions fail by time alone (the
+    // requester's token expiring under `requester_token_valid`), for the
+    // sweep; sessions stored before it are re-checked at their next mint.
+    r#"
+    ALTER TABLE sessions ADD COLUMN recheck_at BIGINT;
+    CREATE INDEX sessions_recheck ON sessions(recheck_at) WHERE recheck_at IS NOT NULL;
+    "#,
 ];
 
 /// Applies the migrations not yet applied; refuses a newer schema.

@@ -206,8 +206,8 @@ impl LedgerTx for PgTx<'_> {
         let body = serde_json::to_string(session).map_err(corrupt)?;
         let (review, review_by) = decode::review_columns(session);
         self.execute(
-            "INSERT INTO sessions (id, state, tenant, requester, resource, created_at, pending_until, closes_at, body, break_glass, review_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO sessions (id, state, tenant, requester, resource, created_at, pending_until, closes_at, body, break_glass, review_by, recheck_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 &session.id.as_str(),
                 &session.state.as_str(),
@@ -220,6 +220,7 @@ impl LedgerTx for PgTx<'_> {
                 &body,
                 &review,
                 &review_by,
+                &decode::recheck_column(session),
             ],
         )?;
         Ok(())
@@ -229,8 +230,8 @@ impl LedgerTx for PgTx<'_> {
         let body = serde_json::to_string(s).map_err(corrupt)?;
         let (review, review_by) = decode::review_columns(s);
         self.execute(
-            "UPDATE sessions SET state = $2, closes_at = $3, body = $4, break_glass = $5, review_by = $6
-             WHERE id = $1",
+            "UPDATE sessions SET state = $2, closes_at = $3, body = $4, break_glass = $5, review_by = $6,
+             recheck_at = $7 WHERE id = $1",
             &[
                 &s.id.as_str(),
                 &s.state.as_str(),
@@ -238,6 +239,7 @@ impl LedgerTx for PgTx<'_> {
                 &body,
                 &review,
                 &review_by,
+                &decode::recheck_column(s),
             ],
         )?;
         Ok(())
@@ -457,6 +459,8 @@ impl LedgerTx for PgTx<'_> {
              SELECT id FROM sessions WHERE state = 'open' AND closes_at <= $1
              UNION
              SELECT id FROM sessions WHERE break_glass = 'awaiting' AND review_by <= $1
+             UNION
+             SELECT id FROM sessions WHERE recheck_at <= $1
              ORDER BY id",
             &[&now.unix()],
         )?;

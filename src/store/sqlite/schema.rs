@@ -160,6 +160,15 @@ const MIGRATIONS: &[Migration] = &[
     CREATE INDEX signals_received_iat ON signals_received(iat);
     "#,
     ),
+    // 10: when a live session's conditions fail by time alone (the
+    // requester's token expiring under `requester_token_valid`), for the
+    // sweep; sessions stored before it are re-checked at their next mint.
+    Migration::Sql(
+        r#"
+    ALTER TABLE sessions ADD COLUMN recheck_at INTEGER;
+    CREATE INDEX sessions_recheck ON sessions(recheck_at) WHERE recheck_at IS NOT NULL;
+    "#,
+    ),
 ];
 
 /// Computes the hash chain over events recorded before the trail was

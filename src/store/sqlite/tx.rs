@@ -52,8 +52,8 @@ impl LedgerTx for SqliteTx<'_> {
         let (review, review_by) = decode::review_columns(session);
         self.tx
             .exec(
-                "INSERT INTO sessions (id, state, tenant, requester, resource, created_at, pending_until, closes_at, body, break_glass, review_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO sessions (id, state, tenant, requester, resource, created_at, pending_until, closes_at, body, break_glass, review_by, recheck_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 params![
                     session.id.as_str(),
                     session.state.as_str(),
@@ -65,7 +65,8 @@ impl LedgerTx for SqliteTx<'_> {
                     session.closes_at.map(Timestamp::unix),
                     body,
                     review,
-                    review_by
+                    review_by,
+                    decode::recheck_column(session)
                 ],
             )
             .map_err(unavailable)?;
@@ -77,15 +78,16 @@ impl LedgerTx for SqliteTx<'_> {
         let (review, review_by) = decode::review_columns(s);
         self.tx
             .exec(
-                "UPDATE sessions SET state = ?2, closes_at = ?3, body = ?4, break_glass = ?5, review_by = ?6
-                 WHERE id = ?1",
+                "UPDATE sessions SET state = ?2, closes_at = ?3, body = ?4, break_glass = ?5, review_by = ?6,
+                 recheck_at = ?7 WHERE id = ?1",
                 params![
                     s.id.as_str(),
                     s.state.as_str(),
                     s.closes_at.map(Timestamp::unix),
                     body,
                     review,
-                    review_by
+                    review_by,
+                    decode::recheck_column(s)
                 ],
             )
             .map_err(unavailable)?;
@@ -386,7 +388,9 @@ impl LedgerTx for SqliteTx<'_> {
                  UNION
                  SELECT id FROM sessions WHERE state = 'open' AND closes_at <= ?1
                  UNION
-                 SELECT id FROM sessions WHERE break_glass = 'awaiting' AND review_by <= ?1",
+                 SELECT id FROM sessions WHERE break_glass = 'awaiting' AND review_by <= ?1
+                 UNION
+                 SELECT id FROM sessions WHERE recheck_at <= ?1",
                 params![now.unix()],
                 |r| r.get(0),
             )
