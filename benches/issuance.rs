@@ -378,6 +378,99 @@ fn observability(c: &mut Criterion) {
     g.finish();
 }
 
+/// Live sessions in the store while signals are received (the receiver
+/// looks at each).
+const LIVE: usize = 200;
+
+/// A Shared Signals SET acted on by the SQLite store with [`LIVE`] live
+/// sessions (none of them its subject's: the scan is the cost), against
+/// creating one session in the same store.
+fn signals(c: &mut Criterion) {
+    use lockstep::signals::{Signal, SignalEvent, Subject};
+    use lockstep::store::{SqliteStore, Store};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("bench.db")).unwrap();
+    let (session, events) = bench_session();
+    let now = SystemClock.now();
+    let create = |store: &SqliteStore| {
+        let (mut s, ev) = (session.clone(), events.clone());
+        s.id = SessionId::generate().unwrap();
+        rt.block_on(store.create_session(s, ev, now))
+            .unwrap()
+            .unwrap();
+    };
+    for _ in 0..LIVE {
+        create(&store);
+    }
+    let mut n = 0u64;
+    let mut g = c.benchmark_group("signals");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("receive_set_200_live_sessions", |b| {
+        b.iter(|| {
+            n += 1;
+            let signal = Signal {
+                issuer: "https://idp.example/ssf".into(),
+                jti: format!("bench-{n}"),
+                iat: now,
+                events: vec![SignalEvent {
+                    name: "session-revoked".into(),
+                    ends_sessions: true,
+                }],
+                subject: Subject::IssSub {
+                    iss: "https://idp.example".into(),
+                    sub: "nobody".into(),
+                },
+                approvers: true,
+            };
+            rt.block_on(store.receive_signal(signal, now))
+                .unwrap()
+                .unwrap()
+        })
+    });
+    g.bench_function("create_session", |b| b.iter(|| create(&store)));
+    g.finish();
+}
+
+/// A pending session of the bench's rules, and its creation events.
+fn bench_session() -> (Session, Vec<lockstep::sessions::Event>) {
+    let rules = Rules {
+        approvers: vec!["token:alice".into(), "token:bob".into()],
+        quorum: 2,
+        max_duration_secs: 3600,
+        pending_timeout_secs: 3600,
+        credentials: 1,
+        denials_to_close: 1,
+        tokens_allowed: false,
+        count_tokens: true,
+        audiences: Vec::new(),
+        conditions: Conditions::default(),
+        connections: None,
+        ssh: None,
+        gateway_certificates: false,
+        modbus_functions: None,
+        signing: Default::default(),
+        break_glass: None,
+    };
+    let request = Request {
+        tenant: None,
+        requester: "oidc:https://idp.example:someone".into(),
+        resource: "db:payroll".into(),
+        task: "bench".into(),
+        request_digest: None,
+        duration_secs: 600,
+        profile: Profile::MtlsClient,
+        break_glass: false,
+    };
+    Session::new(
+        SessionId::generate().unwrap(),
+        request,
+        rules,
+        SystemClock.now(),
+    )
+    .unwrap()
+}
+
 criterion_group!(
     benches,
     device,
@@ -386,6 +479,7 @@ criterion_group!(
     timestamps,
     sessions,
     service,
-    observability
+    observability,
+    signals
 );
 criterion_main!(benches);
