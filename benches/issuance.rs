@@ -168,34 +168,8 @@ fn timestamps(c: &mut Criterion) {
 }
 
 fn sessions(c: &mut Criterion) {
-    let rules = Rules {
-        approvers: vec!["token:alice".into(), "token:bob".into()],
-        quorum: 2,
-        max_duration_secs: 3600,
-        pending_timeout_secs: 600,
-        credentials: 1,
-        denials_to_close: 1,
-        tokens_allowed: false,
-        count_tokens: true,
-        audiences: Vec::new(),
-        conditions: Conditions::default(),
-        connections: None,
-        ssh: None,
-        gateway_certificates: false,
-        modbus_functions: None,
-        signing: Default::default(),
-        break_glass: None,
-    };
-    let request = Request {
-        tenant: None,
-        requester: "token:ci".into(),
-        resource: "db:payroll".into(),
-        task: "rotate the payroll DB password".into(),
-        request_digest: None,
-        duration_secs: 600,
-        profile: Profile::MtlsClient,
-        break_glass: false,
-    };
+    let rules = bench_rules();
+    let request = bench_request("token:ci");
     let id = SessionId::generate().unwrap();
     let now = SystemClock.now();
     let mut g = c.benchmark_group("sessions");
@@ -432,9 +406,9 @@ fn signals(c: &mut Criterion) {
     g.finish();
 }
 
-/// A pending session of the bench's rules, and its creation events.
-fn bench_session() -> (Session, Vec<lockstep::sessions::Event>) {
-    let rules = Rules {
+/// Rules of a two-approver session that stays pending for an hour.
+fn bench_rules() -> Rules {
+    Rules {
         approvers: vec!["token:alice".into(), "token:bob".into()],
         quorum: 2,
         max_duration_secs: 3600,
@@ -451,21 +425,29 @@ fn bench_session() -> (Session, Vec<lockstep::sessions::Event>) {
         modbus_functions: None,
         signing: Default::default(),
         break_glass: None,
-    };
-    let request = Request {
+    }
+}
+
+fn bench_request(requester: &str) -> Request {
+    Request {
         tenant: None,
-        requester: "oidc:https://idp.example:someone".into(),
+        requester: requester.into(),
         resource: "db:payroll".into(),
-        task: "bench".into(),
+        task: "rotate the payroll DB password".into(),
         request_digest: None,
         duration_secs: 600,
         profile: Profile::MtlsClient,
         break_glass: false,
-    };
+    }
+}
+
+/// A pending session of the bench's rules, and its creation events.
+fn bench_session() -> (Session, Vec<lockstep::sessions::Event>) {
+    let request = bench_request("oidc:https://idp.example:someone");
     Session::new(
         SessionId::generate().unwrap(),
         request,
-        rules,
+        bench_rules(),
         SystemClock.now(),
     )
     .unwrap()

@@ -182,6 +182,20 @@ pub fn reason(text: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The media type a request's `Content-Type` names, lower-cased,
+/// without parameters (empty when there is none).
+pub fn media_type(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
