@@ -1159,3 +1159,28 @@ async fn a_signal_ends_its_subjects_live_sessions_once(kind: StoreKind) {
         "one entry per SET taken, of no session"
     );
 }
+
+on_both_stores!(multi the_break_glass_limit_holds_across_processes_racing);
+async fn the_break_glass_limit_holds_across_processes_racing(kind: StoreKind) {
+    let place = TestStore::new(kind).await;
+    // Two stores on one database, as two replicas (or two processes on one
+    // SQLite file) would have, each asking five times at once.
+    let stores = [place.open().await, place.open().await];
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let store = stores[i % 2].clone();
+            tokio::spawn(async move {
+                let (s, ev) = break_glass_session("token:oncall-1", 2, 0);
+                store.create_session(s, ev, t(0)).await.unwrap()
+            })
+        })
+        .collect();
+    let mut made = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => made += 1,
+            Err(e) => assert_eq!(e.code(), "break_glass_limit_reached"),
+        }
+    }
+    assert_eq!(made, 2, "exactly per_day, however the requests race");
+}
