@@ -120,18 +120,11 @@ impl Subject {
         }
     }
 
-    /// Whether `identity` (a requester or approver) is this subject.
+    /// Whether `identity` (a requester or approver) is this subject: the
+    /// OIDC identity `oidc:<iss>:<sub>` of an `iss_sub` subject (an email
+    /// is no identity; [`Signal::ends`] matches it against the session).
     fn is(&self, identity: &str) -> bool {
-        match self {
-            Self::IssSub { iss, sub } => {
-                identity
-                    .strip_prefix("oidc:")
-                    .and_then(|rest| rest.strip_prefix(iss.as_str()))
-                    .and_then(|rest| rest.strip_prefix(':'))
-                    == Some(sub.as_str())
-            }
-            Self::Email(_) => false,
-        }
+        matches!(self, Self::IssSub { .. }) && identity == self.to_string()
     }
 }
 
